@@ -158,6 +158,13 @@ class Engine:
         seq.serial.want_logits = False
         self._feed(seq, [seq.serial])
 
+    def next_logits(self, seq: Sequence) -> torch.Tensor:
+        """Float32 logits of the token after the sequence's current text (feeds what is pending)."""
+        self._check_open(seq)
+        if seq.open_branches:
+            raise EngineError("the sequence is inside a parallel block")
+        return self._serial_logits(seq)
+
     def text(self, seq: Sequence) -> str:
         return self.decode([w.token for w in seq.written] + seq.serial.pending)
 
@@ -185,7 +192,7 @@ class Engine:
         tokens, positions, tags, at, owners = [], [], [], [], []
         for item in plan:
             if item is _CLOSE_BLOCK:
-                seq.positions.close_block()
+                self._close_block(seq)
                 continue
             s: Stream = item
             for t in s.pending:
@@ -208,6 +215,14 @@ class Engine:
             raise EngineError(f"the sequence reached the model's context window ({self.max_len} tokens)")
         logits = self.runner.forward(seq.kv, tokens, positions, tags, at)
         return dict(zip(owners, logits))
+
+    @staticmethod
+    def _close_block(seq: Sequence) -> None:
+        """All branches are written: they enter the written sequence in order, and serial positions
+        continue after them. Whatever is fed next (e.g. <|/para|>) comes after the block."""
+        seq.positions.close_block()
+        for b in seq.open_branches:
+            seq.written.extend(Written(t, b.tag, i) for t, i in b.written)
 
     def _serial_logits(self, seq: Sequence) -> torch.Tensor:
         """Next-token logits of the serial stream. With nothing pending (right after a plain join, or
@@ -261,7 +276,7 @@ class Engine:
             self._push(seq.serial, self.encode(block_header(seeds)))
             run.open_block(list(seeds))
         else:
-            run.open_block([""] * len(seeds), seeds=[self.encode(s) for s in seeds])
+            run.open_block(list(seeds), seeds=[self.encode(s) for s in seeds])
         run.loop()
         return run.output()
 
@@ -467,7 +482,6 @@ class _Run:
     def _join(self) -> None:
         seq = self.seq
         for b in seq.open_branches:
-            seq.written.extend(Written(t, b.tag, i) for t, i in b.written)
             seq.serial.seen.merge(b.seen)
         self._record_block()
         seq.open_branches = []
@@ -483,8 +497,7 @@ class _Run:
                                       steps=self.block_steps))
 
     def _body(self, b: Stream) -> str:
-        text = self.eng.decode(b.generated)
-        return text.removeprefix(" ") if self.markup else text
+        return self.eng.decode(b.generated)
 
     def _flush_serial(self, end: int | None = None) -> None:
         s = self.seq.serial
@@ -503,8 +516,10 @@ class _Run:
             self._flush_serial()
         resp = Response(segments=tuple(self.segments))
         total = time.perf_counter() - self.t0
+        # A plain fork has no markup: its text is each seed followed by its branch, in order.
+        text = resp.plain_text() if self.markup else "".join(b.title + b.body for b in resp.blocks[0].branches)
         return GenerationOutput(
-            text=resp.plain_text(), markup=resp.markup(), response=resp, finish_reason=self.finish,
+            text=text, markup=resp.markup(), response=resp, finish_reason=self.finish,
             prompt_tokens=self.prompt_tokens, completion_tokens=self.serial_count + self.parallel_count,
             serial_tokens=self.serial_count, parallel_tokens=self.parallel_count,
             forward_passes=self.eng.runner.forwards - self.forwards0, blocks=self.blocks,

@@ -84,7 +84,7 @@ class ModelRunner:
             input_ids=torch.tensor([list(tokens)], device=self.device),
             position_ids=torch.tensor([list(positions)], device=self.device),
             attention_mask=attn,
-            past_key_values=kv.cache,
+            cache=kv.cache,
             use_cache=True,
             logits_to_keep=torch.tensor(list(logits_at), dtype=torch.long, device=self.device),
         )

@@ -39,9 +39,16 @@ class SerialSegment(BaseModel):
 
 
 class Branch(BaseModel):
+    """One branch: `body` is the exact text after "title:" (normally starting with one space)."""
+
     model_config = ConfigDict(frozen=True)
     title: str
     body: str
+
+    @property
+    def text(self) -> str:
+        """The branch as it reads in the answer: the body without the one space that follows "title:"."""
+        return self.body.removeprefix(" ")
 
 
 class ParallelBlock(BaseModel):
@@ -65,7 +72,7 @@ class Response(BaseModel):
 
     def plain_text(self) -> str:
         """Markup removed: serial text and branch bodies, branches in order."""
-        return "".join(s.text if isinstance(s, SerialSegment) else "".join(b.body for b in s.branches)
+        return "".join(s.text if isinstance(s, SerialSegment) else "".join(b.text for b in s.branches)
                        for s in self.segments)
 
     def markup(self) -> str:
@@ -88,7 +95,7 @@ def block_header(titles: Sequence[str]) -> str:
 def render_segment(seg: Segment) -> str:
     if isinstance(seg, SerialSegment):
         return seg.text
-    branches = "".join(f"{branch_seed(b.title)} {b.body}{END_BRANCH}" for b in seg.branches)
+    branches = "".join(f"{branch_seed(b.title)}{b.body}{END_BRANCH}" for b in seg.branches)
     return block_header(seg.titles) + branches + END_PARA
 
 
@@ -142,7 +149,7 @@ def _parse_block(text: str, pos: int) -> tuple[ParallelBlock, int]:
             raise ProtocolError(f"unclosed branch {title!r}")
         body = text[pos + len(seed): end]
         _reject_stray(body, f"branch {title!r}")
-        branches.append(Branch(title=title, body=body.removeprefix(" ")))
+        branches.append(Branch(title=title, body=body))
         pos = end + len(END_BRANCH)
     if not text.startswith(END_PARA, pos):
         raise ProtocolError(f"expected {END_PARA} after the last branch at offset {pos}")
@@ -273,7 +280,7 @@ def tokenize_response(resp: Response, encode, ids: SpecialIds, first_block: int 
         put([ids.para], SERIAL_TAG)
         for j, br in enumerate(seg.branches, start=1):
             tag = Tag(block, j)
-            put(encode(branch_seed(br.title)) + encode(" " + br.body) + [ids.end_branch], tag)
+            put(encode(branch_seed(br.title)) + encode(br.body) + [ids.end_branch], tag)
         put([ids.end_para], SERIAL_TAG)
     return toks, tags
 

@@ -1,0 +1,214 @@
+"""Engine tests on a tiny random-weight model (fp32): exact equivalences, constraint, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from runtime import protocol as P
+from runtime.engine import Engine, EngineError
+from runtime.model_runner import KVState
+from runtime.protocol import PositionCounter, Tag
+from runtime.sampling import SamplingParams
+from tests.conftest import tiny_model
+
+ATOL = 1e-5
+GREEDY = SamplingParams(max_new_tokens=200, max_branch_tokens=7, ignore_eos=True)
+
+
+def _feed(runner, kv, counter, tokens, tag, logits=True):
+    pos = [counter.take(tag) for _ in tokens]
+    return runner.forward(kv, tokens, pos, [tag] * len(tokens), [len(tokens) - 1] if logits else [])
+
+
+def test_packed_branch_step_equals_each_branch_alone(engine):
+    """(a) Every branch's logits in one packed forward equal prefix + that branch decoded alone."""
+    runner, enc = engine.runner, engine.encode
+    prefix = enc("a shared prefix: ")
+    seeds = [enc("one"), enc("second one"), enc("3")]
+    kv, c = runner.new_kv(), PositionCounter()
+    _feed(runner, kv, c, prefix, P.SERIAL_TAG, logits=False)
+    # Packed: all seeds in one forward, then 5 decode steps with one token per branch, also packed.
+    toks, tags, pos, at = [], [], [], []
+    for j, s in enumerate(seeds, start=1):
+        for t in s:
+            toks.append(t), tags.append(Tag(1, j)), pos.append(c.take(Tag(1, j)))
+        at.append(len(toks) - 1)
+    packed = [runner.forward(kv, toks, pos, tags, at)]
+    chosen = [[] for _ in seeds]
+    for _ in range(5):
+        nxt = packed[-1].argmax(-1).tolist()
+        for j, t in enumerate(nxt):
+            chosen[j].append(t)
+        tags = [Tag(1, j) for j in range(1, len(seeds) + 1)]
+        packed.append(runner.forward(kv, nxt, [c.take(t) for t in tags], tags, range(len(seeds))))
+    for j, s in enumerate(seeds):
+        kv1, c1 = runner.new_kv(), PositionCounter()
+        _feed(runner, kv1, c1, prefix, P.SERIAL_TAG, logits=False)
+        alone = [_feed(runner, kv1, c1, s, P.SERIAL_TAG)[0]]
+        for t in chosen[j]:
+            alone.append(_feed(runner, kv1, c1, [t], P.SERIAL_TAG)[0])
+        for step, ref in enumerate(alone):
+            torch.testing.assert_close(packed[step][j], ref, atol=ATOL, rtol=0)
+
+
+def test_engine_fork_texts_equal_branches_alone(engine):
+    seeds = ["alpha:", "be", "c, d and e:"]
+    seq = engine.new_sequence("some prompt text. ")
+    out = engine.fork(seq, seeds, GREEDY)
+    bodies = [b.body for b in out.response.blocks[0].branches]
+    assert out.parallel_tokens == 3 * GREEDY.max_branch_tokens
+    for seed, body in zip(seeds, bodies):
+        alone = engine.new_sequence("some prompt text. ")
+        engine.extend(alone, seed)
+        ref = engine.generate(alone, GREEDY.model_copy(update={"max_new_tokens": GREEDY.max_branch_tokens}), "ar")
+        assert body == ref.text
+    # Branches decoded together: one forward per step, not one per branch.
+    assert out.forward_passes == GREEDY.max_branch_tokens + 1
+
+
+def _assert_join_exact(engine, seq):
+    got = engine.next_logits(seq)
+    toks, tags = seq.written_sequence()
+    ref = engine.runner.full_forward(toks, tags, P.layout(tags))[-1]
+    torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("markup", [True, False])
+def test_join_equals_full_forward_with_protocol_mask(engine, markup):
+    """(b) After joins (two blocks), next-token logits equal one full forward of the written sequence."""
+    seq = engine.new_sequence("question: name two things. ")
+    engine.fork(seq, ["first", "the second"], GREEDY, markup=markup)
+    engine.extend(seq, " and then ")
+    engine.generate(seq, SamplingParams(max_new_tokens=4, ignore_eos=True), "ar")
+    engine.fork(seq, ["x", "y", "zz"], GREEDY.model_copy(update={"max_branch_tokens": 3}), markup=markup)
+    _assert_join_exact(engine, seq)
+    # Joined text = every branch in order, and the markup (if any) parses.
+    text = engine.text(seq)
+    if markup:
+        P.parse(text.removeprefix("question: name two things. "))
+
+
+def test_join_exact_when_branches_stop_at_different_lengths(engine):
+    """Stop strings cut branches at different lengths: cut tokens are hidden, positions stay exact."""
+    seq = engine.new_sequence("list: ")
+    params = SamplingParams(max_new_tokens=200, max_branch_tokens=12, temperature=1.0, seed=3, stop=("e", "a"))
+    out = engine.fork(seq, ["one", "two", "three", "four"], params)
+    lengths = {len(b.body) for b in out.response.blocks[0].branches}
+    assert len(lengths) > 1
+    for b in out.response.blocks[0].branches:
+        assert "e" not in b.body and "a" not in b.body
+    assert engine.text(seq) == "list: " + "".join(s + b.body for s, b in zip(
+        ["one", "two", "three", "four"], out.response.blocks[0].branches))
+    _assert_join_exact(engine, seq)
+
+
+def test_serial_stop_string_cuts_text_and_cache(engine):
+    seq = engine.new_sequence("abc ")
+    out = engine.generate(seq, SamplingParams(max_new_tokens=60, temperature=1.0, seed=5, stop=(" ",)), "ar")
+    assert out.finish_reason == "stop" and " " not in out.text
+    assert engine.text(seq) == "abc " + out.text
+    _assert_join_exact(engine, seq)
+
+
+def _markup_heavy_model(seed: int):
+    lm = tiny_model(seed=seed)
+    head = lm.model.get_output_embeddings().weight
+    with torch.no_grad():  # make markup and EOS likely, so blocks open and close often
+        head[sorted(lm.ids.markup)] *= 0.0
+        head[sorted(lm.ids.markup)] += lm.model.get_input_embeddings().weight[sorted(lm.ids.markup)] * 40
+        head[sorted(lm.ids.eos)] = lm.model.get_input_embeddings().weight[sorted(lm.ids.eos)] * 6
+    return Engine(lm)
+
+
+def test_constrained_decoding_never_writes_malformed_markup():
+    """(c) Random logits, many seeds, adaptive mode: the written text always parses."""
+    eng = _markup_heavy_model(1)
+    blocks = 0
+    for seed in range(40):
+        seq = eng.new_sequence("q: ")
+        params = SamplingParams(max_new_tokens=300, max_branch_tokens=6, max_title_tokens=3, max_branches=4,
+                                temperature=1.0, seed=seed)
+        out = eng.generate(seq, params, "aspd")
+        if out.finish_reason != "stop":
+            continue
+        resp = P.parse(eng.text(seq).removeprefix("q: "))  # raises on any malformed markup
+        assert resp.plain_text() == out.text
+        blocks += len(resp.blocks)
+    assert blocks >= 30
+
+
+def test_adaptive_written_tokens_match_training_tokenisation():
+    """The tokens the engine fed are exactly what training builds from the same markup."""
+    eng = _markup_heavy_model(2)
+    checked = 0
+    for seed in range(30):
+        seq = eng.new_sequence("q: ")
+        out = eng.generate(seq, SamplingParams(max_new_tokens=200, max_branch_tokens=5, max_title_tokens=3,
+                                               temperature=1.0, seed=seed), "aspd")
+        if out.finish_reason != "stop" or not out.blocks:
+            continue
+        toks, tags = seq.written_sequence()
+        resp = P.parse(eng.text(seq).removeprefix("q: "))
+        ref_toks, ref_tags = P.tokenize_response(resp, eng.encode, eng.ids)
+        prompt = len(eng.encode("q: "))
+        assert toks[prompt:] == ref_toks and tags[prompt:] == ref_tags
+        _assert_join_exact(eng, seq)
+        checked += 1
+    assert checked >= 3
+
+
+def test_ar_mode_never_emits_markup():
+    eng = _markup_heavy_model(3)
+    for seed in range(10):
+        seq = eng.new_sequence("q: ")
+        eng.generate(seq, SamplingParams(max_new_tokens=50, temperature=1.0, seed=seed), "ar")
+        assert not set(seq.written_sequence()[0]) & eng.ids.markup
+
+
+def test_sampling_is_seeded_and_greedy_is_deterministic(engine):
+    def run(**kw):
+        return engine.generate(engine.new_sequence("x: "), SamplingParams(max_new_tokens=20, **kw), "ar").text
+    assert run(temperature=0.8, seed=7, top_p=0.9, top_k=20) == run(temperature=0.8, seed=7, top_p=0.9, top_k=20)
+    assert run() == run()
+
+
+def test_kv_mask_uses_protocol_rule():
+    lm = tiny_model()
+    kv = KVState(lm.model, torch.device("cpu"), capacity=2)  # forces growth
+    tags = [P.SERIAL_TAG, Tag(1, 1), Tag(1, 2), Tag(1, 1), P.SERIAL_TAG]
+    kv.append_tags(tags)
+    assert kv.mask(5)[0, 0].tolist() == P.mask(tags)
+    kv.kill(1)
+    assert kv.mask(1)[0, 0, 0].tolist() == [True, False, True, True, True]
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_prompt_longer_than_context_window_is_a_clear_error():
+    eng = Engine(tiny_model(max_positions=64))
+    with pytest.raises(EngineError, match="context window is 64"):
+        eng.new_sequence("x" * 100)
+
+
+def test_generation_stops_cleanly_at_the_context_window():
+    eng = Engine(tiny_model(max_positions=64))
+    seq = eng.new_sequence("x" * 50)
+    with pytest.raises(EngineError, match="context window"):
+        eng.generate(seq, SamplingParams(max_new_tokens=100, ignore_eos=True), "ar")
+
+
+@pytest.mark.parametrize("bad", [{"temperature": -1}, {"top_p": 0}, {"max_new_tokens": -5}, {"bogus": 1},
+                                 {"repetition_penalty": 0}])
+def test_invalid_sampling_params_are_rejected(bad):
+    with pytest.raises(ValidationError):
+        SamplingParams(**bad)
+
+
+def test_fork_needs_two_branches(engine):
+    with pytest.raises(EngineError, match="at least 2"):
+        engine.fork(engine.new_sequence("x"), ["only one"], GREEDY)
+    with pytest.raises(EngineError, match="empty"):
+        engine.new_sequence("")
