@@ -111,7 +111,7 @@ def load(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.bfloat16, adapter
     try:
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
-    except (OSError, ValueError) as e:
+    except Exception as e:  # transformers raises OSError, ValueError or hub errors for a bad path
         raise ModelLoadError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
     ids = add_special_tokens(model, tok)
     if adapter:
@@ -129,3 +129,9 @@ def apply_adapter(model: PreTrainedModel, adapter: str) -> PreTrainedModel:
     if not os.path.isdir(adapter):
         raise ModelLoadError(f"adapter not found: {adapter!r}")
     return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+
+
+def find_adapter() -> str | None:
+    """The shipped ASPD adapter for the embedded model, if one has been trained and installed."""
+    path = Path(__file__).resolve().parent / "adapters" / "smollm2-135m-aspd"
+    return str(path) if (path / "adapter_config.json").exists() else None
