@@ -71,6 +71,9 @@ def load_engine(args: argparse.Namespace):
     from .engine import Engine
     from .model_loader import DEFAULT_MODEL, load
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     with console.status("loading model..."):
         return Engine(load(args.model or DEFAULT_MODEL, dtype=getattr(torch, args.dtype), adapter=args.adapter))
@@ -127,8 +130,8 @@ def demo_program(eng, prompt: str, titles: Seq[str], params: SamplingParams, bra
     """Intro (serial) -> one item per title (parallel fork, or one after another) -> conclusion (serial)."""
     seq = eng.new_sequence(eng.chat_prompt(prompt))
     t0 = time.perf_counter()
-    intro = eng.generate(seq, params.model_copy(update={"max_new_tokens": 40, "stop": ("\n",)}), "ar")
-    eng.extend(seq, "\n\n")
+    intro = f"Here are {len(titles)} of them:\n\n"  # program text, serial
+    eng.extend(seq, intro)
     seeds = [f"{'' if i == 0 else chr(10) * 2}{i + 1}. **{t}**:" for i, t in enumerate(titles)]
     branch = params.model_copy(update={"max_branch_tokens": branch_tokens, "max_new_tokens": branch_tokens,
                                        "stop": ("\n\n",)})
@@ -144,11 +147,11 @@ def demo_program(eng, prompt: str, titles: Seq[str], params: SamplingParams, bra
     outro = eng.generate(seq, params.model_copy(update={"max_new_tokens": 48, "stop": ("\n\n",)}), "ar")
     elapsed = time.perf_counter() - t0
     resp = Response(segments=(
-        {"text": intro.text + "\n\n"},
+        {"text": intro},
         ParallelBlock(branches=tuple({"title": t, "body": b} for t, b in zip(titles, items))),
         {"text": "In conclusion," + outro.text},
     ))
-    tokens = intro.completion_tokens + outro.completion_tokens + sum(len(eng.encode(b)) for b in items)
+    tokens = outro.completion_tokens + sum(len(eng.encode(b)) for b in items)
     return resp, elapsed, tokens
 
 
