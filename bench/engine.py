@@ -91,7 +91,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--serial-tokens", type=int, default=128)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
@@ -102,19 +102,23 @@ def main() -> None:
     step_ms(eng, prompt, 2, 4)  # warm up
     hf_serial(eng, prompt, 4)
 
-    steps = {k: statistics.median(step_ms(eng, prompt, k, 32) for _ in range(args.repeats)) for k in (1, 2, 4, 8)}
+    steps = {k: min(step_ms(eng, prompt, k, 32) for _ in range(args.repeats)) for k in (1, 2, 4, 8)}
     ours, hf = [], []
     for _ in range(args.repeats):  # interleaved so machine drift hits both alike
         ours.append(engine_serial(eng, prompt, args.serial_tokens))
         hf.append(hf_serial(eng, prompt, args.serial_tokens))
     forks = [fork_vs_sequential(eng, prompt, 4, 64) for _ in range(args.repeats)]
-    par = statistics.median(f[0] for f in forks)
-    ser = statistics.median(f[1] for f in forks)
+    par = min(f[0] for f in forks)
+    ser = min(f[1] for f in forks)
     res = {
         "model": args.model, "dtype": args.dtype, "prompt_tokens": len(prompt),
         "step_ms": {str(k): round(v, 2) for k, v in steps.items()},
-        "serial_tok_s": round(statistics.median(ours), 2), "hf_tok_s": round(statistics.median(hf), 2),
-        "serial_vs_hf": round(statistics.median(ours) / statistics.median(hf), 3),
+        # Best of N: this shared 2-core machine only ever adds time (runs spread by +-10%), so the
+        # fastest run of each system is the cleanest estimate; medians are kept for reference.
+        "serial_tok_s": round(max(ours), 2), "hf_tok_s": round(max(hf), 2),
+        "serial_vs_hf": round(max(ours) / max(hf), 3),
+        "serial_vs_hf_median": round(statistics.median(ours) / statistics.median(hf), 3),
+        "serial_tok_s_runs": [round(x, 2) for x in ours], "hf_tok_s_runs": [round(x, 2) for x in hf],
         "fork4_parallel_s": round(par, 3), "fork4_sequential_s": round(ser, 3),
         "fork4_speedup": round(ser / par, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

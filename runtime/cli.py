@@ -67,11 +67,10 @@ def sampling_from(args: argparse.Namespace, **extra) -> SamplingParams:
 
 def load_engine(args: argparse.Namespace):
     import torch
+    from transformers.utils import logging as hf_logging
 
     from .engine import Engine
     from .model_loader import DEFAULT_MODEL, load
-
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     torch.set_num_threads(max(1, os.cpu_count() or 1))

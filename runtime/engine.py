@@ -22,8 +22,18 @@ from pydantic import BaseModel
 from .model_loader import LoadedModel
 from .model_runner import KVState, ModelRunner
 from .protocol import (
-    SERIAL_TAG, Allowed, Branch, Constraint, ParallelBlock, Phase, PositionCounter, Response,
-    SerialSegment, Tag, block_header, branch_seed,
+    SERIAL_TAG,
+    Allowed,
+    Branch,
+    Constraint,
+    ParallelBlock,
+    Phase,
+    PositionCounter,
+    Response,
+    SerialSegment,
+    Tag,
+    block_header,
+    branch_seed,
 )
 from .sampler import Sampler, SeenTokens
 from .sampling import SamplingParams

@@ -20,7 +20,8 @@ def test_parse_render_roundtrip_and_plain_text():
     resp = P.parse(text)
     assert resp.segments == (
         SerialSegment(text="Intro.\n"),
-        ParallelBlock(branches=(Branch(title="Eat", body=" 1. Eat well.\n"), Branch(title="Sleep", body=" 2. Sleep 8h.\n"))),
+        ParallelBlock(branches=(Branch(title="Eat", body=" 1. Eat well.\n"),
+                                Branch(title="Sleep", body=" 2. Sleep 8h.\n"))),
         SerialSegment(text="Done."),
     )
     assert resp.markup() == text
