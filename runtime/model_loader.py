@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +69,9 @@ def embedded_checkpoint(dtype: torch.dtype = torch.bfloat16) -> Path:
     tmp = out.with_name(out.name + ".tmp")
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
-    tmp.replace(out) if not out.exists() else None
+    if out.exists():  # an incomplete copy from an interrupted run
+        shutil.rmtree(out)
+    tmp.replace(out)  # atomic: a reader never sees a half-written checkpoint
     return out
 
 
