@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence as Seq
+from dataclasses import dataclass
 
 from pydantic import ValidationError
 from rich.console import Console, Group
@@ -125,9 +126,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def demo_program(eng, prompt: str, titles: Seq[str], params: SamplingParams, branch_tokens: int, parallel: bool):
+@dataclass(frozen=True)
+class DemoRun:
+    response: Response  # for display: serial parts and one block whose branches are the items
+    answer: str  # the answer exactly as the sequence holds it (seeds and separators included)
+    seconds: float
+    tokens: int  # generated tokens
+
+
+def demo_program(eng, prompt: str, titles: Seq[str], params: SamplingParams, branch_tokens: int,
+                 parallel: bool) -> DemoRun:
     """Intro (serial) -> one item per title (parallel fork, or one after another) -> conclusion (serial)."""
-    seq = eng.new_sequence(eng.chat_prompt(prompt))
+    chat = eng.chat_prompt(prompt)
+    seq = eng.new_sequence(chat)
     t0 = time.perf_counter()
     intro = f"Here are {len(titles)} of them:\n\n"  # program text, serial
     eng.extend(seq, intro)
@@ -151,7 +162,7 @@ def demo_program(eng, prompt: str, titles: Seq[str], params: SamplingParams, bra
         {"text": "In conclusion," + outro.text},
     ))
     tokens = outro.completion_tokens + sum(len(eng.encode(b)) for b in items)
-    return resp, elapsed, tokens
+    return DemoRun(resp, eng.text(seq)[len(eng.decode(chat)):], elapsed, tokens)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -173,11 +184,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         par_s, ser_s, note = out.total_s, base.total_s, "plain AR decoding of the same prompt"
     else:
         eng.generate(eng.new_sequence("warm up"), SamplingParams(max_new_tokens=2), "ar")
-        resp, par_s, n = demo_program(eng, args.prompt, titles, params, args.branch_tokens, parallel=True)
-        _, ser_s, n_ser = demo_program(eng, args.prompt, titles, params, args.branch_tokens, parallel=False)
-        console.print(render_response(resp, "explicit fork (no ASPD adapter yet): serial intro, "
+        par = demo_program(eng, args.prompt, titles, params, args.branch_tokens, parallel=True)
+        ser = demo_program(eng, args.prompt, titles, params, args.branch_tokens, parallel=False)
+        par_s, ser_s = par.seconds, ser.seconds
+        console.print(render_response(par.response, "explicit fork (no ASPD adapter yet): serial intro, "
                                             f"{len(titles)} parallel branches, serial conclusion"))
-        note = f"the same program with the branches decoded one after another ({n_ser} tokens)"
+        note = f"the same program with the branches decoded one after another ({ser.tokens} tokens)"
     console.print(render_stats([
         ("parallel program", f"{par_s:.2f} s"),
         ("serial baseline", f"{ser_s:.2f} s: {note}"),

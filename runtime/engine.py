@@ -244,6 +244,17 @@ class Engine:
         s.want_logits = True
         return self._feed(seq, [s])[s]
 
+    @classmethod
+    def _retract_stream(cls, seq: Sequence, s: Stream, n: int) -> None:
+        """Take the last n fed tokens of a stream back out: hidden in the cache, positions given back."""
+        if s.tag.block == 0:
+            cls._retract(seq, n)
+            return
+        for _, idx in s.written[-n:]:
+            seq.kv.kill(idx)
+        del s.written[-n:]
+        seq.positions.drop(s.tag, n)
+
     @staticmethod
     def _retract(seq: Sequence, n: int) -> list[int]:
         """Take the last n written tokens (serial, or the final tokens of a joined block) back out."""
@@ -357,7 +368,7 @@ class _Run:
         if tok == self.ids.para:
             self._flush_serial(self.header_start)
             self.open_block([self.eng.decode(t) for t in self.title_ids])
-        elif self.stops and tok not in self.ids.markup and self._hit_stop(s):
+        elif self.stops and tok not in self.ids.markup and self._apply_stop(s, self.serial_start):
             self.finish, self.done = "stop", True
 
     def _track_title(self, tok: int) -> None:
@@ -368,9 +379,10 @@ class _Run:
         elif self.constraint.phase is Phase.TITLE and tok != self.ids.end_title:
             self.title_ids[-1].append(tok)
 
-    def _hit_stop(self, s: Stream) -> bool:
-        """A stop string ends the call; text and cache are cut right before it (SGLang's semantics)."""
-        seg = s.generated[self.serial_start:]
+    def _apply_stop(self, s: Stream, start: int = 0) -> bool:
+        """If a stop string appears in what `s` generated since `start`, cut text and cache right
+        before it (SGLang's semantics) and return True."""
+        seg = s.generated[start:]
         n_keep, rest = self._cut_at_stop(seg)
         if n_keep is None:
             return False
@@ -378,7 +390,7 @@ class _Run:
         fed = drop - len(s.pending)  # the newest token is still pending
         s.pending = []
         if fed > 0:
-            self.eng._retract(self.seq, fed)
+            self.eng._retract_stream(self.seq, s, fed)
         del s.generated[len(s.generated) - drop:]
         if rest:  # the stop string began inside a token: keep that token's text before it
             extra = self.eng.encode(rest)
@@ -465,29 +477,10 @@ class _Run:
             return
         b.generated.append(tok)
         self.eng._push(b, [tok])
-        if not self.markup and self.stops and self._branch_stop(b):
+        if not self.markup and self.stops and self._apply_stop(b):
             b.finish = "stop"
         elif not self.markup and len(b.generated) >= self.params.max_branch_tokens:
             b.finish = "length"  # its last token is still fed, with the next step
-
-    def _branch_stop(self, b: Stream) -> bool:
-        n_keep, rest = self._cut_at_stop(b.generated)
-        if n_keep is None:
-            return False
-        drop = len(b.generated) - n_keep
-        fed = drop - len(b.pending)
-        b.pending = []
-        for _, idx in b.written[len(b.written) - fed:] if fed > 0 else []:
-            self.seq.kv.kill(idx)
-        if fed > 0:
-            del b.written[-fed:]
-            self.seq.positions.drop(b.tag, fed)
-        del b.generated[n_keep:]
-        if rest:
-            extra = self.eng.encode(rest)
-            b.generated.extend(extra)
-            self.eng._push(b, extra)
-        return True
 
     def _join(self) -> None:
         seq = self.seq
@@ -502,12 +495,10 @@ class _Run:
 
     def _record_block(self) -> None:
         brs = self.seq.open_branches
-        self.segments.append(ParallelBlock(branches=tuple(Branch(title=b.title, body=self._body(b)) for b in brs)))
+        branches = tuple(Branch(title=b.title, body=self.eng.decode(b.generated)) for b in brs)
+        self.segments.append(ParallelBlock(branches=branches))
         self.blocks.append(BlockStats(titles=[b.title for b in brs], branch_tokens=[len(b.generated) for b in brs],
                                       steps=self.block_steps))
-
-    def _body(self, b: Stream) -> str:
-        return self.eng.decode(b.generated)
 
     def _flush_serial(self, end: int | None = None) -> None:
         s = self.seq.serial

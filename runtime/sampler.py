@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -66,11 +67,17 @@ class Sampler:
         return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1).tolist()
 
 
+@functools.lru_cache(maxsize=64)
+def _index(ids: frozenset[int], device: torch.device) -> torch.Tensor:
+    """The same few id sets recur every step (the markup tokens): build each index tensor once."""
+    return torch.tensor(sorted(ids), dtype=torch.long, device=device)
+
+
 def _constrain(row: torch.Tensor, allowed: Allowed) -> None:
     if allowed.only is not None:
         keep = torch.full_like(row, float("-inf"))
-        idx = torch.tensor(sorted(allowed.only), device=row.device)
+        idx = _index(allowed.only, row.device)
         keep[idx] = row[idx]
         row.copy_(keep)
     elif allowed.banned:
-        row[torch.tensor(sorted(allowed.banned), device=row.device)] = float("-inf")
+        row[_index(allowed.banned, row.device)] = float("-inf")
