@@ -122,11 +122,11 @@ _CLOSE_BLOCK = object()  # marks, in a feed plan, where the positions of a block
 
 
 class Engine:
-    def __init__(self, loaded: LoadedModel):
+    def __init__(self, loaded: LoadedModel, fast: bool | None = None):
         self.loaded = loaded
         self.tok = loaded.tokenizer
         self.ids = loaded.ids
-        self.runner = ModelRunner(loaded.model)
+        self.runner = ModelRunner(loaded.model, fast=fast)
         self.max_len = self.runner.max_positions
 
     # ----------------------------------------------------------------- text helpers

@@ -1,6 +1,7 @@
 """The one place that builds tensors: packed forward passes over a flat KV cache.
 
-A sequence's KV cache is one flat transformers `DynamicCache` (batch 1). Serial tokens, the
+A sequence's KV cache is one flat cache (batch 1): the fast decoder's preallocated buffers for
+Llama-family models, a transformers `DynamicCache` for any other model. Serial tokens, the
 tokens of every live branch, and joins all append to it; who may attend to whom is decided by
 per-token tags and the protocol's `visible` rule, so branches decode together in one forward,
 and a join needs no copy and no re-prefill: the branch KV is already where the next serial
@@ -14,14 +15,15 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from . import fast_decoder
 from .protocol import DEAD, Tag, visible
 
 
 class KVState:
     """A sequence's KV cache plus the tag of every cached token (for the mask)."""
 
-    def __init__(self, model: PreTrainedModel, device: torch.device, capacity: int = 1024):
-        self.cache = DynamicCache(config=model.config)
+    def __init__(self, cache, device: torch.device, capacity: int = 1024):
+        self.cache = cache  # fast_decoder.StaticKV or transformers DynamicCache
         self.length = 0
         self.has_dead = False
         self._blocks = torch.zeros(capacity, dtype=torch.int32, device=device)
@@ -59,15 +61,19 @@ class KVState:
 
 
 class ModelRunner:
-    def __init__(self, model: PreTrainedModel):
+    def __init__(self, model: PreTrainedModel, fast: bool | None = None):
+        """`fast=None` uses the fast decoder where the architecture allows it; False forces transformers."""
         self.model = model
         self.device = next(model.parameters()).device
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
         self.max_positions = getattr(model.config, "max_position_embeddings", None) or 1 << 30
         self.forwards = 0  # forward passes run, for statistics
+        use_fast = fast_decoder.supported(model) if fast is None else fast
+        self.fast = fast_decoder.FastDecoder(model) if use_fast else None
 
     def new_kv(self) -> KVState:
-        return KVState(self.model, self.device)
+        cache = self.fast.new_cache() if self.fast else DynamicCache(config=self.model.config)
+        return KVState(cache, self.device)
 
     @torch.inference_mode()
     def forward(self, kv: KVState, tokens: Sequence[int], positions: Sequence[int], tags: Sequence[Tag],
@@ -79,19 +85,30 @@ class ModelRunner:
         # Serial queries over a cache without dead tokens see everything before them: the model's own
         # causal mask is exact and cheaper. Branch queries get the protocol's explicit mask.
         plain_causal = not kv.has_dead and all(t.block == 0 for t in tags)
+        if self.fast:
+            attn = None if plain_causal and n == 1 else kv.mask(n)
+            return self.fast.forward(kv.cache, self._long(tokens), self._long(positions), attn,
+                                     self._long(logits_at)).float()
         attn = None if plain_causal else kv.mask(n)
         out = self.model(
-            input_ids=torch.tensor([list(tokens)], device=self.device),
-            position_ids=torch.tensor([list(positions)], device=self.device),
+            input_ids=self._long(tokens)[None],
+            position_ids=self._long(positions)[None],
             attention_mask=attn,
             cache=kv.cache,
             use_cache=True,
-            logits_to_keep=torch.tensor(list(logits_at), dtype=torch.long, device=self.device),
+            logits_to_keep=self._long(logits_at),
         )
         return out.logits[0].float()
 
+    def _long(self, xs: Sequence[int]) -> torch.Tensor:
+        return torch.tensor(list(xs), dtype=torch.long, device=self.device)
+
     @torch.inference_mode()
     def full_forward(self, tokens: Sequence[int], tags: Sequence[Tag], positions: Sequence[int]) -> torch.Tensor:
-        """One forward of a whole written sequence with the protocol's mask (the reference for joins)."""
-        kv = KVState(self.model, self.device, capacity=len(tokens))
-        return self.forward(kv, tokens, positions, tags, range(len(tokens)))
+        """The reference for joins: one cache-free transformers forward of a whole written sequence
+        with the protocol's mask and positions (never the fast decoder)."""
+        kv = KVState(None, self.device, capacity=len(tokens))
+        kv.append_tags(tags)
+        out = self.model(input_ids=self._long(tokens)[None], position_ids=self._long(positions)[None],
+                         attention_mask=kv.mask(len(tokens)), use_cache=False)
+        return out.logits[0].float()

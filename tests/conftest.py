@@ -38,6 +38,7 @@ def tiny() -> LoadedModel:
     return tiny_model()
 
 
-@pytest.fixture
-def engine(tiny) -> Engine:
-    return Engine(tiny)
+@pytest.fixture(params=[True, False], ids=["fast", "transformers"])
+def engine(tiny, request) -> Engine:
+    """Every engine test runs on both forwards: the fast decoder and transformers' own."""
+    return Engine(tiny, fast=request.param)

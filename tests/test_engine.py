@@ -53,6 +53,32 @@ def test_packed_branch_step_equals_each_branch_alone(engine):
             torch.testing.assert_close(packed[step][j], ref, atol=ATOL, rtol=0)
 
 
+def test_fast_decoder_equals_transformers_forward(tiny):
+    """The fast decoder and transformers give the same logits over prefill, packed branches and a join."""
+    fast, ref = Engine(tiny, fast=True).runner, Engine(tiny, fast=False).runner
+    assert fast.fast is not None and ref.fast is None
+    steps = [  # (tokens, tags): a serial prefill, two packed branch steps, a join, a serial token
+        ([5, 6, 7, 8], [P.SERIAL_TAG] * 4),
+        ([9, 10, 11], [Tag(1, 1), Tag(1, 1), Tag(1, 2)]),
+        ([12, 13], [Tag(1, 1), Tag(1, 2)]),
+        ([14], [P.SERIAL_TAG]),
+        ([15], [P.SERIAL_TAG]),
+    ]
+    kvs = [fast.new_kv(), ref.new_kv()]
+    counters = [PositionCounter(), PositionCounter()]
+    for i, (toks, tags) in enumerate(steps):
+        outs = []
+        for runner, kv, c in zip((fast, ref), kvs, counters):
+            if i == 3:
+                c.close_block()
+            outs.append(runner.forward(kv, toks, [c.take(t) for t in tags], tags, range(len(toks))))
+        torch.testing.assert_close(outs[0], outs[1], atol=ATOL, rtol=0)
+    kvs[0].cache.reserve(10_000)  # growth keeps what is cached
+    out = fast.forward(kvs[0], [16], [counters[0].take(P.SERIAL_TAG)], [P.SERIAL_TAG], [0])
+    ref_out = ref.forward(kvs[1], [16], [counters[1].take(P.SERIAL_TAG)], [P.SERIAL_TAG], [0])
+    torch.testing.assert_close(out, ref_out, atol=ATOL, rtol=0)
+
+
 def test_engine_fork_texts_equal_branches_alone(engine):
     seeds = ["alpha:", "be", "c, d and e:"]
     seq = engine.new_sequence("some prompt text. ")
@@ -175,8 +201,7 @@ def test_sampling_is_seeded_and_greedy_is_deterministic(engine):
 
 
 def test_kv_mask_uses_protocol_rule():
-    lm = tiny_model()
-    kv = KVState(lm.model, torch.device("cpu"), capacity=2)  # forces growth
+    kv = KVState(None, torch.device("cpu"), capacity=2)  # forces growth
     tags = [P.SERIAL_TAG, Tag(1, 1), Tag(1, 2), Tag(1, 1), P.SERIAL_TAG]
     kv.append_tags(tags)
     assert kv.mask(5)[0, 0].tolist() == P.mask(tags)
