@@ -103,10 +103,12 @@ def main() -> None:
     hf_serial(eng, prompt, 4)
 
     steps = {k: min(step_ms(eng, prompt, k, 32) for _ in range(args.repeats)) for k in (1, 2, 4, 8)}
-    ours, hf = [], []
-    for _ in range(args.repeats):  # interleaved so machine drift hits both alike
+    eng_hf = Engine(eng.loaded, fast=False)  # the engine on transformers' forward (non-Llama models)
+    ours, hf, ours_hf = [], [], []
+    for _ in range(args.repeats):  # interleaved so machine drift hits all alike
         ours.append(engine_serial(eng, prompt, args.serial_tokens))
         hf.append(hf_serial(eng, prompt, args.serial_tokens))
+        ours_hf.append(engine_serial(eng_hf, prompt, args.serial_tokens))
     forks = [fork_vs_sequential(eng, prompt, 4, 64) for _ in range(args.repeats)]
     par = min(f[0] for f in forks)
     ser = min(f[1] for f in forks)
@@ -119,6 +121,8 @@ def main() -> None:
         "serial_vs_hf": round(max(ours) / max(hf), 3),
         "serial_vs_hf_median": round(statistics.median(ours) / statistics.median(hf), 3),
         "serial_tok_s_runs": [round(x, 2) for x in ours], "hf_tok_s_runs": [round(x, 2) for x in hf],
+        "serial_tok_s_transformers_forward": round(max(ours_hf), 2),
+        "fast_decoder": eng.runner.fast is not None,
         "fork4_parallel_s": round(par, 3), "fork4_sequential_s": round(ser, 3),
         "fork4_speedup": round(ser / par, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -138,6 +142,7 @@ def main() -> None:
         t.add_row(f"step time, {k} live branch{'es' if k > 1 else ''}", f"{v:.1f} ms")
     t.add_row("serial tok/s: engine / transformers", f"{res['serial_tok_s']} / {res['hf_tok_s']} "
               f"({res['serial_vs_hf']}x)")
+    t.add_row("serial tok/s, engine on transformers' forward", f"{res['serial_tok_s_transformers_forward']}")
     t.add_row("4x64 fork vs one after another", f"{par:.2f} s vs {ser:.2f} s ({res['fork4_speedup']}x)")
     t.add_row("peak RSS", f"{res['peak_rss_mb']} MB")
     console.print(t)

@@ -22,6 +22,8 @@ def engine_table(r: dict) -> str:
         f"| serial decoding, engine | {r['serial_tok_s']:.2f} tok/s |",
         f"| serial decoding, transformers `generate` (same model, dtype, settings) | {r['hf_tok_s']:.2f} tok/s |",
         f"| engine / transformers | {r['serial_vs_hf']:.3f}x |",
+        f"| serial decoding, engine on transformers' forward (any non-Llama model) | "
+        f"{r['serial_tok_s_transformers_forward']:.2f} tok/s |",
         f"| 4-branch fork, 64 tokens each | {r['fork4_parallel_s']:.2f} s |",
         f"| same 4 branches one after another | {r['fork4_sequential_s']:.2f} s |",
         f"| fork speedup | {r['fork4_speedup']:.2f}x |",

@@ -58,10 +58,10 @@ class FastDecoder:
             a, m = layer.self_attn, layer.mlp
             self.layers.append((
                 layer.input_layernorm.weight,
-                torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach(),
+                _fuse(a.q_proj, a.k_proj, a.v_proj),
                 a.o_proj.weight,
                 layer.post_attention_layernorm.weight,
-                torch.cat([m.gate_proj.weight, m.up_proj.weight]).detach(),
+                _fuse(m.gate_proj, m.up_proj),
                 m.down_proj.weight,
             ))
         self.dtype = self.lm_head.dtype
@@ -101,6 +101,18 @@ class FastDecoder:
         kv.length = end
         h = self._rms(x[0, logits_at], self.norm_w)
         return F.linear(h, self.lm_head)
+
+
+def _fuse(*linears: torch.nn.Linear) -> torch.Tensor:
+    """Concatenate the weights of linears that read the same input into one matrix, and make the
+    modules' own weights views of it, so the model holds one copy and transformers still runs."""
+    fused = torch.cat([lin.weight.detach() for lin in linears])
+    row = 0
+    for lin in linears:
+        n = lin.weight.shape[0]
+        lin.weight = torch.nn.Parameter(fused[row:row + n], requires_grad=False)
+        row += n
+    return fused
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
