@@ -1,8 +1,12 @@
 """aspd_lang: the DSL for serial, fork/join and adaptive generation programs.
 
-The engine it runs on lives in `runtime` (see docs/architecture.md). The DSL itself (IR, checks,
-SGLang compilation, NativeBackend) is built on top of the engine's explicit fork API
+`dsl.py` traces programs into the checked IR of `ir.py`. Executors (on the engine in `runtime`, and
+compilation to SGLang primitives) take the IR; they build on the engine's explicit fork API
 (`runtime.engine.Engine.fork`) and adaptive generation (`Engine.generate(..., mode="aspd")`).
 """
 
+from .dsl import Program, gen, program, select
+from .ir import ProgramError
+
 __version__ = "0.1.0"
+__all__ = ["Program", "ProgramError", "gen", "program", "select"]

@@ -1,0 +1,164 @@
+"""The checked IR of aspd_lang programs: pydantic nodes, printable and serialisable to JSON.
+
+Pure Python (no torch, no SGLang): programs are traced to these nodes (see `dsl.py`), checked by
+`check()` before any token is generated, then run by an executor or compiled to SGLang.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ProgramError(ValueError):
+    """A malformed program, found before anything runs."""
+
+
+class Loc(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    file: str = "?"
+    line: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+class VarRef(BaseModel):
+    """A reference to a program argument or a generated variable, inside text."""
+
+    model_config = ConfigDict(frozen=True)
+    var: str
+
+
+class _Node(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    loc: Loc = Loc()
+
+
+class Text(_Node):
+    kind: Literal["text"] = "text"
+    parts: tuple[str | VarRef, ...]
+
+    def label(self) -> str:
+        return "text(" + "".join(p if isinstance(p, str) else "{" + p.var + "}" for p in self.parts)[:40] + ")"
+
+
+class Gen(_Node):
+    kind: Literal["gen"] = "gen"
+    name: str
+    max_tokens: int = Field(128, ge=1)
+    stop: tuple[str, ...] = ()
+    temperature: float = Field(0.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0)
+    adaptive: bool = False  # the model may open parallel blocks itself (ASPD)
+
+    def label(self) -> str:
+        return f"gen({self.name!r})"
+
+
+class Select(_Node):
+    kind: Literal["select"] = "select"
+    name: str
+    choices: tuple[str, ...]
+
+    def label(self) -> str:
+        return f"select({self.name!r})"
+
+
+class Role(_Node):
+    kind: Literal["role"] = "role"
+    role: Literal["system", "user", "assistant"]
+    body: tuple[Node, ...] = ()
+
+    def label(self) -> str:
+        return f"{self.role}()"
+
+
+class Branch(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    title: str
+    body: tuple[Node, ...] = ()
+
+
+class Parallel(_Node):
+    """A fork/join block: one branch per title over the shared prefix, joined in order."""
+
+    kind: Literal["parallel"] = "parallel"
+    branches: tuple[Branch, ...]
+    join: Literal["kv", "reprefill"] = "kv"
+
+    def label(self) -> str:
+        return f"parallel({len(self.branches)} branches)"
+
+
+Node = Annotated[Text | Gen | Select | Role | Parallel, Field(discriminator="kind")]
+Role.model_rebuild()
+Branch.model_rebuild()
+Parallel.model_rebuild()
+
+
+class Program(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str
+    params: tuple[str, ...] = ()
+    body: tuple[Node, ...]
+
+    def pretty(self) -> str:
+        lines = [f"program {self.name}({', '.join(self.params)})"]
+
+        def walk(nodes, depth):
+            for n in nodes:
+                lines.append("  " * depth + f"{n.label()}  @{n.loc}")
+                if isinstance(n, Role):
+                    walk(n.body, depth + 1)
+                elif isinstance(n, Parallel):
+                    for b in n.branches:
+                        lines.append("  " * (depth + 1) + f"branch {b.title!r}")
+                        walk(b.body, depth + 2)
+
+        walk(self.body, 1)
+        return "\n".join(lines)
+
+
+def check(program: Program) -> Program:
+    """Raise ProgramError naming the program, the node and its source line for a malformed program."""
+    defined = set(program.params)
+
+    def fail(node, msg: str):
+        raise ProgramError(f"program {program.name!r}, {node.label()} at {node.loc}: {msg}")
+
+    def walk(nodes, in_parallel: bool, defined: set[str]) -> set[str]:
+        made: set[str] = set()
+        for n in nodes:
+            if isinstance(n, Text):
+                for p in n.parts:
+                    if isinstance(p, VarRef) and p.var not in defined:
+                        fail(n, f"reads variable {p.var!r} before it exists")
+            elif isinstance(n, Gen | Select):
+                if isinstance(n, Select) and not n.choices:
+                    fail(n, "select needs at least one choice")
+                if n.name in defined:
+                    fail(n, f"variable {n.name!r} is already defined")
+                defined.add(n.name)
+                made.add(n.name)
+            elif isinstance(n, Role):
+                made |= walk(n.body, in_parallel, defined)
+            elif isinstance(n, Parallel):
+                if in_parallel:
+                    fail(n, "parallel blocks cannot be nested")
+                if len(n.branches) < 2:
+                    fail(n, f"a parallel block needs at least 2 branches, got {len(n.branches)}")
+                seen: dict[str, str] = {}
+                for b in n.branches:
+                    for name in walk(b.body, True, set(defined)):
+                        if name in seen:
+                            fail(n, f"variable {name!r} is defined in branches {seen[name]!r} and {b.title!r}")
+                        seen[name] = b.title
+                defined |= set(seen)
+                made |= set(seen)
+        return made
+
+    walk(program.body, False, defined)
+    return program
