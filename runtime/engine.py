@@ -60,6 +60,10 @@ class Stream:
     title: str = ""
     want_logits: bool = True
     finish: str | None = None
+    # Plain branches decode with their own sampling (a DSL gen per branch); None: the run's.
+    sampler: Sampler | None = None
+    params: SamplingParams | None = None
+    max_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +81,7 @@ class Sequence:
     written: list[Written] = field(default_factory=list)  # training order: branch after branch
     next_block: int = 1
     open_branches: list[Stream] = field(default_factory=list)
+    block_open: bool = False  # a plain block opened by open_block (its branches may all be idle)
     closed: str | None = None  # why no more tokens may be added
 
     @property
@@ -157,7 +162,7 @@ class Engine:
 
     def extend(self, seq: Sequence, text: str | Seq[int]) -> None:
         """Append serial text (fed lazily with the next forward)."""
-        self._check_open(seq)
+        self._check_serial(seq)
         ids = self.encode(text) if isinstance(text, str) else list(text)
         self._check_room(seq.length + len(ids), 0)
         self._push(seq.serial, ids)
@@ -171,7 +176,7 @@ class Engine:
     def next_logits(self, seq: Sequence) -> torch.Tensor:
         """Float32 logits of the token after the sequence's current text (feeds what is pending)."""
         self._check_open(seq)
-        if seq.open_branches:
+        if seq.open_branches or seq.block_open:
             raise EngineError("the sequence is inside a parallel block")
         return self._serial_logits(seq)
 
@@ -194,6 +199,12 @@ class Engine:
     def _check_open(seq: Sequence) -> None:
         if seq.closed:
             raise EngineError(f"this sequence accepts no more tokens: {seq.closed}")
+
+    @classmethod
+    def _check_serial(cls, seq: Sequence) -> None:
+        cls._check_open(seq)
+        if seq.block_open or seq.open_branches:
+            raise EngineError("the sequence is inside a parallel block: join it first")
 
     # ----------------------------------------------------------------- the forward step
 
@@ -270,7 +281,7 @@ class Engine:
 
     def generate(self, seq: Sequence, params: SamplingParams, mode: Mode = "aspd") -> GenerationOutput:
         """Decode serially; in `aspd` mode the model may open parallel blocks, which run in parallel."""
-        self._check_open(seq)
+        self._check_serial(seq)
         self._check_room(seq.length, 1)
         constraint = Constraint(self.ids, adaptive=(mode == "aspd"), max_title_tokens=params.max_title_tokens,
                                 max_branches=params.max_branches)
@@ -285,7 +296,7 @@ class Engine:
         With `markup` the block is written in ASPD markup (the seeds are titles); without it the
         seeds are plain text and the join appends the branches in order (works on any base model).
         """
-        self._check_open(seq)
+        self._check_serial(seq)
         if len(seeds) < 2:
             raise EngineError("a fork needs at least 2 branches")
         if markup and any(not t.strip() for t in seeds):
@@ -301,16 +312,173 @@ class Engine:
         run.loop()
         return run.output()
 
+    # ----------------------------------------------------------------- plain blocks, step by step
+    # A program's parallel block: branches are opened, extended, decoded (any subset at once, each
+    # with its own sampling) and scored, then joined; the same calls run it one branch at a time.
+
+    def open_block(self, seq: Sequence) -> None:
+        """Open a plain parallel block (no markup) on a sequence; branches are added with add_branch."""
+        self._check_serial(seq)
+        seq.block_open = True
+        seq.next_block += 1
+
+    def add_branch(self, seq: Sequence, text: str | Seq[int] = ()) -> int:
+        """A new branch of the open block, over the shared prefix; returns its index."""
+        if not seq.block_open:
+            raise EngineError("no parallel block is open")
+        j = len(seq.open_branches) + 1
+        br = self._stream(Tag(seq.next_block - 1, j), seq.serial.seen.copy())
+        br.finish = "idle"
+        seq.open_branches.append(br)
+        self.branch_extend(seq, j - 1, text)
+        return j - 1
+
+    def branch_extend(self, seq: Sequence, branch: int, text: str | Seq[int]) -> None:
+        ids = self.encode(text) if isinstance(text, str) else list(text)
+        self._check_room(seq.length + len(ids), 0)
+        self._push(self._branch(seq, branch), ids)
+
+    def decode_branches(self, seq: Sequence, requests: dict[int, SamplingParams]) -> GenerationOutput:
+        """Decode the given branches together (one forward per step) until each stops; each
+        request's `max_new_tokens` caps its branch. Other branches' pending text rides along."""
+        if not requests:
+            raise EngineError("nothing to decode")
+        for j in requests:
+            self._ensure_pending(seq, self._branch(seq, j))
+        total = SamplingParams(max_new_tokens=sum(p.max_new_tokens for p in requests.values()))
+        run = _Run(self, seq, total, Constraint(self.ids, adaptive=False), explicit=True, markup=False,
+                   join_at_end=False)
+        for j, p in requests.items():
+            b = seq.open_branches[j]
+            # Each branch samples with its own generator: seeded branches give the same text
+            # whether they decode alone or together.
+            b.finish, b.generated, b.params, b.max_tokens = None, [], p, p.max_new_tokens
+            b.sampler = Sampler(p, self.runner.device)
+        run.loop()
+        return run.output(only=list(requests))
+
+    def join(self, seq: Sequence, reprefill: bool = False) -> None:
+        """Close the open plain block: branch text joins the sequence in branch order.
+
+        The ASPD join keeps every branch's KV where it is (later tokens see all branches; no
+        recompute). `reprefill` instead drops the branch KV and re-encodes the joined tokens
+        causally, as one serial text: for models never trained on branch-isolated attention.
+        """
+        if not seq.block_open:
+            raise EngineError("no parallel block is open")
+        brs = seq.open_branches
+        if reprefill:
+            joined = []
+            for b in brs:
+                joined += [t for t, _ in b.written] + b.pending
+                for _, idx in b.written:
+                    seq.kv.kill(idx)
+            seq.positions.abort_block()
+            seq.open_branches, seq.block_open = [], False
+            for b in brs:
+                seq.serial.seen.merge(b.seen)
+            self._push(seq.serial, joined)
+            return
+        for b in brs:
+            b.want_logits = False
+        if seq.serial.pending or any(b.pending for b in brs):
+            self._feed(seq, self._in_block(seq, [*brs, _CLOSE_BLOCK]))
+        else:
+            self._close_block(seq)
+        for b in brs:
+            seq.serial.seen.merge(b.seen)
+        seq.open_branches, seq.block_open = [], False
+
+    def _ensure_pending(self, seq: Sequence, b: Stream) -> None:
+        """Logits come from the last token fed; if a branch's last token is already cached, it is
+        hidden and fed again (as `_serial_logits` does for the serial stream)."""
+        if b.pending:
+            return
+        if not b.written:
+            raise EngineError("a branch must have text before it decodes or selects")
+        tok = b.written[-1][0]
+        self._retract_stream(seq, b, 1)
+        b.pending = [tok]
+
+    @staticmethod
+    def _in_block(seq: Sequence, plan: list) -> list:
+        """A feed plan inside a block: serial text still pending (the prefix) goes first."""
+        seq.serial.want_logits = False
+        return ([seq.serial] if seq.serial.pending else []) + plan
+
+    def _branch(self, seq: Sequence, branch: int) -> Stream:
+        self._check_open(seq)
+        if not seq.block_open or not 0 <= branch < len(seq.open_branches):
+            raise EngineError(f"no open branch {branch}")
+        return seq.open_branches[branch]
+
+    # ----------------------------------------------------------------- scoring (select)
+
+    def score(self, seq: Sequence, continuations: Seq[str], branch: int | None = None) -> list[list[float]]:
+        """Per-token log-probabilities of each continuation after the sequence's text (or after a
+        branch of its open block). The cache is left as it was: the probes are fed, then hidden."""
+        ids = [self.encode(c) for c in continuations]
+        if not ids or any(not x for x in ids):
+            raise EngineError("every choice must be non-empty text")
+        if branch is None:
+            if seq.open_branches or seq.block_open:
+                raise EngineError("the sequence is inside a parallel block")
+            first = torch.log_softmax(self._serial_logits(seq), -1)
+            # All choices in one forward, as the branches of a throwaway block over the prefix.
+            block, base = seq.next_block, seq.positions.next_serial
+            seq.next_block += 1
+            probes = [(Tag(block, i + 1), list(range(base, base + len(x) - 1)), x[:-1]) for i, x in enumerate(ids)]
+            rows = self._probe(seq, probes)
+            return [_token_logprobs(first, r, x) for r, x in zip(rows, ids)]
+        b = self._branch(seq, branch)
+        self._ensure_pending(seq, b)
+        b.want_logits = True
+        first = torch.log_softmax(self._feed(seq, self._in_block(seq, [b]))[b], -1)
+        out = []
+        for x in ids:  # one probe per choice: same-branch probes would see each other
+            start = seq.positions._base + seq.positions._lengths.get(b.tag.branch, 0)
+            rows = self._probe(seq, [(b.tag, list(range(start, start + len(x) - 1)), x[:-1])])
+            out.append(_token_logprobs(first, rows[0], x))
+        return out
+
+    def _probe(self, seq: Sequence, probes: list[tuple[Tag, list[int], list[int]]]) -> list[torch.Tensor]:
+        """Feed (tag, positions, tokens) probes with logits at every row, then hide them again."""
+        toks = [t for _, _, x in probes for t in x]
+        if not toks:
+            return [torch.empty(0, self.runner.vocab_size) for _ in probes]
+        start = seq.kv.length
+        logits = self.runner.forward(seq.kv, toks, [p for _, ps, _ in probes for p in ps],
+                                     [tag for tag, _, x in probes for _ in x], range(len(toks)))
+        for i in range(start, start + len(toks)):
+            seq.kv.kill(i)
+        out, at = [], 0
+        for _, _, x in probes:
+            out.append(torch.log_softmax(logits[at:at + len(x)], -1))
+            at += len(x)
+        return out
+
+
+def _stops(p: SamplingParams) -> tuple[str, ...]:
+    return tuple(x for x in p.stop if x)
+
+
+def _token_logprobs(first: torch.Tensor, rows: torch.Tensor, ids: list[int]) -> list[float]:
+    """Log-prob of each token of `ids`: the first from `first`, the rest from the probe rows."""
+    out = [first[ids[0]].item()]
+    out += [rows[k, t].item() for k, t in enumerate(ids[1:])]
+    return out
+
 
 class _Run:
     """The state of one generate or fork call."""
 
     def __init__(self, eng: Engine, seq: Sequence, params: SamplingParams, constraint: Constraint,
-                 explicit: bool, markup: bool = True):
+                 explicit: bool, markup: bool = True, join_at_end: bool = True):
         self.eng, self.seq, self.params, self.constraint = eng, seq, params, constraint
         self.ids = eng.ids
         self.explicit = explicit  # an explicit fork: stop at the join
         self.markup = markup  # branches are written in ASPD markup (closed by <|/branch|>)
+        self.join_at_end = join_at_end  # False: stop when the branches stop, leave the block open
         self.sampler = Sampler(params, eng.runner.device)
         self.left = params.max_new_tokens
         self.prompt_tokens = seq.length
@@ -326,9 +494,12 @@ class _Run:
         self.header_start = 0
         self.title_ids: list[list[int]] = []
         self.block_steps = 0
-        self.stops = tuple(x for x in params.stop if x)
-        self.stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.ids.eos))
+        self.stops = _stops(params)
+        self.stop_ids = self._stop_ids(params)
         seq.serial.generated = []
+
+    def _stop_ids(self, p: SamplingParams) -> set[int]:
+        return set(p.stop_token_ids) | (set() if p.ignore_eos else set(self.ids.eos))
 
     # ----------------------------------------------------------------- main loop
 
@@ -341,7 +512,7 @@ class _Run:
                 self._serial_step()
             if not self.done and self.left <= 0:
                 self.finish, self.done = "length", True
-                if seq.open_branches:
+                if seq.open_branches and self.join_at_end:
                     seq.closed = "generation stopped inside a parallel block (max_new_tokens)"
 
     def _sampled(self) -> None:
@@ -368,7 +539,7 @@ class _Run:
         if tok == self.ids.para:
             self._flush_serial(self.header_start)
             self.open_block([self.eng.decode(t) for t in self.title_ids])
-        elif self.stops and tok not in self.ids.markup and self._apply_stop(s, self.serial_start):
+        elif self.stops and tok not in self.ids.markup and self._apply_stop(s, self.stops, self.serial_start):
             self.finish, self.done = "stop", True
 
     def _track_title(self, tok: int) -> None:
@@ -379,11 +550,11 @@ class _Run:
         elif self.constraint.phase is Phase.TITLE and tok != self.ids.end_title:
             self.title_ids[-1].append(tok)
 
-    def _apply_stop(self, s: Stream, start: int = 0) -> bool:
+    def _apply_stop(self, s: Stream, stops: tuple[str, ...], start: int = 0) -> bool:
         """If a stop string appears in what `s` generated since `start`, cut text and cache right
         before it (SGLang's semantics) and return True."""
         seg = s.generated[start:]
-        n_keep, rest = self._cut_at_stop(seg)
+        n_keep, rest = self._cut_at_stop(seg, stops)
         if n_keep is None:
             return False
         drop = len(seg) - n_keep
@@ -398,10 +569,10 @@ class _Run:
             self.eng._push(s, extra)
         return True
 
-    def _cut_at_stop(self, toks: list[int]) -> tuple[int | None, str]:
+    def _cut_at_stop(self, toks: list[int], stops: tuple[str, ...]) -> tuple[int | None, str]:
         """(tokens to keep, leftover text) for the first stop string in decode(toks), or (None, "")."""
         text = self.eng.decode(toks)
-        hits = [i for i in (text.find(x) for x in self.stops) if i >= 0]
+        hits = [i for i in (text.find(x) for x in stops) if i >= 0]
         if not hits:
             return None, ""
         cut = min(hits)
@@ -421,7 +592,7 @@ class _Run:
         seq.open_branches = []
         for j, title in enumerate(titles, start=1):
             br = self.eng._stream(Tag(block, j), seq.serial.seen.copy())
-            br.title = title
+            br.title, br.max_tokens = title, self.params.max_branch_tokens
             self.eng._push(br, seeds[j - 1] if seeds is not None else self.eng.encode(branch_seed(title)))
             seq.open_branches.append(br)
         self.block_steps = 0
@@ -431,6 +602,9 @@ class _Run:
         seq = self.seq
         live = [b for b in seq.open_branches if b.finish is None or b.pending]
         joining = all(b.finish is not None for b in seq.open_branches)
+        if joining and not self.join_at_end:
+            self.finish, self.done = "branches", True
+            return
         for b in live:
             b.want_logits = b.finish is None
         plan: list = ([seq.serial] if seq.serial.pending else []) + live
@@ -452,11 +626,16 @@ class _Run:
             return
         rows = [b for b in live if b in logits]
         if rows:
-            allowed = [self._branch_allowed(b) for b in rows]
-            toks = self.sampler(torch.stack([logits[b] for b in rows]), [b.seen for b in rows], allowed)
-            self._sampled()
-            for b, tok in zip(rows, toks):
+            for b, tok in zip(rows, self._sample_rows(rows, logits)):
                 self._branch_token(b, tok)
+            self._sampled()
+
+    def _sample_rows(self, rows: list[Stream], logits: dict[Stream, torch.Tensor]) -> list[int]:
+        """One token per branch: in one call where the branches share a sampler, else each its own."""
+        allowed = [self._branch_allowed(b) for b in rows]
+        if all(b.sampler is None for b in rows):
+            return self.sampler(torch.stack([logits[b] for b in rows]), [b.seen for b in rows], allowed)
+        return [b.sampler(logits[b][None], [b.seen], [a])[0] for b, a in zip(rows, allowed)]
 
     def _branch_allowed(self, b: Stream) -> Allowed:
         if self.markup:
@@ -472,14 +651,17 @@ class _Run:
                 b.finish = "stop"
                 self.eng._push(b, [tok])  # written to the cache with the next step, then it leaves
                 return
-        elif tok in self.stop_ids:
+        elif tok in (self._stop_ids(b.params) if b.params else self.stop_ids):
             b.finish = "stop"  # EOS is not part of the text: nothing more to feed
             return
         b.generated.append(tok)
         self.eng._push(b, [tok])
-        if not self.markup and self.stops and self._apply_stop(b):
+        if self.markup:
+            return
+        stops = _stops(b.params) if b.params else self.stops
+        if stops and self._apply_stop(b, stops):
             b.finish = "stop"
-        elif not self.markup and len(b.generated) >= self.params.max_branch_tokens:
+        elif len(b.generated) >= b.max_tokens:
             b.finish = "length"  # its last token is still fed, with the next step
 
     def _join(self) -> None:
@@ -493,8 +675,10 @@ class _Run:
             seq.serial.generated.append(self.ids.end_para)
         self.serial_start = len(seq.serial.generated)
 
-    def _record_block(self) -> None:
+    def _record_block(self, only: list[int] | None = None) -> None:
         brs = self.seq.open_branches
+        if only is not None:
+            brs = [brs[j] for j in only]
         branches = tuple(Branch(title=b.title, body=self.eng.decode(b.generated)) for b in brs)
         self.segments.append(ParallelBlock(branches=branches))
         self.blocks.append(BlockStats(titles=[b.title for b in brs], branch_tokens=[len(b.generated) for b in brs],
@@ -508,9 +692,9 @@ class _Run:
 
     # ----------------------------------------------------------------- result
 
-    def output(self) -> GenerationOutput:
-        if self.seq.open_branches:  # cut by max_new_tokens inside a block: report what was written
-            self._record_block()
+    def output(self, only: list[int] | None = None) -> GenerationOutput:
+        if self.seq.open_branches:  # cut by max_new_tokens inside a block, or a plain block left open
+            self._record_block(only)
         elif self.constraint.phase in (Phase.TITLE, Phase.TITLES_CLOSED):  # cut inside a block header
             self._flush_serial(self.header_start)
         else:
@@ -519,6 +703,8 @@ class _Run:
         total = time.perf_counter() - self.t0
         # A plain fork has no markup: its text is each seed followed by its branch, in order.
         text = resp.plain_text() if self.markup else "".join(b.title + b.body for b in resp.blocks[0].branches)
+        if not self.join_at_end:
+            text = "".join(b.body for b in resp.blocks[0].branches)
         return GenerationOutput(
             text=text, markup=resp.markup(), response=resp, finish_reason=self.finish,
             prompt_tokens=self.prompt_tokens, completion_tokens=self.serial_count + self.parallel_count,

@@ -210,6 +210,10 @@ class PositionCounter:
         """Forget the last n tokens of a branch (they were marked dead)."""
         self._lengths[tag.branch] -= n
 
+    def abort_block(self) -> None:
+        """Forget an open block entirely (its tokens were marked dead): serial positions go on from before it."""
+        self._lengths = {}
+
     def close_block(self) -> None:
         self.next_serial = self._base + sum(self._lengths.values()) if self._lengths else self.next_serial
         self._lengths = {}
