@@ -75,11 +75,11 @@ class _Call(Expr):
 
 
 def gen(name: str, *, max_tokens: int = 128, stop: str | Sequence[str] = (), temperature: float = 0.0,
-        top_p: float = 1.0, top_k: int = 0, adaptive: bool = False, **unknown) -> Expr:
+        top_p: float = 1.0, top_k: int = 0, ignore_eos: bool = False, adaptive: bool = False, **unknown) -> Expr:
     """Generate into variable `name`. `adaptive=True` lets the model fork by itself (ASPD)."""
     stop = (stop,) if isinstance(stop, str) else tuple(stop)
     return _Call(ir.Gen, _loc(), unknown, name=name, max_tokens=max_tokens, stop=stop, temperature=temperature,
-                 top_p=top_p, top_k=top_k, adaptive=adaptive)
+                 top_p=top_p, top_k=top_k, ignore_eos=ignore_eos, adaptive=adaptive)
 
 
 def select(name: str, choices: Sequence[str], **unknown) -> Expr:

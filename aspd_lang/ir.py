@@ -52,6 +52,7 @@ class Gen(_Node):
     temperature: float = Field(0.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0)
+    ignore_eos: bool = False
     adaptive: bool = False  # the model may open parallel blocks itself (ASPD)
 
     def label(self) -> str:
@@ -129,7 +130,7 @@ def check(program: Program) -> Program:
     def fail(node, msg: str):
         raise ProgramError(f"program {program.name!r}, {node.label()} at {node.loc}: {msg}")
 
-    def walk(nodes, in_parallel: bool, defined: set[str]) -> set[str]:
+    def walk(nodes, in_parallel: bool, defined: set[str], in_role: bool = False) -> set[str]:
         made: set[str] = set()
         for n in nodes:
             if isinstance(n, Text):
@@ -141,10 +142,14 @@ def check(program: Program) -> Program:
                     fail(n, "select needs at least one choice")
                 if n.name in defined:
                     fail(n, f"variable {n.name!r} is already defined")
+                if isinstance(n, Gen) and n.adaptive and in_parallel:
+                    fail(n, "an adaptive gen cannot run inside a parallel block (blocks do not nest)")
                 defined.add(n.name)
                 made.add(n.name)
             elif isinstance(n, Role):
-                made |= walk(n.body, in_parallel, defined)
+                if in_role:
+                    fail(n, "roles cannot be nested")
+                made |= walk(n.body, in_parallel, defined, True)
             elif isinstance(n, Parallel):
                 if in_parallel:
                     fail(n, "parallel blocks cannot be nested")
@@ -152,7 +157,9 @@ def check(program: Program) -> Program:
                     fail(n, f"a parallel block needs at least 2 branches, got {len(n.branches)}")
                 seen: dict[str, str] = {}
                 for b in n.branches:
-                    for name in walk(b.body, True, set(defined)):
+                    if not b.body or not isinstance(b.body[0], Text):
+                        fail(n, f"branch {b.title!r} must start with text (what the branch is about)")
+                    for name in walk(b.body, True, set(defined), in_role):
                         if name in seen:
                             fail(n, f"variable {name!r} is defined in branches {seen[name]!r} and {b.title!r}")
                         seen[name] = b.title

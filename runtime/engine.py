@@ -357,36 +357,42 @@ class Engine:
         run.loop()
         return run.output(only=list(requests))
 
-    def join(self, seq: Sequence, reprefill: bool = False) -> None:
-        """Close the open plain block: branch text joins the sequence in branch order.
+    def join(self, seq: Sequence, reprefill: bool = False, order: Seq[int] | None = None,
+             discard: bool = False) -> None:
+        """Close the open plain block: branch text joins the sequence in branch order (or `order`).
 
         The ASPD join keeps every branch's KV where it is (later tokens see all branches; no
         recompute). `reprefill` instead drops the branch KV and re-encodes the joined tokens
         causally, as one serial text: for models never trained on branch-isolated attention.
+        `discard` drops the branches: the sequence goes on as if the block never was.
         """
         if not seq.block_open:
             raise EngineError("no parallel block is open")
         brs = seq.open_branches
-        if reprefill:
+        if order is not None:
+            if sorted(order) != list(range(len(brs))):
+                raise EngineError(f"join order {list(order)} is not a permutation of the {len(brs)} branches")
+            brs = seq.open_branches = [brs[j] for j in order]
+        if reprefill or discard:
             joined = []
             for b in brs:
                 joined += [t for t, _ in b.written] + b.pending
                 for _, idx in b.written:
                     seq.kv.kill(idx)
             seq.positions.abort_block()
-            seq.open_branches, seq.block_open = [], False
+            if reprefill:
+                for b in brs:
+                    seq.serial.seen.merge(b.seen)
+                self._push(seq.serial, joined)
+        else:
+            for b in brs:
+                b.want_logits = False
+            if seq.serial.pending or any(b.pending for b in brs):
+                self._feed(seq, self._in_block(seq, [*brs, _CLOSE_BLOCK]))
+            else:
+                self._close_block(seq)
             for b in brs:
                 seq.serial.seen.merge(b.seen)
-            self._push(seq.serial, joined)
-            return
-        for b in brs:
-            b.want_logits = False
-        if seq.serial.pending or any(b.pending for b in brs):
-            self._feed(seq, self._in_block(seq, [*brs, _CLOSE_BLOCK]))
-        else:
-            self._close_block(seq)
-        for b in brs:
-            seq.serial.seen.merge(b.seen)
         seq.open_branches, seq.block_open = [], False
 
     def _ensure_pending(self, seq: Sequence, b: Stream) -> None:

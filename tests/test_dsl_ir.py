@@ -54,11 +54,13 @@ def _err(fn) -> str:
 def test_nested_parallel_is_rejected_with_program_node_and_line():
     def nested(s):
         with s.parallel(["a", "b"]) as bs:
+            bs[0] += "go"
+            bs[1] += "go"
             with bs[0].parallel(["c", "d"]) as inner:
                 inner[0] += gen("x")
     msg = _err(nested)
     assert "program 'nested'" in msg and "parallel blocks cannot be nested" in msg
-    assert f"test_dsl_ir.py:{nested.__code__.co_firstlineno + 2}" in msg
+    assert f"test_dsl_ir.py:{nested.__code__.co_firstlineno + 4}" in msg
 
 
 def test_fewer_than_two_branches():
@@ -72,7 +74,7 @@ def test_duplicate_variable_across_branches():
     def dup(s):
         with s.parallel(["a", "b"]) as bs:
             for b in bs:
-                b += gen("tip")
+                b += b.title + gen("tip")
     assert "variable 'tip' is defined in branches 'a' and 'b'" in _err(dup)
 
 
@@ -106,6 +108,28 @@ def test_reading_a_variable_before_it_exists():
 def test_branch_variables_are_visible_after_the_join_only():
     def cross(s):
         with s.parallel(["a", "b"]) as bs:
-            bs[0] += gen("x")
+            bs[0] += "go" + gen("x")
             bs[1] += "see " + bs[1]["x"] + gen("y")
     assert "reads variable 'x' before it exists" in _err(cross)
+
+
+def test_branch_must_start_with_text():
+    def bare(s):
+        with s.parallel(["a", "b"]) as bs:
+            bs[0] += "a" + gen("x")
+            bs[1] += gen("y")
+    assert "branch 'b' must start with text" in _err(bare)
+
+
+def test_adaptive_gen_inside_a_branch_and_nested_roles():
+    def adaptive_in_branch(s):
+        with s.parallel(["a", "b"]) as bs:
+            bs[0] += "a" + gen("x", adaptive=True)
+            bs[1] += "b"
+    assert "adaptive gen cannot run inside a parallel block" in _err(adaptive_in_branch)
+
+    def nested_roles(s):
+        with s.user():
+            with s.assistant():
+                s += "x"
+    assert "roles cannot be nested" in _err(nested_roles)

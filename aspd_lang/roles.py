@@ -1,0 +1,53 @@
+"""Chat roles as text: each role's prefix and suffix, read off the tokenizer's own chat template.
+
+Both executors use this one definition: the in-process executor writes the strings directly and
+NativeBackend hands them to SGLang's interpreter as a `ChatTemplate`, so a program's text is the
+same on every backend. Pure Python (the tokenizer is only asked to render a template).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+ROLES = ("system", "user", "assistant")
+_MARK = "\x01{}\x01"
+
+
+class RoleFormat(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    prefix: dict[str, str]
+    suffix: dict[str, str]
+    default_system: str | None = None  # written before the first non-system message
+
+    @classmethod
+    def plain(cls) -> RoleFormat:
+        """For models without a chat template (the same strings as SGLang's "default" template)."""
+        return cls(prefix={"system": "SYSTEM:", "user": "USER:", "assistant": "ASSISTANT:"},
+                   suffix={r: "\n" for r in ROLES})
+
+
+def role_format(tokenizer) -> RoleFormat:
+    """Derive per-role prefix/suffix strings by rendering marked messages through the template."""
+    if not getattr(tokenizer, "chat_template", None):
+        return RoleFormat.plain()
+
+    def render(roles: list[str]) -> str:
+        msgs = [{"role": r, "content": _MARK.format(r)} for r in roles]
+        return tokenizer.apply_chat_template(msgs, tokenize=False)
+
+    full = render(list(ROLES))
+    prefix, suffix, pos = {}, {}, 0
+    for i, role in enumerate(ROLES):
+        mark = _MARK.format(role)
+        alone = render(list(ROLES[:i + 1]))  # what follows the content when this role comes last
+        suffix[role] = alone[alone.index(mark) + len(mark):]
+        start = full.index(mark, pos)
+        prefix[role] = full[pos:start]
+        pos = start + len(mark) + len(suffix[role])
+    # A template that adds a system message of its own when none is given (SmolLM2 does).
+    default = None
+    head = render(["user"]).split(_MARK.format("user"))[0]
+    tail = suffix["system"] + prefix["user"]
+    if head != prefix["user"] and head.startswith(prefix["system"]) and head.endswith(tail):
+        default = head[len(prefix["system"]):len(head) - len(tail)]
+    return RoleFormat(prefix=prefix, suffix=suffix, default_system=default)

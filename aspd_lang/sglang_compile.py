@@ -1,0 +1,187 @@
+"""Compile a program's IR to SGLang frontend primitives: an `sgl.function` for any SGLang backend.
+
+Text becomes `s += ...`, roles `with s.user():`, gen/select `sgl.gen`/`sgl.select`, and a parallel
+block `s.fork(n)` + per-branch primitives + `join("concate_and_append")` (the KV join; with
+`join="reprefill"` the branch texts are appended as plain text instead). Branch variables are
+copied to the parent after the join, as in the in-process executor.
+
+An adaptive gen runs natively on a backend that says `supports_aspd` (NativeBackend: the engine
+switches serial/parallel itself). Elsewhere it becomes a client-side loop: generate until
+`<|para|>`, read the titles, fork one branch per title seeded `<|branch|>T:`, generate each until
+`<|/branch|>`, append them in order with `<|/para|>`, and continue.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+from typing import Any
+
+import sglang as sgl
+from sglang.global_config import global_config
+from sglang.lang.ir import SglFunction, SglVariable
+
+from runtime import protocol as P
+
+from . import ir
+from .dsl import Program
+
+_HEADER = re.compile(f"((?:{re.escape(P.TITLE)}.*?{re.escape(P.END_TITLE)})+)\\s*$", re.S)
+_TITLE = re.compile(f"{re.escape(P.TITLE)}(.*?){re.escape(P.END_TITLE)}", re.S)
+
+
+def to_sglang(program: Program | ir.Program, serial: bool = False) -> SglFunction:
+    """The program as an `sgl.function`. `serial=True` runs parallel blocks one branch at a time."""
+    prog = program.ir() if isinstance(program, Program) else ir.check(program)
+
+    def body(s, **kwargs):
+        _Compiled(prog, serial, {k: str(v) for k, v in kwargs.items()}).walk(s, prog.body)
+
+    params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in ("s", *prog.params)]
+    body.__signature__ = inspect.Signature(params)  # SGLang reads the argument names from it
+    body.__name__ = prog.name
+    return sgl.function(body)
+
+
+def gen_kwargs(node: ir.Gen) -> dict[str, Any]:
+    """A gen node as `sgl.gen` arguments (SGLang disables top-k with -1, we with 0)."""
+    return dict(max_tokens=node.max_tokens, stop=list(node.stop), temperature=node.temperature, top_p=node.top_p,
+                top_k=node.top_k or -1, ignore_eos=node.ignore_eos)
+
+
+def defined_names(nodes) -> list[str]:
+    out = []
+    for n in nodes:
+        if isinstance(n, ir.Gen | ir.Select):
+            out.append(n.name)
+        elif isinstance(n, ir.Role):
+            out += defined_names(n.body)
+    return out
+
+
+class _Hook:
+    """Runs a callback on the stream executor's own thread, in order with its other commands:
+    SGLang's interpreter reads an `SglVariable` by calling `get_var` on its source executor."""
+
+    def __init__(self, callback):
+        self.callback = callback
+
+    def get_var(self, name: str) -> str:
+        self.callback()
+        return ""
+
+
+def _on_executor(callback) -> SglVariable:
+    expr = SglVariable("aspd_hook", None)
+    expr.source_stream_executor = _Hook(callback)
+    return expr
+
+
+class _Compiled:
+    def __init__(self, prog: ir.Program, serial: bool, args: dict[str, str]):
+        self.prog, self.serial, self.args = prog, serial, args
+
+    def _render(self, s, parts) -> str:
+        return "".join(p if isinstance(p, str) else (self.args[p.var] if p.var in self.args else str(s[p.var]))
+                       for p in parts)
+
+    def walk(self, s, nodes) -> None:
+        for n in nodes:
+            if isinstance(n, ir.Text):
+                text = self._render(s, n.parts)
+                if text:
+                    s += text
+            elif isinstance(n, ir.Role):
+                with getattr(s, n.role)():
+                    self.walk(s, n.body)
+            elif isinstance(n, ir.Gen):
+                if not n.adaptive:
+                    s += sgl.gen(n.name, **gen_kwargs(n))
+                elif getattr(s.stream_executor.backend, "supports_aspd", False):
+                    s += _on_executor(functools.partial(s.stream_executor.backend.next_gen_adaptive,
+                                                        s.stream_executor.sid))
+                    s += sgl.gen(n.name, **gen_kwargs(n))
+                else:
+                    self._adaptive_client(s, n)
+            elif isinstance(n, ir.Select):
+                s += sgl.select(n.name, choices=list(n.choices), temperature=0.0)
+            elif isinstance(n, ir.Parallel):
+                self._parallel(s, n)
+
+    def _parallel(self, s, n: ir.Parallel) -> None:
+        s.sync()  # the interpreter commits the shared prefix at a fork only once its text is there
+        forks = s.fork(len(n.branches))
+        backend = s.stream_executor.backend
+        hint = getattr(backend, "expect_branches", None)
+        children = [f.stream_executor for f in forks.states]
+        if hint and not self.serial:
+            hint(s.stream_executor, children)
+        for f, b in zip(forks.states, n.branches):
+            if hint and self.serial:
+                hint(s.stream_executor, [f.stream_executor])
+            self.walk(f, b.body)
+            if self.serial:
+                f.sync()
+        self._join(s, forks, n.join)
+        for f, b in zip(forks.states, n.branches):
+            for name in defined_names(b.body):
+                s.set_var(name, f.get_var(name))
+
+    @staticmethod
+    def _join(s, forks, how: str) -> None:
+        if how == "kv":
+            forks.join("concate_and_append")
+            return
+        text = ""
+        for f in forks.states:
+            exe = f.stream_executor
+            exe.sync()
+            text += exe.text_[exe.fork_start_text_pos:]
+            exe.end()
+        s += text  # re-encoded causally: a plain text append
+
+    def _adaptive_client(self, s, n: ir.Gen) -> None:
+        """ASPD over a backend without native support: the serial/parallel switching done here."""
+        global_config.skip_special_tokens_in_output = False  # the loop reads the markup tokens
+        kw = gen_kwargs(n)
+        left, markup, part = n.max_tokens, "", 0
+        while left > 0:
+            name = f"{n.name}__serial{part}"
+            s += sgl.gen(name, **{**kw, "max_tokens": left, "stop": [*n.stop, P.PARA]})
+            text = s[name]
+            left -= _tokens(s, name, text)
+            header = _HEADER.search(text)
+            if header is None or left <= 0:
+                markup += text
+                break
+            titles = _TITLE.findall(header.group(1))
+            s += P.PARA
+            markup += text + P.PARA
+            s.sync()
+            forks = s.fork(len(titles))
+            for i, (f, t) in enumerate(zip(forks.states, titles)):
+                f += P.branch_seed(t) + sgl.gen(f"{n.name}__b{part}_{i}", **{**kw, "max_tokens": left,
+                                                                           "stop": [P.END_BRANCH]})
+                f += P.END_BRANCH
+            forks.join("concate_and_append")
+            for i, (f, t) in enumerate(zip(forks.states, titles)):
+                body = f[f"{n.name}__b{part}_{i}"]
+                left -= _tokens(f, f"{n.name}__b{part}_{i}", body)
+                markup += P.branch_seed(t) + body + P.END_BRANCH
+            s += P.END_PARA
+            markup += P.END_PARA
+            part += 1
+        s.set_var(n.name, _plain(markup))
+
+
+def _tokens(s, name: str, text: str) -> int:
+    meta = s.get_meta_info(name) or {}
+    return int(meta.get("completion_tokens") or max(1, len(text) // 4))
+
+
+def _plain(markup: str) -> str:
+    try:
+        return P.parse(markup).plain_text()
+    except P.ProtocolError:
+        return markup  # a malformed block (e.g. cut by the token cap): keep the text as written
