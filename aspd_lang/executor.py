@@ -37,26 +37,17 @@ class GenEvent(BaseModel):
     response: Response | None = None  # an adaptive gen's structure
 
 
-class Segment(BaseModel):
-    """Serial text, or a parallel block's branches (each a title and its text)."""
-
-    model_config = ConfigDict(frozen=True)
-    kind: Literal["serial", "parallel"]
-    text: str = ""
-    titles: tuple[str, ...] = ()
-    branches: tuple[str, ...] = ()
-
-
 class RunResult(BaseModel):
+    """One program run on any backend: its full text, variables, tokens and wall time."""
+
     program: str
     backend: str
     serial: bool
     text: str
     variables: dict[str, Any]
-    segments: list[Segment]
-    gens: list[GenEvent]
+    gens: list[GenEvent] = []
     completion_tokens: int
-    forward_passes: int
+    forward_passes: int | None = None
     seconds: float
 
 
@@ -90,10 +81,13 @@ class EngineExecutor:
         self.defaults = defaults or SamplingParams()
         self.serial = serial
         self.roles = role_format(engine.tok)
+        self.last_sequence: Sequence | None = None  # the last run's engine sequence, for inspection
 
     def run(self, program: Program | ir.Program, **args: Any) -> RunResult:
         prog = program.ir() if isinstance(program, Program) else ir.check(program)
-        return _Run(self, prog, bind(prog, args)).result()
+        run = _Run(self, prog, bind(prog, args))
+        self.last_sequence = run.seq
+        return run.result()
 
 
 _GenRequest = ir.Gen  # what a node walk yields: "decode this gen here", answered with its text
@@ -107,7 +101,6 @@ class _Run:
         self.text = ""
         self.pending = ""  # serial text not yet handed to the engine (a sequence needs a prompt)
         self.messages = 0
-        self.segments: list[Segment] = []
         self.gens: list[GenEvent] = []
         self.tokens = 0
         self.forwards0 = self.eng.runner.forwards
@@ -118,7 +111,7 @@ class _Run:
 
     def result(self) -> RunResult:
         return RunResult(program=self.prog.name, backend="engine", serial=self.ex.serial, text=self.text,
-                         variables=self.vars, segments=self.segments, gens=self.gens, completion_tokens=self.tokens,
+                         variables=self.vars, gens=self.gens, completion_tokens=self.tokens,
                          forward_passes=self.eng.runner.forwards - self.forwards0,
                          seconds=time.perf_counter() - self.t0)
 
@@ -133,10 +126,6 @@ class _Run:
         if branch is None:
             self.pending += text
             self.text += text
-            if self.segments and self.segments[-1].kind == "serial":
-                self.segments[-1] = Segment(kind="serial", text=self.segments[-1].text + text)
-            else:
-                self.segments.append(Segment(kind="serial", text=text))
         else:
             self.eng.branch_extend(self.seq, branch, text)
             texts[branch] += text
@@ -186,7 +175,6 @@ class _Run:
         self.vars[name] = value
         if branch is None:
             self.text += value
-            self.segments.append(Segment(kind="serial", text=value))
         else:
             texts[branch] += value
 
@@ -233,10 +221,7 @@ class _Run:
                 else:
                     waiting[j] = nxt
         self.eng.join(seq, reprefill=node.join == "reprefill")
-        joined = "".join(texts[j] for j in walks)
-        self.text += joined
-        self.segments.append(Segment(kind="parallel", titles=tuple(b.title for b in node.branches),
-                                     branches=tuple(texts[j] for j in walks)))
+        self.text += "".join(texts[j] for j in walks)
 
     @staticmethod
     def _advance(walk, value: str | None, first: bool = False) -> ir.Gen | None:

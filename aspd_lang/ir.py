@@ -123,6 +123,20 @@ class Program(BaseModel):
         return "\n".join(lines)
 
 
+def names(nodes, branches: bool = True) -> list[str]:
+    """The variables that nodes define, in order (inside parallel blocks too, unless `branches=False`)."""
+    out = []
+    for n in nodes:
+        if isinstance(n, Gen | Select):
+            out.append(n.name)
+        elif isinstance(n, Role):
+            out += names(n.body, branches)
+        elif isinstance(n, Parallel) and branches:
+            for b in n.branches:
+                out += names(b.body)
+    return out
+
+
 def check(program: Program) -> Program:
     """Raise ProgramError naming the program, the node and its source line for a malformed program."""
     defined = set(program.params)

@@ -55,7 +55,6 @@ class _Root:
     text: str  # the text the engine holds for this executor, as SGLang sees it
     arguments: int  # id() of the executor's arguments dict, shared with its forked children
     group: _Group | None = None
-    adaptive: bool = False  # the next gen of this executor is adaptive
     ended: bool = False  # the program ended; free the sequence once its queued commands ran
 
 
@@ -99,6 +98,7 @@ class NativeBackend(BaseBackend):
         self.cond = threading.Condition(self.lock)
         self.roots: dict[str, _Root] = {}
         self.children: dict[str, _Child] = {}
+        self.adaptive_next: set[str] = set()  # executors whose next gen is adaptive
         self.stats = {"generate_calls": 0, "batched_calls": 0, "batches": 0}
 
     def get_model_name(self) -> str:
@@ -187,10 +187,9 @@ class NativeBackend(BaseBackend):
     def next_gen_adaptive(self, sid: str) -> None:
         """Called on an executor's thread right before an adaptive gen (see sglang_compile)."""
         with self.lock:
-            root = self.roots.get(sid)
-            if root is None:
+            if sid in self.children:
                 raise BackendError("an adaptive gen inside a forked branch (blocks do not nest)")
-            root.adaptive = True  # consumed by the next generate of this executor
+            self.adaptive_next.add(sid)  # consumed by the next generate of this executor
 
     # ----------------------------------------------------------------- SGLang backend API
 
@@ -214,7 +213,8 @@ class NativeBackend(BaseBackend):
             ch = self._child(s)
             if ch is None:
                 st = self._root(s)
-                adaptive, st.adaptive = st.adaptive, False
+                adaptive = s.sid in self.adaptive_next
+                self.adaptive_next.discard(s.sid)
                 out = self.engine.generate(st.seq, params, mode="aspd" if adaptive else "ar")
                 st.text += out.text
                 self._release(s, 1)
@@ -286,9 +286,13 @@ class NativeBackend(BaseBackend):
     def concatenate_and_append(self, src_rids: list[str], dst_rid: str) -> None:
         """The ASPD join: the branches' KV stays where it is, in the order SGLang lists them."""
         with self.lock:
-            root = self.roots.get(dst_rid)
-            if root is None or root.group is None:
+            first = self.children.get(src_rids[0]) if src_rids else None
+            if first is None:
                 raise BackendError("concatenate_and_append: no forked branches to join for this program")
+            root = first.root
+            for key in [k for k, r in self.roots.items() if r is root]:  # a parent first seen here
+                del self.roots[key]
+            self.roots[dst_rid] = root
             g = root.group
             by_sid = {sid: c for sid, c in g.children.items()}
             missing = [r for r in src_rids if r not in by_sid]

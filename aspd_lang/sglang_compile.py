@@ -50,16 +50,6 @@ def gen_kwargs(node: ir.Gen) -> dict[str, Any]:
                 top_k=node.top_k or -1, ignore_eos=node.ignore_eos)
 
 
-def defined_names(nodes) -> list[str]:
-    out = []
-    for n in nodes:
-        if isinstance(n, ir.Gen | ir.Select):
-            out.append(n.name)
-        elif isinstance(n, ir.Role):
-            out += defined_names(n.body)
-    return out
-
-
 class _Hook:
     """Runs a callback on the stream executor's own thread, in order with its other commands:
     SGLang's interpreter reads an `SglVariable` by calling `get_var` on its source executor."""
@@ -124,9 +114,10 @@ class _Compiled:
             if self.serial:
                 f.sync()
         self._join(s, forks, n.join)
-        for f, b in zip(forks.states, n.branches):
-            for name in defined_names(b.body):
+        for f, b in zip(forks.states, n.branches):  # branch variables (and their meta) join the parent
+            for name in ir.names(b.body):
                 s.set_var(name, f.get_var(name))
+                s.stream_executor.meta_info[name] = f.get_meta_info(name)
 
     @staticmethod
     def _join(s, forks, how: str) -> None:

@@ -1,4 +1,4 @@
-"""`aspd` command line: generate and demo."""
+"""`aspd` command line: generate, demo and run (aspd_lang programs)."""
 
 from __future__ import annotations
 
@@ -58,6 +58,9 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--branch-tokens", type=int, default=64)
     _sampling_args(d)
     d.set_defaults(max_new_tokens=512)
+    from aspd_lang.cli_run import add_parser
+
+    add_parser(sub, _sampling_args)
     return ap
 
 
@@ -201,15 +204,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def main(argv: Seq[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: fail fast instead of waiting on the network
     args = parser().parse_args(argv)
+    from aspd_lang.cli_run import cmd_run
+    from aspd_lang.ir import ProgramError
+
     from .engine import EngineError
     from .model_loader import ModelLoadError
 
+    commands = {"generate": cmd_generate, "demo": cmd_demo,
+                "run": lambda a: cmd_run(a, console, load_engine, sampling_from)}
     try:
-        return {"generate": cmd_generate, "demo": cmd_demo}[args.cmd](args)
+        return commands[args.cmd](args)
     except ValidationError as e:
         first = e.errors()[0]
         err.print(f"[red]error:[/] invalid sampling parameter {'.'.join(map(str, first['loc']))}: {first['msg']}")
-    except (ModelLoadError, EngineError, ProtocolError, UsageError) as e:
+    except (ModelLoadError, EngineError, ProtocolError, UsageError, ProgramError) as e:
         err.print(f"[red]error:[/] {e}")
     return 2
 

@@ -193,7 +193,7 @@ class Engine:
 
     def _check_room(self, total: int, extra: int) -> None:
         if total + extra > self.max_len:
-            raise EngineError(f"the prompt has {total} tokens; the model's context window is {self.max_len}")
+            raise EngineError(f"the text would have {total} tokens; the model's context window is {self.max_len}")
 
     @staticmethod
     def _check_open(seq: Sequence) -> None:

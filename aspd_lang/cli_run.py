@@ -1,0 +1,108 @@
+"""`aspd run PROGRAM.py`: run an example program on a backend and render it with rich."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.console import Group
+from rich.panel import Panel
+from rich.rule import Rule
+from rich.table import Table
+from rich.text import Text
+
+from . import ir
+from .executor import RunResult
+from .runner import Piece, Runner, layout, load_program_file
+
+
+def add_parser(sub, sampling_args) -> None:
+    r = sub.add_parser("run", help="run an aspd_lang program file (parallel blocks vs. --serial)")
+    r.add_argument("file", help="a program file, e.g. programs/tips.py")
+    r.add_argument("--arg", action="append", default=[], metavar="K=V", help="program argument (repeatable)")
+    r.add_argument("--backend", choices=("engine", "native", "sglang"), default="native",
+                   help="engine: IR on the in-process engine; native: SGLang interpreter on the in-process "
+                        "engine (default); sglang: SGLang interpreter against --url")
+    r.add_argument("--url", default="http://127.0.0.1:30000", help="SGLang-compatible server for --backend sglang")
+    r.add_argument("--serial", action="store_true", help="run parallel blocks one branch after another")
+    r.add_argument("--no-compare", action="store_true", help="skip the --serial baseline run")
+    r.add_argument("--json", action="store_true", help="print the results as JSON")
+    sampling_args(r)
+
+
+def _kv(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise ir.ProgramError(f"--arg needs K=V, got {item!r}")
+        out[k.strip()] = v
+    return out
+
+
+def render(name: str, prog: ir.Program, res: RunResult) -> Panel:
+    parts = [_piece(p) for p in layout(prog, res)]
+    title = f"{name} on {res.backend}{' (serial)' if res.serial else ''}"
+    return Panel(Group(*parts), title=title, border_style="green")
+
+
+def _piece(p: Piece):
+    if p.kind == "role":
+        return Rule(p.text, style="dim", align="left")
+    if p.kind == "parallel":
+        t = Table(title=f"parallel block: {len(p.branches)} branches", title_style="bold magenta", expand=True,
+                  show_lines=True)
+        for title in p.titles:
+            t.add_column(title, ratio=1)
+        t.add_row(*(Text(b.strip()) for b in p.branches))
+        return t
+    return Text(p.text.strip())
+
+
+def _stats(res: RunResult, base: RunResult | None) -> Table:
+    t = Table(show_header=False, box=None)
+    rate = res.completion_tokens / res.seconds if res.seconds else 0.0
+    t.add_row(Text("tokens", style="bold"), f"{res.completion_tokens} generated, {rate:.1f} tok/s")
+    t.add_row(Text("time", style="bold"), f"{res.seconds:.2f} s")
+    if base is not None:
+        t.add_row(Text("serial baseline", style="bold"), f"{base.seconds:.2f} s (same program, branches one by one)")
+        t.add_row(Text("speedup", style="bold"), f"{base.seconds / res.seconds:.2f}x")
+    vars_ = {k: v for k, v in res.variables.items() if k not in ("question",)}
+    t.add_row(Text("variables", style="bold"), ", ".join(f"{k}={str(v)[:24]!r}" for k, v in vars_.items()))
+    return t
+
+
+def cmd_run(args: argparse.Namespace, console, load_engine, sampling_from) -> int:
+    pf = load_program_file(args.file)
+    base_args = {**pf.args, **_kv(args.arg)}
+    arg_sets = pf.batch(**base_args) if pf.batch else [base_args]
+    prog = pf.main.ir()
+    has_block = any(isinstance(n, ir.Parallel) for n in _flatten(prog.body))
+    engine = load_engine(args) if args.backend in ("engine", "native") else None
+    if engine is not None:  # first-call overheads (allocations, kernels) are not the program's
+        from runtime.sampling import SamplingParams
+
+        engine.generate(engine.new_sequence("warm up"), SamplingParams(max_new_tokens=2), "ar")
+    runner = Runner(args.backend, sampling_from(args), engine=engine, url=args.url)
+    results = []
+    for a in arg_sets:
+        res = runner.run(pf.main, a, serial=args.serial)
+        base = None
+        if has_block and not args.serial and not args.no_compare:
+            base = runner.run(pf.main, a, serial=True)
+        results.append((res, base))
+        if not args.json:
+            console.print(render(pf.path.stem, prog, res))
+            console.print(_stats(res, base))
+    if args.json:
+        dump = [{"run": r.model_dump(mode="json"), "serial_baseline": b.model_dump(mode="json") if b else None}
+                for r, b in results]
+        print(json.dumps(dump, indent=2))
+    return 0
+
+
+def _flatten(nodes):
+    for n in nodes:
+        yield n
+        if isinstance(n, ir.Role):
+            yield from _flatten(n.body)

@@ -1,0 +1,149 @@
+"""Run a program file on one of the three backends, and lay its result out for display.
+
+    engine  - the IR executed directly on the in-process engine (no SGLang)
+    native  - compiled to an sgl.function, run by SGLang's interpreter on NativeBackend (in-process)
+    sglang  - compiled, run by SGLang's interpreter against an SGLang-compatible server (URL)
+
+A program file defines `main` (an `@program`), `ARGS` (default arguments) and optionally
+`batch(**ARGS)` returning a list of argument sets to run `main` with.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from runtime.protocol import ParallelBlock, Response
+from runtime.sampling import SamplingParams
+
+from . import ir
+from .dsl import Program
+from .executor import Backend, EngineExecutor, GenEvent, RunResult, bind
+
+
+@dataclass(frozen=True)
+class ProgramFile:
+    path: Path
+    main: Program
+    args: dict[str, str]
+    batch: Any | None
+    doc: str
+
+
+def load_program_file(path: str | Path) -> ProgramFile:
+    path = Path(path)
+    if not path.is_file():
+        raise ir.ProgramError(f"no program file {path}")
+    spec = importlib.util.spec_from_file_location(f"aspd_program_{path.stem}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    main = getattr(mod, "main", None)
+    if not isinstance(main, Program):
+        raise ir.ProgramError(f"{path} must define `main`, an @program")
+    main.ir()  # check it before anything runs
+    return ProgramFile(path, main, dict(getattr(mod, "ARGS", {})), getattr(mod, "batch", None),
+                       (mod.__doc__ or "").strip().split("\n")[0])
+
+
+class Runner:
+    """Holds what a backend needs across runs (the engine, a NativeBackend, an endpoint)."""
+
+    def __init__(self, backend: Backend, defaults: SamplingParams, engine=None, url: str | None = None):
+        self.backend, self.defaults, self.engine, self.url = backend, defaults, engine, url
+        self._sgl_backend = None
+
+    def _sglang_backend(self):
+        if self._sgl_backend is None:
+            if self.backend == "native":
+                from .native_backend import NativeBackend
+
+                self._sgl_backend = NativeBackend(self.engine, self.defaults)
+            else:
+                import sglang as sgl
+
+                self._sgl_backend = sgl.RuntimeEndpoint(self.url)
+        return self._sgl_backend
+
+    def run(self, program: Program, args: dict[str, Any], serial: bool = False) -> RunResult:
+        if self.backend == "engine":
+            return EngineExecutor(self.engine, self.defaults, serial=serial).run(program, **args)
+        from .sglang_compile import to_sglang
+
+        prog = program.ir()
+        args = bind(prog, args)
+        fn = to_sglang(prog, serial=serial)
+        t0 = time.perf_counter()
+        state = fn.run(backend=self._sglang_backend(), **args)
+        text = state.text()
+        seconds = time.perf_counter() - t0
+        if state.error() is not None:
+            raise state.error()
+        gens = []
+        for name in ir.names(prog.body):
+            meta = state.get_meta_info(name) or {}
+            segs = meta.get("segments")
+            gens.append(GenEvent(name=name, value=str(state[name]), tokens=int(meta.get("completion_tokens") or 0),
+                                 response=Response.model_validate({"segments": segs}) if segs else None))
+        return RunResult(program=prog.name, backend=self.backend, serial=serial, text=text,
+                         variables={**args, **{g.name: g.value for g in gens}}, gens=gens,
+                         completion_tokens=sum(g.tokens for g in gens), seconds=seconds)
+
+
+# --------------------------------------------------------------------------- layout for display
+
+
+class Piece(BaseModel):
+    """What `aspd run` shows: a role heading, serial text, or a parallel block (titles, texts)."""
+
+    model_config = ConfigDict(frozen=True)
+    kind: str  # "role" | "text" | "parallel"
+    text: str = ""
+    titles: tuple[str, ...] = ()
+    branches: tuple[str, ...] = ()
+
+
+def layout(prog: ir.Program, result: RunResult) -> list[Piece]:
+    """The program's structure filled with the run's values (the same for every backend)."""
+    v = result.variables
+    adaptive = {g.name: g.response for g in result.gens if g.response is not None}
+    out: list[Piece] = []
+
+    def render(parts) -> str:
+        return "".join(p if isinstance(p, str) else str(v.get(p.var, "")) for p in parts)
+
+    def flat(nodes) -> str:
+        return "".join(render(n.parts) if isinstance(n, ir.Text) else str(v.get(n.name, "")) if
+                       isinstance(n, ir.Gen | ir.Select) else flat(n.body) if isinstance(n, ir.Role) else ""
+                       for n in nodes)
+
+    def walk(nodes) -> None:
+        for n in nodes:
+            if isinstance(n, ir.Role):
+                out.append(Piece(kind="role", text=n.role))
+                walk(n.body)
+            elif isinstance(n, ir.Parallel):
+                out.append(Piece(kind="parallel", titles=tuple(b.title for b in n.branches),
+                                 branches=tuple(flat(b.body) for b in n.branches)))
+            elif isinstance(n, ir.Gen) and n.name in adaptive:
+                for seg in adaptive[n.name].segments:
+                    if isinstance(seg, ParallelBlock):
+                        out.append(Piece(kind="parallel", titles=seg.titles,
+                                         branches=tuple(b.text for b in seg.branches)))
+                    else:
+                        add_text(seg.text)
+            else:
+                add_text(flat([n]))
+
+    def add_text(text: str) -> None:  # adjacent text and values read as one paragraph
+        if out and out[-1].kind == "text":
+            out[-1] = Piece(kind="text", text=out[-1].text + text)
+        else:
+            out.append(Piece(kind="text", text=text))
+
+    walk(prog.body)
+    return out

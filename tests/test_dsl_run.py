@@ -1,0 +1,227 @@
+"""DSL programs running on the tiny model (fp32): the conformance suite over every backend that runs
+here, exact branches and joins, SGLang's own interpreter on NativeBackend, and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sglang as sgl
+import torch
+
+from aspd_lang import ProgramError, gen, program, select
+from aspd_lang.executor import EngineExecutor, bind
+from aspd_lang.native_backend import BackendError, NativeBackend
+from aspd_lang.runner import Runner, layout, load_program_file
+from aspd_lang.sglang_compile import to_sglang
+from runtime import protocol as P
+from runtime.engine import Engine
+from runtime.sampling import SamplingParams
+from tests.conftest import tiny_model
+
+PROGRAMS = sorted(Path(__file__).parents[1].joinpath("programs").glob("*.py"))
+DEFAULTS = SamplingParams(repetition_penalty=1.1)
+
+
+@pytest.fixture(scope="module")
+def eng() -> Engine:
+    return Engine(tiny_model(max_positions=4096))  # a character-level tokenizer makes long texts
+
+
+@program
+def fork_join(s, topic):
+    s += f"notes on {topic}:\n"
+    with s.parallel(["a", "b", "c"]) as br:
+        br[0] += "first," + gen("x", max_tokens=6, ignore_eos=True)
+        br[1] += "second thing," + gen("y", max_tokens=9, ignore_eos=True) + " and" + gen("y2", max_tokens=4)
+        br[2] += "3:" + select("z", ["yes", "no"]) + gen("w", max_tokens=5, ignore_eos=True)
+    s += "\nso" + gen("after", max_tokens=5, ignore_eos=True)
+
+
+def _runs(eng):
+    """The same programs on every in-process backend, parallel and serial."""
+    return {f"{b}{'-serial' if ser else ''}": (Runner(b, DEFAULTS, engine=eng), ser)
+            for b in ("engine", "native") for ser in (False, True)}
+
+
+@pytest.mark.parametrize("path", PROGRAMS, ids=[p.stem for p in PROGRAMS])
+def test_every_example_program_runs_the_same_on_every_backend(eng, path):
+    pf = load_program_file(path)
+    args = pf.batch(**pf.args)[0] if pf.batch else pf.args
+    results = {name: r.run(pf.main, args, serial=ser) for name, (r, ser) in _runs(eng).items()}
+    ref = results["engine"]
+    assert ref.completion_tokens > 0 and ref.text
+    for name, res in results.items():
+        assert res.text == ref.text, name
+        assert res.variables == ref.variables, name
+    assert layout(pf.main.ir(), ref)  # renders
+    assert pf.doc  # each program says what it shows
+
+
+def test_fork_join_conformance_and_branches_equal_alone(eng):
+    results = {name: r.run(fork_join, {"topic": "tea"}, serial=ser) for name, (r, ser) in _runs(eng).items()}
+    ref = results["engine"]
+    for name, res in results.items():
+        assert (res.text, res.variables) == (ref.text, ref.variables), name
+
+    @program
+    def alone(s, topic):  # branch b on its own: the prefix, then only its text
+        s += f"notes on {topic}:\n" + "second thing," + gen("y", max_tokens=9, ignore_eos=True)
+        s += " and" + gen("y2", max_tokens=4)
+
+    solo = EngineExecutor(eng, DEFAULTS).run(alone, topic="tea")
+    assert (solo.variables["y"], solo.variables["y2"]) == (ref.variables["y"], ref.variables["y2"])
+    assert ref.text.startswith("notes on tea:\nfirst," + ref.variables["x"] + "second thing,")
+
+
+def test_kv_join_is_exact_after_a_program_block(eng):
+    """After the join, the next-token logits equal one forward over the joined sequence with the
+    protocol's mask and positions: the KV splice loses nothing."""
+    ex = EngineExecutor(eng, DEFAULTS)
+    ex.run(fork_join, topic="tea")
+    seq = ex.last_sequence
+    logits = eng.next_logits(seq)
+    tokens, tags = seq.written_sequence()
+    ref = eng.runner.full_forward(tokens, tags, P.layout(tags))[-1]
+    torch.testing.assert_close(logits, ref, atol=1e-5, rtol=0)
+    assert any(t.block > 0 for t in tags)  # the branches are in the cache, not re-encoded
+
+
+def test_reprefill_join_reencodes_the_joined_text(eng):
+    @program
+    def reprefill(s):
+        s += "list:\n"
+        with s.parallel(["a", "b"], join="reprefill") as br:
+            br[0] += "one" + gen("x", max_tokens=5, ignore_eos=True)
+            br[1] += "two" + gen("y", max_tokens=5, ignore_eos=True)
+        s += "\nend" + gen("after", max_tokens=6, ignore_eos=True)
+
+    ex = EngineExecutor(eng, DEFAULTS)
+    res = ex.run(reprefill)
+    assert all(t.block == 0 for t in ex.last_sequence.written_sequence()[1])
+    native = Runner("native", DEFAULTS, engine=eng).run(reprefill, {})
+    assert (native.text, native.variables) == (res.text, res.variables)
+    # After the causal re-encode, the tail is what a plain serial program over the same text writes
+    # (the tiny tokenizer is character-level, so the same text is the same tokens).
+    head = res.text[:res.text.rindex("\nend") + len("\nend")]
+
+    @program
+    def serial_text(s):
+        s += head + gen("after", max_tokens=6, ignore_eos=True)
+
+    assert EngineExecutor(eng, DEFAULTS).run(serial_text).variables["after"] == res.variables["after"]
+
+
+def test_handwritten_sglang_program_batches_siblings_on_native_backend(eng):
+    """A stock SGLang program (no hints): forked gens meet in one batch, joins splice the KV."""
+    be = NativeBackend(eng, DEFAULTS)
+
+    @sgl.function
+    def raw(s, topic):
+        s += f"about {topic}:"
+        forks = s.fork(3)
+        for i, f in enumerate(forks):
+            f += f" part {i}:" + sgl.gen("p", max_tokens=6, temperature=0, ignore_eos=True)
+        forks.join("concate_and_append")
+        s += " then" + sgl.gen("tail", max_tokens=4, temperature=0, ignore_eos=True)
+        s += " pick " + sgl.select("pick", choices=["red", "blue"])
+
+    state = raw.run(topic="tea", backend=be)
+    assert state.error() is None, state.error()
+    assert be.stats["batches"] == 1 and be.stats["batched_calls"] == 3
+    parts = state.text().split(" part ")[1:]
+    for i, p in enumerate(parts):
+        solo = eng.new_sequence(f"about tea: part {i}:")
+        want = eng.generate(solo, SamplingParams(max_new_tokens=6, ignore_eos=True, repetition_penalty=1.1), "ar")
+        assert p.startswith(f"{i}:{want.text}")
+    assert state["pick"] in ("red", "blue")
+
+
+def test_gather_variable_join_drops_the_branches(eng):
+    be = NativeBackend(eng, DEFAULTS)
+
+    @sgl.function
+    def gather(s):
+        s += "q:"
+        forks = s.fork(2)
+        forks += lambda i: f" {i}" + sgl.gen("v", max_tokens=3, temperature=0)
+        forks.join()  # gather_variable: the parent's text does not include the branches
+        s += " a" + sgl.gen("after", max_tokens=5, temperature=0, ignore_eos=True)
+
+    state = gather.run(backend=be)
+    assert state.error() is None, state.error()
+    plain = eng.generate(eng.new_sequence("q: a"), SamplingParams(max_new_tokens=5, ignore_eos=True,
+                                                                   repetition_penalty=1.1), "ar")
+    assert state["after"] == plain.text and len(state["v"]) == 2
+
+    @sgl.function
+    def textless(s):  # a branch must bring text of its own: the engine decodes it from its tokens
+        s += "q:"
+        forks = s.fork(2)
+        forks += sgl.gen("v", max_tokens=3, temperature=0)
+        forks.join()
+        s["child_error"] = str(forks[0].error())
+
+    state = textless.run(backend=be)
+    assert "must have text" in state["child_error"]
+
+
+class _Scripted(sgl.lang.backend.base_backend.BaseBackend):
+    """A backend without native ASPD whose 'model' writes one parallel block (for the client loop)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def generate(self, s, sampling_params):
+        stop = sampling_params.stop
+        self.calls.append(stop)
+        if P.END_BRANCH in stop:
+            title = s.text_.rsplit(P.BRANCH, 1)[1].split(":")[0]
+            return f" all about {title}", {"completion_tokens": 3}
+        if P.PARA in stop and P.END_PARA not in s.text_:
+            return f"Intro.{P.TITLE}A{P.END_TITLE}{P.TITLE}B{P.END_TITLE}", {"completion_tokens": 8}
+        return " Done.", {"completion_tokens": 2}
+
+
+def test_adaptive_gen_client_loop_on_a_backend_without_aspd():
+    @program
+    def ask(s):
+        s += "Q?" + gen("answer", max_tokens=64, adaptive=True)
+
+    be = _Scripted()
+    state = to_sglang(ask).run(backend=be)
+    assert state.error() is None, state.error()
+    assert state["answer"] == "Intro.all about Aall about B Done."
+    assert state.text().endswith(f"{P.BRANCH}A: all about A{P.END_BRANCH}{P.BRANCH}B: all about B{P.END_BRANCH}"
+                                 f"{P.END_PARA} Done.")
+    assert sum(P.END_BRANCH in c for c in be.calls) == 2
+
+
+def test_adaptive_gen_runs_natively_on_native_backend(eng, monkeypatch):
+    seen = []
+    real = eng.generate
+    monkeypatch.setattr(eng, "generate", lambda seq, p, mode="aspd": seen.append(mode) or real(seq, p, mode))
+
+    @program
+    def ask(s):
+        s += "Q:" + gen("a", max_tokens=8) + " R:" + gen("b", max_tokens=8, adaptive=True)
+
+    Runner("native", DEFAULTS, engine=eng).run(ask, {})
+    assert seen == ["ar", "aspd"]
+
+
+def test_bad_input_gives_clear_errors(eng):
+    with pytest.raises(ProgramError, match="missing \\['topic'\\]"):
+        bind(fork_join.ir(), {})
+    with pytest.raises(ProgramError, match="unknown \\['oops'\\]"):
+        bind(fork_join.ir(), {"topic": "x", "oops": 1})
+
+    @sgl.function
+    def constrained(s):
+        s += "n=" + sgl.gen("n", regex="[0-9]+", max_tokens=3)
+
+    state = constrained.run(backend=NativeBackend(eng, DEFAULTS))
+    assert isinstance(state.error(), BackendError) and "constrained decoding" in str(state.error())
+    with pytest.raises(ProgramError, match="must define `main`"):
+        load_program_file(Path(__file__))
