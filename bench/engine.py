@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import statistics
 import sys
 import time
@@ -23,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import environment  # noqa: E402
 from runtime.engine import Engine  # noqa: E402
 from runtime.model_loader import DEFAULT_MODEL, load  # noqa: E402
 from runtime.sampling import SamplingParams  # noqa: E402
@@ -125,13 +124,9 @@ def main() -> None:
         "fast_decoder": eng.runner.fast is not None,
         "fork4_parallel_s": round(par, 3), "fork4_sequential_s": round(ser, 3),
         "fork4_speedup": round(ser / par, 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "settings": {"repeats": args.repeats, "serial_tokens": args.serial_tokens, "fork": "4 branches x 64 tokens",
                      "step_tokens_per_branch": 32, "repetition_penalty": 1.2, "greedy": True},
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "threads": torch.get_num_threads(), "python": platform.python_version()},
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-        "date": time.strftime("%Y-%m-%d"),
+        **environment(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2) + "\n")
