@@ -41,7 +41,8 @@ class Text(_Node):
     parts: tuple[str | VarRef, ...]
 
     def label(self) -> str:
-        return "text(" + "".join(p if isinstance(p, str) else "{" + p.var + "}" for p in self.parts)[:40] + ")"
+        text = "".join(p if isinstance(p, str) else "{" + p.var + "}" for p in self.parts)
+        return f"text({text[:40]!r})"
 
 
 class Gen(_Node):

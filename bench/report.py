@@ -10,7 +10,6 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BEGIN, END = "<!-- bench:engine:begin -->", "<!-- bench:engine:end -->"
 
 
 def engine_table(r: dict) -> str:
@@ -37,13 +36,36 @@ def engine_table(r: dict) -> str:
     return "\n".join(rows) + "\n" + note
 
 
+def programs_table(r: dict) -> str:
+    e = r["engine_backend"]
+    rows = [
+        "| backend | parallel blocks | `--serial` | speedup |",
+        "|---|---|---|---|",
+        f"| native (SGLang interpreter on NativeBackend) | {r['parallel_s']:.2f} s | {r['serial_s']:.2f} s | "
+        f"**{r['speedup']:.2f}x** |",
+        f"| engine (IR executor, no SGLang) | {e['parallel_s']:.2f} s | {e['serial_s']:.2f} s | {e['speedup']:.2f}x |",
+    ]
+    m, v = r["machine"], r["versions"]
+    note = (f"\n{r['program']}; {r['model']}, {r['dtype']}, {m['cores']} cores, torch {v['torch']}, best of "
+            f"{r['settings']['repeats']} interleaved runs, {r['date']}. Native runs (s), parallel: "
+            f"{r['parallel_runs_s']}; serial: {r['serial_runs_s']}.")
+    return "\n".join(rows) + "\n" + note
+
+
+def replace(text: str, name: str, table: str) -> str:
+    begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
+    block = f"{begin}\n{table}\n{end}"
+    return re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+
+
 def main() -> None:
-    r = json.loads((ROOT / "bench" / "results" / "engine.json").read_text())
+    results = ROOT / "bench" / "results"
     readme = ROOT / "README.md"
     text = readme.read_text()
-    block = f"{BEGIN}\n{engine_table(r)}\n{END}"
-    readme.write_text(re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S))
-    print(block)
+    text = replace(text, "engine", engine_table(json.loads((results / "engine.json").read_text())))
+    text = replace(text, "programs", programs_table(json.loads((results / "programs.json").read_text())))
+    readme.write_text(text)
+    print("README tables regenerated from bench/results/")
 
 
 if __name__ == "__main__":
