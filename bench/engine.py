@@ -7,23 +7,19 @@ Every figure is measured here, in one run, on the embedded model (bf16 unless --
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
-import transformers
 from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import environment  # noqa: E402
+from bench import common  # noqa: E402
 from runtime.engine import Engine  # noqa: E402
-from runtime.model_loader import DEFAULT_MODEL, load  # noqa: E402
 from runtime.sampling import SamplingParams  # noqa: E402
 
 PROMPT = "Give some tips for staying healthy."
@@ -87,16 +83,10 @@ def fork_vs_sequential(eng: Engine, prompt: list[int], k: int, n: int) -> tuple[
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=DEFAULT_MODEL)
-    ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
-    ap.add_argument("--repeats", type=int, default=7)
+    ap = common.parser(OUT, repeats=7)
     ap.add_argument("--serial-tokens", type=int, default=128)
-    ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
-    transformers.utils.logging.disable_progress_bar()
-    eng = Engine(load(args.model, dtype=getattr(torch, args.dtype)))
+    eng = common.engine(args)
     prompt = eng.chat_prompt(PROMPT)
     step_ms(eng, prompt, 2, 4)  # warm up
     hf_serial(eng, prompt, 4)
@@ -126,7 +116,7 @@ def main() -> None:
         "fork4_speedup": round(ser / par, 2),
         "settings": {"repeats": args.repeats, "serial_tokens": args.serial_tokens, "fork": "4 branches x 64 tokens",
                      "step_tokens_per_branch": 32, "repetition_penalty": 1.2, "greedy": True},
-        **environment(),
+        **common.environment(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2) + "\n")

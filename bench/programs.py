@@ -11,24 +11,18 @@ interleaved (parallel, serial, parallel, ...) so machine drift hits both alike; 
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-import torch
-import transformers
 from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from aspd_lang import gen, program  # noqa: E402
 from aspd_lang.runner import Runner  # noqa: E402
-from bench.common import environment  # noqa: E402
-from runtime.engine import Engine  # noqa: E402
-from runtime.model_loader import DEFAULT_MODEL, load  # noqa: E402
+from bench import common  # noqa: E402
 from runtime.sampling import SamplingParams  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "programs.json"
@@ -64,15 +58,9 @@ def measure(runner: Runner, repeats: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=DEFAULT_MODEL)
-    ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--out", type=Path, default=OUT)
+    ap = common.parser(OUT, repeats=5)
     args = ap.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
-    transformers.utils.logging.disable_progress_bar()
-    eng = Engine(load(args.model, dtype=getattr(torch, args.dtype)))
+    eng = common.engine(args)
     defaults = SamplingParams(repetition_penalty=1.2)
     native, engine = Runner("native", defaults, engine=eng), Runner("engine", defaults, engine=eng)
     native.run(four_tips, {"topic": "warm up"})  # first-call allocations are not the program's
@@ -80,7 +68,7 @@ def main() -> None:
            **measure(native, args.repeats), "engine_backend": measure(engine, args.repeats),
            "settings": {"repeats": args.repeats, "repetition_penalty": 1.2, "greedy": True, "ignore_eos": True,
                         "backend": "native (SGLang interpreter on NativeBackend)"},
-           **environment()}
+           **common.environment()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2) + "\n")
     t = Table(title=f"program benchmark ({args.dtype}): {res['program']}")
