@@ -17,9 +17,9 @@ def main(s, a, b):
         s += f"Compare option A, {a}, and option B, {b}: give pros and cons of each, then a verdict."
     with s.assistant():
         with s.parallel(["pros a", "cons a", "pros b", "cons b"]) as br:
-            br[0] += f"Pros of {a}:" + gen("pros_a", max_tokens=40, stop="\n") + "\n"
-            br[1] += f"Cons of {a}:" + gen("cons_a", max_tokens=40, stop="\n") + "\n"
-            br[2] += f"Pros of {b}:" + gen("pros_b", max_tokens=40, stop="\n") + "\n"
-            br[3] += f"Cons of {b}:" + gen("cons_b", max_tokens=40, stop="\n") + "\n"
+            br[0] += f"Pros of {a}:\n" + gen("pros_a", max_tokens=48, stop="\n\n") + "\n\n"
+            br[1] += f"Cons of {a}:\n" + gen("cons_a", max_tokens=48, stop="\n\n") + "\n\n"
+            br[2] += f"Pros of {b}:\n" + gen("pros_b", max_tokens=48, stop="\n\n") + "\n\n"
+            br[3] += f"Cons of {b}:\n" + gen("cons_b", max_tokens=48, stop="\n\n") + "\n\n"
         s += "Verdict: option " + select("verdict", ["A", "B"]) + " is better, because"
         s += gen("reason", max_tokens=32, stop="\n")

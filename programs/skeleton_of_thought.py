@@ -24,5 +24,5 @@ def main(s, question):
         s += "\nExpanded:\n"
         with s.parallel([f"point {i}" for i in range(1, POINTS + 1)]) as branches:
             for i, b in enumerate(branches, start=1):
-                b += f"{i}." + s[f"point{i}"] + ":" + gen(f"detail{i}", max_tokens=56, stop="\n") + "\n"
-        s += "\nIn conclusion," + gen("conclusion", max_tokens=40, stop="\n")
+                b += f"{i}." + s[f"point{i}"] + "\n" + gen(f"detail{i}", max_tokens=56, stop="\n\n") + "\n\n"
+        s += "In conclusion," + gen("conclusion", max_tokens=40, stop="\n")

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from aspd_lang import ir
+from aspd_lang.runner import Runner, layout, load_program_file
 from runtime import protocol as P
 from runtime.engine import Engine
 from runtime.model_loader import ModelLoadError, embedded_checkpoint, load
@@ -107,3 +110,49 @@ def test_cli_generate_json():
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["completion_tokens"] <= 12 and out["text"] and out["parallel_tokens"] == 0
+
+
+# --------------------------------------------------------------------------- DSL programs, embedded model
+
+PROGRAMS = sorted((Path(__file__).parents[1] / "programs").glob("*.py"))
+
+
+@pytest.fixture(scope="module")
+def real_bf16() -> Engine:
+    torch.set_num_threads(2)
+    return Engine(load())
+
+
+@pytest.mark.parametrize("path", PROGRAMS, ids=[p.stem for p in PROGRAMS])
+def test_example_programs_run_on_native_backend_with_the_embedded_model(real_bf16, path):
+    pf = load_program_file(path)
+    args = pf.batch(**pf.args)[0] if pf.batch else pf.args
+    res = Runner("native", SamplingParams(repetition_penalty=1.2), engine=real_bf16).run(pf.main, args)
+    names = ir.names(pf.main.ir().body)
+    assert names and all(isinstance(res.variables[n], str) and res.variables[n] for n in names), res.variables
+    assert res.completion_tokens > 0
+    for n in names:  # every value is in the program's text, where the program put it
+        assert res.variables[n] in res.text
+    blocks = [p for p in layout(pf.main.ir(), res) if p.kind == "parallel"]
+    assert all(len(b.branches) >= 2 and all(b.branches) for b in blocks)
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["run", "programs/tips.py", "--arg", "nope=1"], "unknown ['nope']"),
+    (["run", "programs/tips.py", "--arg", "topic"], "--arg needs K=V"),
+    (["run", "programs/missing.py"], "no program file"),
+])
+def test_cli_run_user_errors(args, msg):
+    r = _cli(*args)
+    assert r.returncode == 2
+    assert msg in " ".join(r.stderr.split()) and "Traceback" not in r.stderr
+
+
+def test_cli_run_json_reports_parallel_and_serial():
+    r = _cli("run", "programs/tips.py", "--json", "--backend", "engine")
+    assert r.returncode == 0, r.stderr
+    (out,) = json.loads(r.stdout)
+    par, ser = out["run"], out["serial_baseline"]
+    assert not par["serial"] and ser["serial"]
+    assert set(par["variables"]) == {"topic", "tip0", "tip1", "tip2", "summary"}
+    assert par["completion_tokens"] > 0 and ser["completion_tokens"] > 0
