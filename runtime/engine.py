@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel
 
 from .model_loader import LoadedModel
-from .model_runner import KVState, ModelRunner
+from .model_runner import KVSlice, KVState, ModelRunner
 from .protocol import (
     SERIAL_TAG,
     Allowed,
@@ -151,14 +151,31 @@ class Engine:
 
     # ----------------------------------------------------------------- sequences
 
-    def new_sequence(self, prompt: str | Seq[int]) -> Sequence:
+    def new_sequence(self, prompt: str | Seq[int], prefix: KVSlice | None = None) -> Sequence:
+        """A sequence for `prompt`; with `prefix`, the K/V of its first `prefix.n` tokens is taken
+        from the prefix cache instead of being computed again."""
         ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
         if not ids:
             raise EngineError("the prompt is empty")
         self._check_room(len(ids), 1)
         seq = Sequence(kv=self.runner.new_kv(), serial=self._stream(SERIAL_TAG))
-        self._push(seq.serial, ids)
+        n = prefix.n if prefix is not None else 0
+        if n >= len(ids):
+            raise EngineError("a cached prefix must leave at least one prompt token to compute")
+        if n:
+            seq.kv.load(prefix)
+            seq.written = [Written(t, SERIAL_TAG, i) for i, t in enumerate(ids[:n])]
+            seq.positions.next_serial = n
+            seq.serial.seen.add(ids[:n])
+        self._push(seq.serial, ids[n:])
         return seq
+
+    def export_prefix(self, seq: Sequence, n: int) -> KVSlice:
+        """The K/V of the sequence's first n tokens, for the prefix cache. They must be serial tokens
+        already in the cache, in order (a prompt's tokens are)."""
+        if n > len(seq.written) or any(w.index != i or w.tag != SERIAL_TAG for i, w in enumerate(seq.written[:n])):
+            raise EngineError(f"the first {n} tokens are not a computed serial prefix")
+        return seq.kv.export(n)
 
     def extend(self, seq: Sequence, text: str | Seq[int]) -> None:
         """Append serial text (fed lazily with the next forward)."""

@@ -11,12 +11,33 @@ token can see it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from . import fast_decoder
 from .protocol import DEAD, Tag, visible
+
+
+@dataclass(frozen=True)
+class KVSlice:
+    """A copy of the K/V of a run of serial tokens: [layers, kv_heads, n, head_dim] each. The
+    prefix cache stores these; a new sequence starts from them instead of recomputing."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+    @property
+    def n(self) -> int:
+        return self.k.shape[2]
+
+    def split(self, at: int) -> tuple[KVSlice, KVSlice]:
+        return KVSlice(self.k[:, :, :at], self.v[:, :, :at]), KVSlice(self.k[:, :, at:], self.v[:, :, at:])
+
+    @staticmethod
+    def concat(parts: Sequence[KVSlice]) -> KVSlice:
+        return KVSlice(torch.cat([p.k for p in parts], 2), torch.cat([p.v for p in parts], 2))
 
 
 class KVState:
@@ -45,6 +66,31 @@ class KVState:
         self._blocks[self.length:self.length + n] = torch.tensor([t.block for t in tags], dtype=torch.int32)
         self._branches[self.length:self.length + n] = torch.tensor([t.branch for t in tags], dtype=torch.int32)
         self.length += n
+
+    def export(self, end: int) -> KVSlice:
+        """A copy of the K/V of cached tokens [0, end)."""
+        if self.cache is None or end > self.length:
+            raise ValueError(f"cannot export {end} tokens from a cache of {self.length}")
+        if isinstance(self.cache, fast_decoder.StaticKV):
+            return KVSlice(self.cache.k[:, :, :end].clone(), self.cache.v[:, :, :end].clone())
+        layers = self.cache.layers
+        return KVSlice(torch.stack([layer.keys[0, :, :end] for layer in layers]),
+                       torch.stack([layer.values[0, :, :end] for layer in layers]))
+
+    def load(self, prefix: KVSlice) -> None:
+        """Fill an empty cache with a prefix's K/V (serial tokens)."""
+        if self.length:
+            raise ValueError("load needs an empty cache")
+        n = prefix.n
+        if isinstance(self.cache, fast_decoder.StaticKV):
+            self.cache.reserve(n)
+            self.cache.k[:, :, :n] = prefix.k
+            self.cache.v[:, :, :n] = prefix.v
+            self.cache.length = n
+        else:
+            for i in range(prefix.k.shape[0]):
+                self.cache.update(prefix.k[i][None], prefix.v[i][None], i)
+        self.append_tags([Tag(0, 0)] * n)
 
     def kill(self, index: int) -> None:
         """Hide a cached token from every later query."""
