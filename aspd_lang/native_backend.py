@@ -293,8 +293,7 @@ class NativeBackend(BaseBackend):
             for key in [k for k, r in self.roots.items() if r is root]:  # a parent first seen here
                 del self.roots[key]
             self.roots[dst_rid] = root
-            g = root.group
-            by_sid = {sid: c for sid, c in g.children.items()}
+            by_sid = root.group.children
             missing = [r for r in src_rids if r not in by_sid]
             if missing or len(src_rids) != len(by_sid):
                 raise BackendError(f"concatenate_and_append: branches {missing or 'unlisted'} are not this fork's")

@@ -167,6 +167,8 @@ class _Compiled:
 
 
 def _tokens(s, name: str, text: str) -> int:
+    """Tokens a gen used, for the loop's budget: the backend's count, or ~4 characters a token
+    where a backend reports none."""
     meta = s.get_meta_info(name) or {}
     return int(meta.get("completion_tokens") or max(1, len(text) // 4))
 

@@ -60,9 +60,11 @@ class Stream:
     title: str = ""
     want_logits: bool = True
     finish: str | None = None
-    # Plain branches decode with their own sampling (a DSL gen per branch); None: the run's.
+    # Plain branches decode with their own sampling and stop rules (a DSL gen per branch);
+    # None: the run's.
     sampler: Sampler | None = None
-    params: SamplingParams | None = None
+    stops: tuple[str, ...] | None = None
+    stop_ids: set[int] | None = None
     max_tokens: int = 0
 
 
@@ -267,8 +269,7 @@ class Engine:
         a call that ended on EOS), the last written token is hidden in the cache and fed again as a
         serial token: it then sees every branch, exactly as in the written sequence."""
         s = seq.serial
-        if not s.pending:
-            s.pending = [self._retract(seq, 1)[0]]
+        self._ensure_pending(seq, s)
         s.want_logits = True
         return self._feed(seq, [s])[s]
 
@@ -369,8 +370,8 @@ class Engine:
             b = seq.open_branches[j]
             # Each branch samples with its own generator: seeded branches give the same text
             # whether they decode alone or together.
-            b.finish, b.generated, b.params, b.max_tokens = None, [], p, p.max_new_tokens
-            b.sampler = Sampler(p, self.runner.device)
+            b.finish, b.generated, b.max_tokens = None, [], p.max_new_tokens
+            b.sampler, b.stops, b.stop_ids = Sampler(p, self.runner.device), _stops(p), _stop_ids(p, self.ids.eos)
         run.loop()
         return run.output(only=list(requests))
 
@@ -398,8 +399,6 @@ class Engine:
                     seq.kv.kill(idx)
             seq.positions.abort_block()
             if reprefill:
-                for b in brs:
-                    seq.serial.seen.merge(b.seen)
                 self._push(seq.serial, joined)
         else:
             for b in brs:
@@ -408,14 +407,18 @@ class Engine:
                 self._feed(seq, self._in_block(seq, [*brs, _CLOSE_BLOCK]))
             else:
                 self._close_block(seq)
+        if not discard:
             for b in brs:
                 seq.serial.seen.merge(b.seen)
         seq.open_branches, seq.block_open = [], False
 
     def _ensure_pending(self, seq: Sequence, b: Stream) -> None:
-        """Logits come from the last token fed; if a branch's last token is already cached, it is
-        hidden and fed again (as `_serial_logits` does for the serial stream)."""
+        """Logits come from the last token fed; if a stream's last token is already cached, it is
+        hidden and fed again."""
         if b.pending:
+            return
+        if b.tag.block == 0:
+            b.pending = self._retract(seq, 1)
             return
         if not b.written:
             raise EngineError("a branch must have text before it decodes or selects")
@@ -459,7 +462,7 @@ class Engine:
         first = torch.log_softmax(self._feed(seq, self._in_block(seq, [b]))[b], -1)
         out = []
         for x in ids:  # one probe per choice: same-branch probes would see each other
-            start = seq.positions._base + seq.positions._lengths.get(b.tag.branch, 0)
+            start = seq.positions.peek(b.tag)
             rows = self._probe(seq, [(b.tag, list(range(start, start + len(x) - 1)), x[:-1])])
             out.append(_token_logprobs(first, rows[0], x))
         return out
@@ -483,6 +486,10 @@ class Engine:
 
 def _stops(p: SamplingParams) -> tuple[str, ...]:
     return tuple(x for x in p.stop if x)
+
+
+def _stop_ids(p: SamplingParams, eos: frozenset[int]) -> set[int]:
+    return set(p.stop_token_ids) | (set() if p.ignore_eos else set(eos))
 
 
 def _token_logprobs(first: torch.Tensor, rows: torch.Tensor, ids: list[int]) -> list[float]:
@@ -518,11 +525,8 @@ class _Run:
         self.title_ids: list[list[int]] = []
         self.block_steps = 0
         self.stops = _stops(params)
-        self.stop_ids = self._stop_ids(params)
+        self.stop_ids = _stop_ids(params, self.ids.eos)
         seq.serial.generated = []
-
-    def _stop_ids(self, p: SamplingParams) -> set[int]:
-        return set(p.stop_token_ids) | (set() if p.ignore_eos else set(self.ids.eos))
 
     # ----------------------------------------------------------------- main loop
 
@@ -674,14 +678,14 @@ class _Run:
                 b.finish = "stop"
                 self.eng._push(b, [tok])  # written to the cache with the next step, then it leaves
                 return
-        elif tok in (self._stop_ids(b.params) if b.params else self.stop_ids):
+        elif tok in (self.stop_ids if b.stop_ids is None else b.stop_ids):
             b.finish = "stop"  # EOS is not part of the text: nothing more to feed
             return
         b.generated.append(tok)
         self.eng._push(b, [tok])
         if self.markup:
             return
-        stops = _stops(b.params) if b.params else self.stops
+        stops = self.stops if b.stops is None else b.stops
         if stops and self._apply_stop(b, stops):
             b.finish = "stop"
         elif len(b.generated) >= b.max_tokens:

@@ -206,6 +206,13 @@ class PositionCounter:
         self._lengths[tag.branch] = n + 1
         return self._base + n
 
+    def peek(self, tag: Tag) -> int:
+        """The position `take(tag)` would return next, without taking it."""
+        if tag.block == SERIAL:
+            return self.next_serial
+        base = self._base if self._lengths else self.next_serial
+        return base + self._lengths.get(tag.branch, 0)
+
     def drop(self, tag: Tag, n: int) -> None:
         """Forget the last n tokens of a branch (they were marked dead)."""
         self._lengths[tag.branch] -= n

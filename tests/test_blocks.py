@@ -80,7 +80,7 @@ def test_kv_join_equals_one_forward_with_protocol_mask(engine):
     torch.testing.assert_close(logits, ref, atol=ATOL, rtol=0)
     text = engine.text(seq)
     assert text.startswith(PREFIX + SEEDS[0]) and text.endswith(" after")
-    assert text.index(SEEDS[0]) < text.index(SEEDS[1] + "") < text.index(" end") < text.index(SEEDS[2], 20)
+    assert text.index(SEEDS[0]) < text.index(SEEDS[1]) < text.index(" end") < text.index(SEEDS[2], 20)
 
 
 def test_reprefill_join_equals_causal_prefill_of_the_joined_text(engine):
