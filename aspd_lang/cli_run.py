@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 
 from rich.console import Group
 from rich.panel import Panel
@@ -73,6 +74,8 @@ def _stats(res: RunResult, base: RunResult | None) -> Table:
 
 
 def cmd_run(args: argparse.Namespace, console, load_engine, sampling_from) -> int:
+    # SGLang warns with a traceback when a branch fails; the error itself is reported in one line.
+    warnings.filterwarnings("ignore", message="Error in stream_executor")
     pf = load_program_file(args.file)
     base_args = {**pf.args, **_kv(args.arg)}
     arg_sets = pf.batch(**base_args) if pf.batch else [base_args]

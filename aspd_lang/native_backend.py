@@ -184,6 +184,14 @@ class NativeBackend(BaseBackend):
                     raise BackendError("a fork whose parent text is not in the engine")
             self.children[children[0].sid].group.expected = {c.sid for c in children}
 
+    def branch_done(self, sid: str) -> None:
+        """Called on a branch's executor thread after its last command (see sglang_compile)."""
+        with self.lock:
+            ch = self.children.get(sid)
+            if ch is not None:
+                ch.done = True
+                self.cond.notify_all()
+
     def next_gen_adaptive(self, sid: str) -> None:
         """Called on an executor's thread right before an adaptive gen (see sglang_compile)."""
         with self.lock:
@@ -219,10 +227,19 @@ class NativeBackend(BaseBackend):
                 st.text += out.text
                 self._release(s, 1)
                 return out.text, _meta(out, s.sid)
-            self._sync_child(ch, s)
-            out = self._rendezvous(ch, s.sid, params)
+            try:
+                self._sync_child(ch, s)
+                out = self._rendezvous(ch, s.sid, params)
+            except BaseException:
+                self._child_failed(ch)
+                raise
             ch.text += out.text
             return out.text, _meta(out, s.sid)
+
+    def _child_failed(self, ch: _Child) -> None:
+        """A branch whose call failed takes no further part: its siblings stop waiting for it."""
+        ch.done = True
+        self.cond.notify_all()
 
     def _rendezvous(self, ch: _Child, sid: str, params: SamplingParams) -> GenerationOutput:
         """Wait until every live sibling waits (or the window passes), then decode them together."""
@@ -268,12 +285,17 @@ class NativeBackend(BaseBackend):
             raise BackendError("NativeBackend does not compute unconditional likelihoods")
         with self.lock:
             ch = self._child(s)
-            if ch is None:
-                seq, branch = self._root(s).seq, None
-            else:
-                self._sync_child(ch, s)
-                seq, branch = ch.root.seq, ch.branch
-            logprobs = self.engine.score(seq, choices, branch)
+            try:
+                if ch is None:
+                    seq, branch = self._root(s).seq, None
+                else:
+                    self._sync_child(ch, s)
+                    seq, branch = ch.root.seq, ch.branch
+                logprobs = self.engine.score(seq, choices, branch)
+            except BaseException:
+                if ch is not None:
+                    self._child_failed(ch)
+                raise
             if ch is None:
                 self._release(s, 1)
         ids = [self.engine.encode(c) for c in choices]
@@ -311,7 +333,10 @@ class NativeBackend(BaseBackend):
                     ch.done = True
                     self.cond.notify_all()
                 elif ex.sid in self.roots:
-                    self.roots[ex.sid].ended = True
+                    st = self.roots[ex.sid]
+                    st.ended = True
+                    if st.group is not None and all(c.done for c in st.group.children.values()):
+                        self._drop_group(st)  # branches that failed before their join
                     self._release(ex, 0)
 
     def flush_cache(self) -> None:

@@ -107,12 +107,20 @@ class _Compiled:
         children = [f.stream_executor for f in forks.states]
         if hint and not self.serial:
             hint(s.stream_executor, children)
+        done = getattr(backend, "branch_done", None)
         for f, b in zip(forks.states, n.branches):
             if hint and self.serial:
                 hint(s.stream_executor, [f.stream_executor])
             self.walk(f, b.body)
+            if done:  # siblings still decoding stop waiting for this branch once its work has run
+                f += _on_executor(functools.partial(done, f.stream_executor.sid))
             if self.serial:
                 f.sync()
+        failed = [e for e in (f.error() for f in forks.states) if e is not None]  # error() waits for the branch
+        if failed:  # a failed branch never reaches the join: end the branches and report it
+            for f in forks.states:
+                f.stream_executor.end()
+            raise failed[0]
         self._join(s, forks, n.join)
         for f, b in zip(forks.states, n.branches):  # branch variables (and their meta) join the parent
             for name in ir.names(b.body):

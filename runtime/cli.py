@@ -206,6 +206,7 @@ def main(argv: Seq[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from aspd_lang.cli_run import cmd_run
     from aspd_lang.ir import ProgramError
+    from aspd_lang.native_backend import BackendError
 
     from .engine import EngineError
     from .model_loader import ModelLoadError
@@ -217,7 +218,7 @@ def main(argv: Seq[str] | None = None) -> int:
     except ValidationError as e:
         first = e.errors()[0]
         err.print(f"[red]error:[/] invalid sampling parameter {'.'.join(map(str, first['loc']))}: {first['msg']}")
-    except (ModelLoadError, EngineError, ProtocolError, UsageError, ProgramError) as e:
+    except (ModelLoadError, EngineError, ProtocolError, UsageError, ProgramError, BackendError) as e:
         err.print(f"[red]error:[/] {e}")
     return 2
 

@@ -227,3 +227,25 @@ def test_bad_input_gives_clear_errors(eng):
     assert isinstance(state.error(), BackendError) and "constrained decoding" in str(state.error())
     with pytest.raises(ProgramError, match="must define `main`"):
         load_program_file(Path(__file__))
+
+
+@pytest.mark.filterwarnings("ignore:Error in stream_executor")
+def test_a_failing_branch_is_reported_and_frees_everything(eng):
+    """A branch over the context window fails: its siblings do not wait for it forever, the error
+    reaches the caller, and no sequence or branch stays behind in the backend."""
+    from runtime.engine import EngineError
+
+    @program
+    def too_long(s, doc):
+        s += "docs:\n"
+        with s.parallel(["a", "b"]) as br:
+            br[0] += "short" + gen("x", max_tokens=3)
+            br[1] += doc + gen("y", max_tokens=3)
+
+    be_runner = Runner("native", DEFAULTS, engine=eng)
+    with pytest.raises(EngineError, match="context window"):
+        be_runner.run(too_long, {"doc": "w" * 5000})
+    be = be_runner._sglang_backend()
+    assert be.roots == {} and be.children == {}
+    ok = be_runner.run(too_long, {"doc": "fine"})  # the backend still serves
+    assert ok.variables["y"] is not None
