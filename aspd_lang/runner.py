@@ -64,9 +64,9 @@ class Runner:
 
                 self._sgl_backend = NativeBackend(self.engine, self.defaults)
             else:
-                import sglang as sgl
+                from .http_backend import AspdEndpoint
 
-                self._sgl_backend = sgl.RuntimeEndpoint(self.url)
+                self._sgl_backend = AspdEndpoint(self.url)
         return self._sgl_backend
 
     def run(self, program: Program, args: dict[str, Any], serial: bool = False) -> RunResult:

@@ -1,4 +1,4 @@
-"""`aspd` command line: generate, demo and run (aspd_lang programs)."""
+"""`aspd` command line: generate, demo, run (aspd_lang programs) and serve (the HTTP server)."""
 
 from __future__ import annotations
 
@@ -61,6 +61,19 @@ def parser() -> argparse.ArgumentParser:
     from aspd_lang.cli_run import add_parser
 
     add_parser(sub, _sampling_args)
+    sv = sub.add_parser("serve", help="serve the model over SGLang's and OpenAI's HTTP APIs")
+    sv.add_argument("--model", default=None, help="HF causal-LM directory or id (default: the embedded SmolLM2-135M)")
+    sv.add_argument("--adapter", default=None, help="ASPD adapter directory (PEFT)")
+    sv.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
+    sv.add_argument("--host", default="127.0.0.1", help="default: loopback only")
+    sv.add_argument("--port", type=int, default=30000)
+    sv.add_argument("--max-running", type=int, default=16, help="requests decoded together (one forward per step)")
+    sv.add_argument("--max-queue", type=int, default=64, help="waiting requests beyond this get 429")
+    sv.add_argument("--cache-tokens", type=int, default=32768, help="radix prefix cache budget; 0 turns it off")
+    sv.add_argument("--max-sessions", type=int, default=256, help="held rid sessions (for joins), LRU")
+    sv.add_argument("--repetition-penalty", type=float, default=1.0,
+                    help="for requests that set none (SGLang's frontend never does); "
+                    "1.2 stops the embedded model's loops")
     return ap
 
 
@@ -201,6 +214,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from .server import create_app
+    from .serving import ServeConfig, ServingLoop
+
+    if args.max_running < 1 or args.max_queue < 0 or args.cache_tokens < 0 or args.max_sessions < 0:
+        raise UsageError("--max-running must be >= 1; --max-queue, --cache-tokens and --max-sessions >= 0")
+    eng = load_engine(args)
+    loop = ServingLoop(eng, ServeConfig(max_running=args.max_running, max_waiting=args.max_queue,
+                                        cache_tokens=args.cache_tokens, max_sessions=args.max_sessions)).start()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    err.print(f"aspd serve: {eng.loaded.name} on http://{args.host}:{args.port} "
+              f"(max running {args.max_running}, queue {args.max_queue}, prefix cache {args.cache_tokens} tokens)")
+    try:
+        app = create_app(loop, eng.loaded.name, repetition_penalty=args.repetition_penalty)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        loop.stop()
+    return 0
+
+
 def main(argv: Seq[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: fail fast instead of waiting on the network
     args = parser().parse_args(argv)
@@ -211,7 +248,7 @@ def main(argv: Seq[str] | None = None) -> int:
     from .engine import EngineError
     from .model_loader import ModelLoadError
 
-    commands = {"generate": cmd_generate, "demo": cmd_demo,
+    commands = {"generate": cmd_generate, "demo": cmd_demo, "serve": cmd_serve,
                 "run": lambda a: cmd_run(a, console, load_engine, sampling_from)}
     try:
         return commands[args.cmd](args)

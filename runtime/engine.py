@@ -11,16 +11,19 @@ Invariant: the cached tokens plus each stream's `pending` tokens are exactly the
 
 from __future__ import annotations
 
+import dataclasses
 import time
+import weakref
+from collections.abc import Generator
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 from pydantic import BaseModel
 
 from .model_loader import LoadedModel
-from .model_runner import KVSlice, KVState, ModelRunner
+from .model_runner import Forward, KVSlice, KVState, ModelRunner
 from .protocol import (
     SERIAL_TAG,
     Allowed,
@@ -39,6 +42,8 @@ from .sampler import Sampler, SeenTokens
 from .sampling import SamplingParams
 
 Mode = Literal["aspd", "ar"]
+T = TypeVar("T")
+Steps = Generator[Forward, torch.Tensor, T]  # yields one forward's worth of work, is sent its logits
 
 
 class EngineError(ValueError):
@@ -116,6 +121,8 @@ class GenerationOutput(BaseModel):
     blocks: list[BlockStats]
     ttft_s: float
     total_s: float
+    # Per serial token, when asked: (log-prob, token id, top alternatives as (log-prob, token id)).
+    token_logprobs: list[tuple[float, int, list[tuple[float, int]]]] | None = None
 
     @property
     def tokens_per_s(self) -> float:
@@ -135,6 +142,7 @@ class Engine:
         self.ids = loaded.ids
         self.runner = ModelRunner(loaded.model, fast=fast)
         self.max_len = self.runner.max_positions
+        self._live: weakref.WeakSet[Sequence] = weakref.WeakSet()
 
     # ----------------------------------------------------------------- text helpers
 
@@ -161,6 +169,7 @@ class Engine:
             raise EngineError("the prompt is empty")
         self._check_room(len(ids), 1)
         seq = Sequence(kv=self.runner.new_kv(), serial=self._stream(SERIAL_TAG))
+        self._live.add(seq)
         n = prefix.n if prefix is not None else 0
         if n >= len(ids):
             raise EngineError("a cached prefix must leave at least one prompt token to compute")
@@ -171,6 +180,16 @@ class Engine:
             seq.serial.seen.add(ids[:n])
         self._push(seq.serial, ids[n:])
         return seq
+
+    @staticmethod
+    def cacheable_prefix(seq: Sequence) -> list[int]:
+        """The tokens of the sequence's longest computed serial prefix (what a prefix cache may keep)."""
+        n = 0
+        for w in seq.written:
+            if w.index != n or w.tag != SERIAL_TAG:
+                break
+            n += 1
+        return [w.token for w in seq.written[:n]]
 
     def export_prefix(self, seq: Sequence, n: int) -> KVSlice:
         """The K/V of the sequence's first n tokens, for the prefix cache. They must be serial tokens
@@ -186,11 +205,89 @@ class Engine:
         self._check_room(seq.length + len(ids), 0)
         self._push(seq.serial, ids)
 
-    def prefill(self, seq: Sequence) -> None:
-        """Feed pending serial text now (otherwise it rides along with the next forward)."""
+    def prefill(self, seq: Sequence, keep: int = 0, logits_from: int | None = None) -> torch.Tensor | None:
+        """Feed pending serial text now (otherwise it rides along with the next forward), all but the
+        last `keep` tokens. With `logits_from`, return the log-probabilities [rows, vocab] of the fed
+        rows whose index in the text is >= logits_from (prompt log-probs)."""
         self._check_open(seq)
-        seq.serial.want_logits = False
-        self._feed(seq, [seq.serial])
+        s = seq.serial
+        held, s.pending = s.pending[len(s.pending) - keep:] if keep else [], s.pending[:len(s.pending) - keep]
+        start = len(seq.written)
+        if logits_from is None or not s.pending:
+            s.want_logits = False
+            self._feed(seq, [s])
+            s.pending = held
+            return None
+        if logits_from < start:
+            raise EngineError(f"log-probs from token {logits_from} need tokens that are already cached")
+        n = len(s.pending)
+        rows = list(range(logits_from - start, n))
+        fwd = Forward(seq.kv, list(s.pending), [seq.positions.take(SERIAL_TAG) for _ in range(n)],
+                      [SERIAL_TAG] * n, rows)
+        seq.written.extend(Written(t, SERIAL_TAG, seq.kv.length + i) for i, t in enumerate(s.pending))
+        s.pending = held
+        return torch.log_softmax(self.runner.forward_many([fwd])[0], -1)
+
+    # ----------------------------------------------------------------- sequences across requests
+
+    def copy_sequence(self, seq: Sequence) -> Sequence:
+        """An independent sequence with the same text and K/V: a server request forked off another's
+        end. Its later tokens can be grafted back onto the original as a branch (`graft`)."""
+        self._check_serial(seq)
+        out = Sequence(kv=seq.kv.copy_into(self.runner.new_kv()),
+                       serial=self._stream(SERIAL_TAG, seq.serial.seen.copy()),
+                       positions=dataclasses.replace(seq.positions, _lengths={}),
+                       written=list(seq.written), next_block=seq.next_block)
+        out.serial.pending = list(seq.serial.pending)
+        self._live.add(out)
+        return out
+
+    def graft(self, dst: Sequence, branches: Seq[Sequence]) -> None:
+        """The ASPD join across sequences. Each of `branches` holds dst's text plus its own serial
+        tokens (forked off dst, or computed from the same prefix); their K/V past that point is
+        appended to dst's cache as the branches of one block, with the positions and mask they have
+        when decoded inside a block, and the block closes: dst goes on over all branches, no re-prefill."""
+        if len(branches) < 1:
+            raise EngineError("a join needs at least one branch")
+        for x in (dst, *branches):
+            self._check_serial(x)
+            if x.serial.pending:
+                self.prefill(x)
+        n0 = len(dst.written)
+        base = [w.token for w in dst.written]
+        tails = []
+        for j, b in enumerate(branches):
+            if b is dst or [w.token for w in b.written[:n0]] != base:
+                raise EngineError(f"branch {j} does not continue the destination's text")
+            tail = b.written[n0:]
+            if any(w.tag != SERIAL_TAG for w in tail):
+                raise EngineError(f"branch {j} opened a parallel block of its own; it cannot be joined as a branch")
+            tails.append(tail)
+        block = dst.next_block
+        dst.next_block += 1
+        for j, (b, tail) in enumerate(zip(branches, tails), start=1):
+            if not tail:
+                continue
+            tag = Tag(block, j)
+            start = dst.kv.length
+            for _ in tail:
+                dst.positions.take(tag)
+            dst.kv.append(b.kv.gather([w.index for w in tail]), [tag] * len(tail))
+            dst.written.extend(Written(w.token, tag, start + i) for i, w in enumerate(tail))
+            dst.serial.seen.merge(b.serial.seen)
+        dst.positions.close_block()
+
+    def release(self, seq: Sequence) -> None:
+        """Drop a sequence's K/V now (a finished or cancelled request)."""
+        seq.closed = seq.closed or "released"
+        seq.kv = None
+        seq.open_branches, seq.block_open = [], False
+        self._live.discard(seq)
+
+    @property
+    def live_sequences(self) -> int:
+        """Sequences still holding K/V (not released and still referenced): a leak check."""
+        return sum(1 for x in self._live if x.kv is not None)
 
     def next_logits(self, seq: Sequence) -> torch.Tensor:
         """Float32 logits of the token after the sequence's current text (feeds what is pending)."""
@@ -227,7 +324,20 @@ class Engine:
 
     # ----------------------------------------------------------------- the forward step
 
+    def _drive(self, steps: Steps[T]) -> T:
+        """Run a step generator to the end, one forward at a time (batch of one). A serving loop
+        drives many at once instead, with one `forward_many` per step."""
+        try:
+            fwd = next(steps)
+            while True:
+                fwd = steps.send(self.runner.forward_many([fwd])[0])
+        except StopIteration as done:
+            return done.value
+
     def _feed(self, seq: Sequence, plan: Seq[Stream | object]) -> dict[Stream, torch.Tensor]:
+        return self._drive(self._feed_steps(seq, plan))
+
+    def _feed_steps(self, seq: Sequence, plan: Seq[Stream | object]) -> Steps[dict[Stream, torch.Tensor]]:
         """One forward over every stream's pending tokens, in plan order; logits for those that want them."""
         tokens, positions, tags, at, owners = [], [], [], [], []
         for item in plan:
@@ -253,7 +363,7 @@ class Engine:
         if positions[-1] >= self.max_len:
             seq.closed = "the context window is full"
             raise EngineError(f"the sequence reached the model's context window ({self.max_len} tokens)")
-        logits = self.runner.forward(seq.kv, tokens, positions, tags, at)
+        logits = yield Forward(seq.kv, tokens, positions, tags, at)
         return dict(zip(owners, logits))
 
     @staticmethod
@@ -265,13 +375,16 @@ class Engine:
             seq.written.extend(Written(t, b.tag, i) for t, i in b.written)
 
     def _serial_logits(self, seq: Sequence) -> torch.Tensor:
+        return self._drive(self._serial_logits_steps(seq))
+
+    def _serial_logits_steps(self, seq: Sequence) -> Steps[torch.Tensor]:
         """Next-token logits of the serial stream. With nothing pending (right after a plain join, or
         a call that ended on EOS), the last written token is hidden in the cache and fed again as a
         serial token: it then sees every branch, exactly as in the written sequence."""
         s = seq.serial
         self._ensure_pending(seq, s)
         s.want_logits = True
-        return self._feed(seq, [s])[s]
+        return (yield from self._feed_steps(seq, [s]))[s]
 
     @classmethod
     def _retract_stream(cls, seq: Sequence, s: Stream, n: int) -> None:
@@ -299,13 +412,25 @@ class Engine:
 
     def generate(self, seq: Sequence, params: SamplingParams, mode: Mode = "aspd") -> GenerationOutput:
         """Decode serially; in `aspd` mode the model may open parallel blocks, which run in parallel."""
+        return self._drive(self.generate_steps(seq, params, mode))
+
+    def generate_steps(self, seq: Sequence, params: SamplingParams, mode: Mode = "aspd",
+                       logprobs: int | None = None, on_run=None) -> Steps[GenerationOutput]:
+        """`generate` as a step generator: it yields one `Forward` per step and takes its logits back
+        (the serving loop batches the steps of many requests into one forward). `logprobs=k` records
+        each serial token's log-prob and its k best alternatives; `on_run` receives the run's state
+        (for streaming its text so far)."""
         self._check_serial(seq)
         self._check_room(seq.length, 1)
         constraint = Constraint(self.ids, adaptive=(mode == "aspd"), max_title_tokens=params.max_title_tokens,
                                 max_branches=params.max_branches)
         run = _Run(self, seq, params, constraint, explicit=False)
+        if logprobs is not None:
+            run.logprobs, run.top_k = [], logprobs
+        if on_run is not None:
+            on_run(run)
         if params.max_new_tokens > 0:
-            run.loop()
+            yield from run.steps()
         return run.output()
 
     def fork(self, seq: Sequence, seeds: Seq[str], params: SamplingParams, markup: bool = False) -> GenerationOutput:
@@ -327,7 +452,7 @@ class Engine:
             run.open_block(list(seeds))
         else:
             run.open_block(list(seeds), seeds=[self.encode(s) for s in seeds])
-        run.loop()
+        self._drive(run.steps())
         return run.output()
 
     # ----------------------------------------------------------------- plain blocks, step by step
@@ -372,7 +497,7 @@ class Engine:
             # whether they decode alone or together.
             b.finish, b.generated, b.max_tokens = None, [], p.max_new_tokens
             b.sampler, b.stops, b.stop_ids = Sampler(p, self.runner.device), _stops(p), _stop_ids(p, self.ids.eos)
-        run.loop()
+        self._drive(run.steps())
         return run.output(only=list(requests))
 
     def join(self, seq: Sequence, reprefill: bool = False, order: Seq[int] | None = None,
@@ -526,17 +651,19 @@ class _Run:
         self.block_steps = 0
         self.stops = _stops(params)
         self.stop_ids = _stop_ids(params, self.ids.eos)
+        self.logprobs: list[tuple[float, int, list[tuple[float, int]]]] | None = None
+        self.top_k = 0
         seq.serial.generated = []
 
     # ----------------------------------------------------------------- main loop
 
-    def loop(self) -> None:
+    def steps(self) -> Steps[None]:
         seq = self.seq
         while not self.done:
             if seq.open_branches:
-                self._branch_step()
+                yield from self._branch_step()
             else:
-                self._serial_step()
+                yield from self._serial_step()
             if not self.done and self.left <= 0:
                 self.finish, self.done = "length", True
                 if seq.open_branches and self.join_at_end:
@@ -546,8 +673,8 @@ class _Run:
         if self.ttft is None:
             self.ttft = time.perf_counter() - self.t0
 
-    def _serial_step(self) -> None:
-        logits = self.eng._serial_logits(self.seq)
+    def _serial_step(self) -> Steps[None]:
+        logits = yield from self.eng._serial_logits_steps(self.seq)
         self._serial_token(logits)
 
     def _serial_token(self, logits: torch.Tensor) -> None:
@@ -557,6 +684,8 @@ class _Run:
         if tok in self.stop_ids:
             self.finish, self.done = "stop", True
             return
+        if self.logprobs is not None:
+            self._record_logprob(logits, tok)
         self.left -= 1
         self.serial_count += 1
         s.generated.append(tok)
@@ -568,6 +697,22 @@ class _Run:
             self.open_block([self.eng.decode(t) for t in self.title_ids])
         elif self.stops and tok not in self.ids.markup and self._apply_stop(s, self.stops, self.serial_start):
             self.finish, self.done = "stop", True
+
+    def _record_logprob(self, logits: torch.Tensor, tok: int) -> None:
+        lp = torch.log_softmax(logits, -1)
+        top = torch.topk(lp, self.top_k) if self.top_k else None
+        alts = list(zip(top.values.tolist(), top.indices.tolist())) if top is not None else []
+        self.logprobs.append((lp[tok].item(), tok, alts))
+
+    def partial_text(self) -> str:
+        """The answer's text so far without an unfinished parallel block or header: it only grows
+        (what a stream sends). Stop strings are not cut yet."""
+        done = Response(segments=tuple(self.segments)).plain_text()
+        if self.seq.open_branches:
+            return done
+        end = self.header_start if self.constraint.phase in (Phase.TITLE, Phase.TITLES_CLOSED) else None
+        toks = [t for t in self.seq.serial.generated[self.serial_start:end] if t not in self.ids.markup]
+        return done + self.eng.decode(toks)
 
     def _track_title(self, tok: int) -> None:
         if tok == self.ids.title:
@@ -589,6 +734,8 @@ class _Run:
         s.pending = []
         if fed > 0:
             self.eng._retract_stream(self.seq, s, fed)
+        if self.logprobs is not None and s is self.seq.serial:
+            del self.logprobs[max(len(self.logprobs) - drop, 0):]
         del s.generated[len(s.generated) - drop:]
         if rest:  # the stop string began inside a token: keep that token's text before it
             extra = self.eng.encode(rest)
@@ -624,7 +771,7 @@ class _Run:
             seq.open_branches.append(br)
         self.block_steps = 0
 
-    def _branch_step(self) -> None:
+    def _branch_step(self) -> Steps[None]:
         """One forward over the live branches; when all are closing, the join rides along."""
         seq = self.seq
         live = [b for b in seq.open_branches if b.finish is None or b.pending]
@@ -640,7 +787,7 @@ class _Run:
             if self.markup and not self.explicit:
                 seq.serial.pending, seq.serial.want_logits = [self.ids.end_para], True
                 plan.append(seq.serial)
-        logits = self.eng._feed(seq, plan)
+        logits = yield from self.eng._feed_steps(seq, plan)
         self.block_steps += 1
         if joining:
             self._join()
@@ -737,4 +884,4 @@ class _Run:
             prompt_tokens=self.prompt_tokens, completion_tokens=self.serial_count + self.parallel_count,
             serial_tokens=self.serial_count, parallel_tokens=self.parallel_count,
             forward_passes=self.eng.runner.forwards - self.forwards0, blocks=self.blocks,
-            ttft_s=self.ttft if self.ttft is not None else total, total_s=total)
+            ttft_s=self.ttft if self.ttft is not None else total, total_s=total, token_logprobs=self.logprobs)

@@ -76,31 +76,46 @@ class FastDecoder:
         return w * h.to(x.dtype)
 
     @torch.inference_mode()
-    def forward(self, kv: StaticKV, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None,
-                logits_at: torch.Tensor) -> torch.Tensor:
-        """ids, pos: [T]; mask: bool [1, 1, T, past + T] or None (every query sees every key)."""
-        t = ids.shape[0]
-        kv.reserve(t)
-        start, end = kv.length, kv.length + t
-        x = self.embed(ids)[None]  # [1, T, hidden]
-        cos, sin = self.rotary(x, pos[None])  # [1, T, head_dim]
+    def forward_many(self, caches: list[StaticKV], ids: list[torch.Tensor], pos: list[torch.Tensor],
+                     masks: list[torch.Tensor | None], logits_at: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Several sequences in one pass. ids, pos: [T_i] each; masks: bool [1, 1, T_i, past_i + T_i]
+        or None (every query sees every key). The matmuls run over all sequences' tokens at once
+        (that is where a decode step's time goes); attention runs per sequence over its own cache."""
+        sizes = [x.shape[0] for x in ids]
+        spans, at = [], 0
+        for kv, t in zip(caches, sizes):
+            kv.reserve(t)
+            spans.append((at, at + t, kv.length, kv.length + t))
+            at += t
+        total = at
+        x = self.embed(torch.cat(ids))[None]  # [1, T, hidden]
+        cos, sin = self.rotary(x, torch.cat(pos)[None])  # [1, T, head_dim]
         hq, hk, d = self.heads, self.kv_heads, self.head_dim
         for i, (ln1, wqkv, wo, ln2, wgu, wdown) in enumerate(self.layers):
             qkv = F.linear(self._rms(x, ln1), wqkv)[0]  # [T, (hq + 2 hk) d]
-            q = qkv[:, :hq * d].view(t, hq, d).transpose(0, 1)
-            k = qkv[:, hq * d:(hq + hk) * d].view(t, hk, d).transpose(0, 1)
-            v = qkv[:, (hq + hk) * d:].view(t, hk, d).transpose(0, 1)
+            q = qkv[:, :hq * d].view(total, hq, d).transpose(0, 1)
+            k = qkv[:, hq * d:(hq + hk) * d].view(total, hk, d).transpose(0, 1)
+            v = qkv[:, (hq + hk) * d:].view(total, hk, d).transpose(0, 1)
             q = q * cos + _rotate_half(q) * sin
-            kv.k[i, :, start:end] = k * cos + _rotate_half(k) * sin
-            kv.v[i, :, start:end] = v
-            o = F.scaled_dot_product_attention(q[None], kv.k[i, None, :, :end], kv.v[i, None, :, :end],
-                                               attn_mask=mask, scale=self.scale, enable_gqa=hq != hk)
-            x = x + F.linear(o[0].transpose(0, 1).reshape(1, t, hq * d), wo)
+            k = k * cos + _rotate_half(k) * sin
+            outs = []
+            for kv, mask, (a, b, start, end) in zip(caches, masks, spans):
+                kv.k[i, :, start:end] = k[:, a:b]
+                kv.v[i, :, start:end] = v[:, a:b]
+                outs.append(F.scaled_dot_product_attention(
+                    q[None, :, a:b], kv.k[i, None, :, :end], kv.v[i, None, :, :end],
+                    attn_mask=mask, scale=self.scale, enable_gqa=hq != hk)[0])
+            o = outs[0] if len(outs) == 1 else torch.cat(outs, 1)  # [hq, T, d]
+            x = x + F.linear(o.transpose(0, 1).reshape(1, total, hq * d), wo)
             gate, up = F.linear(self._rms(x, ln2), wgu).chunk(2, dim=-1)
             x = x + F.linear(F.silu(gate) * up, wdown)
-        kv.length = end
-        h = self._rms(x[0, logits_at], self.norm_w)
-        return F.linear(h, self.lm_head)
+        rows = []
+        for kv, (a, _, _, end), at_rows in zip(caches, spans, logits_at):
+            kv.length = end
+            rows.append(at_rows + a)
+        h = self._rms(x[0, torch.cat(rows)], self.norm_w)
+        logits = F.linear(h, self.lm_head)
+        return list(logits.split([r.shape[0] for r in rows]))
 
 
 def _fuse(*linears: torch.nn.Linear) -> torch.Tensor:

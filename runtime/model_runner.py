@@ -40,6 +40,17 @@ class KVSlice:
         return KVSlice(torch.cat([p.k for p in parts], 2), torch.cat([p.v for p in parts], 2))
 
 
+@dataclass(frozen=True)
+class Forward:
+    """One sequence's share of a forward pass: tokens appended to its cache, logits wanted at some rows."""
+
+    kv: KVState
+    tokens: Sequence[int]
+    positions: Sequence[int]
+    tags: Sequence[Tag]
+    logits_at: Sequence[int]
+
+
 class KVState:
     """A sequence's KV cache plus the tag of every cached token (for the mask)."""
 
@@ -50,7 +61,7 @@ class KVState:
         self._blocks = torch.zeros(capacity, dtype=torch.int32, device=device)
         self._branches = torch.zeros(capacity, dtype=torch.int32, device=device)
 
-    def _reserve(self, n: int) -> None:
+    def _reserve(self, n: int) -> None:  # tags grow by doubling too
         cap = self._blocks.numel()
         if self.length + n > cap:
             new = max(cap * 2, self.length + n)
@@ -73,24 +84,49 @@ class KVState:
             raise ValueError(f"cannot export {end} tokens from a cache of {self.length}")
         if isinstance(self.cache, fast_decoder.StaticKV):
             return KVSlice(self.cache.k[:, :, :end].clone(), self.cache.v[:, :, :end].clone())
-        layers = self.cache.layers
-        return KVSlice(torch.stack([layer.keys[0, :, :end] for layer in layers]),
-                       torch.stack([layer.values[0, :, :end] for layer in layers]))
+        return self.gather(range(end))
 
     def load(self, prefix: KVSlice) -> None:
         """Fill an empty cache with a prefix's K/V (serial tokens)."""
         if self.length:
             raise ValueError("load needs an empty cache")
-        n = prefix.n
+        self.append(prefix, [Tag(0, 0)] * prefix.n)
+
+    def copy_into(self, out: KVState) -> KVState:
+        """Copy K/V, tags and dead marks into an empty cache: a sequence forked at its current end."""
+        if out.length:
+            raise ValueError("copy_into needs an empty cache")
+        out._reserve(self.length)
+        if self.length:
+            out.append(self.gather(range(self.length)), [])
+            out._blocks[:self.length] = self._blocks[:self.length]
+            out._branches[:self.length] = self._branches[:self.length]
+            out.length, out.has_dead = self.length, self.has_dead
+        return out
+
+    def gather(self, indices: Sequence[int]) -> KVSlice:
+        """A copy of the K/V of the cached tokens at `indices`."""
+        idx = torch.tensor(list(indices), dtype=torch.long, device=self._blocks.device)
+        if isinstance(self.cache, fast_decoder.StaticKV):
+            return KVSlice(self.cache.k[:, :, idx], self.cache.v[:, :, idx])
+        layers = self.cache.layers
+        return KVSlice(torch.stack([layer.keys[0, :, idx] for layer in layers]),
+                       torch.stack([layer.values[0, :, idx] for layer in layers]))
+
+    def append(self, kv: KVSlice, tags: Sequence[Tag]) -> None:
+        """Append K/V computed elsewhere (a prefix from the cache, a branch from another sequence).
+        With no tags the caller sets them (copy)."""
+        n = kv.n
         if isinstance(self.cache, fast_decoder.StaticKV):
             self.cache.reserve(n)
-            self.cache.k[:, :, :n] = prefix.k
-            self.cache.v[:, :, :n] = prefix.v
-            self.cache.length = n
+            self.cache.k[:, :, self.cache.length:self.cache.length + n] = kv.k
+            self.cache.v[:, :, self.cache.length:self.cache.length + n] = kv.v
+            self.cache.length += n
         else:
-            for i in range(prefix.k.shape[0]):
-                self.cache.update(prefix.k[i][None], prefix.v[i][None], i)
-        self.append_tags([Tag(0, 0)] * n)
+            for i in range(kv.k.shape[0]):
+                self.cache.update(kv.k[i][None], kv.v[i][None], i)
+        if tags:
+            self.append_tags(tags)
 
     def kill(self, index: int) -> None:
         """Hide a cached token from every later query."""
@@ -121,28 +157,44 @@ class ModelRunner:
         cache = self.fast.new_cache() if self.fast else DynamicCache(config=self.model.config)
         return KVState(cache, self.device)
 
-    @torch.inference_mode()
     def forward(self, kv: KVState, tokens: Sequence[int], positions: Sequence[int], tags: Sequence[Tag],
                 logits_at: Sequence[int]) -> torch.Tensor:
         """Feed `tokens` (appended to the cache) and return float32 logits at the given row indices."""
-        n = len(tokens)
+        return self.forward_many([Forward(kv, tokens, positions, tags, logits_at)])[0]
+
+    @torch.inference_mode()
+    def forward_many(self, batch: Sequence[Forward]) -> list[torch.Tensor]:
+        """One forward pass over several sequences (continuous batching): their tokens are packed
+        into one row block for every matmul, and each attends over its own cache. Float32 logits
+        at each one's `logits_at` rows. Without the fast decoder, sequences run one after another."""
         self.forwards += 1
-        kv.append_tags(tags)
-        # Serial queries over a cache without dead tokens see everything before them: the model's own
-        # causal mask is exact and cheaper. Branch queries get the protocol's explicit mask.
-        plain_causal = not kv.has_dead and all(t.block == 0 for t in tags)
+        masks = [self._mask(f, any_length=self.fast is None) for f in batch]
         if self.fast:
-            attn = None if plain_causal and n == 1 else kv.mask(n)
-            return self.fast.forward(kv.cache, self._long(tokens), self._long(positions), attn,
-                                     self._long(logits_at)).float()
-        attn = None if plain_causal else kv.mask(n)
+            out = self.fast.forward_many([f.kv.cache for f in batch], [self._long(f.tokens) for f in batch],
+                                         [self._long(f.positions) for f in batch], masks,
+                                         [self._long(f.logits_at) for f in batch])
+            return [o.float() for o in out]
+        return [self._hf_forward(f, m) for f, m in zip(batch, masks)]
+
+    @staticmethod
+    def _mask(f: Forward, any_length: bool) -> torch.Tensor | None:
+        """Append the tags; None where the model's own causal rule is exact: serial queries over a
+        cache without dead tokens see everything before them (the fast decoder has no causal rule of
+        its own, so only for one query). Branch queries get the protocol's explicit mask."""
+        n = len(f.tokens)
+        f.kv.append_tags(f.tags)
+        if not f.kv.has_dead and all(t.block == 0 for t in f.tags) and (n == 1 or any_length):
+            return None
+        return f.kv.mask(n)
+
+    def _hf_forward(self, f: Forward, attn: torch.Tensor | None) -> torch.Tensor:
         out = self.model(
-            input_ids=self._long(tokens)[None],
-            position_ids=self._long(positions)[None],
+            input_ids=self._long(f.tokens)[None],
+            position_ids=self._long(f.positions)[None],
             attention_mask=attn,
-            cache=kv.cache,
+            cache=f.kv.cache,
             use_cache=True,
-            logits_to_keep=self._long(logits_at),
+            logits_to_keep=self._long(f.logits_at),
         )
         return out.logits[0].float()
 

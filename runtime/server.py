@@ -1,0 +1,367 @@
+"""`aspd serve`: the SGLang-compatible and OpenAI-compatible HTTP server (FastAPI + uvicorn).
+
+Handlers validate the body (`api.py`), turn each prompt into a serving-loop `Request`, and relay
+its events: one JSON answer, or server-sent events with the cumulative text (SGLang) or deltas
+(OpenAI). A client that goes away mid-request cancels it: the loop frees its sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+
+from . import serving
+from .api import AbortRequest, BadRequest, ChatRequest, CompletionRequest, GenerateRequest, JoinRequest
+from .engine import EngineError
+from .sampling import SamplingParams
+from .serving import Event, LogprobSpec, Result, ServingLoop
+
+VERSION = "0.1.0"
+DEFAULT_MAX_TOKENS = 128
+
+
+def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+
+
+class _Pending:
+    """A request's events, moved from the loop's thread onto the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.queue = loop, asyncio.Queue()
+
+    def emit(self, ev: Event) -> None:  # called on the serving loop's thread
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, ev)
+        except RuntimeError:  # the event loop is gone (shutdown)
+            pass
+
+
+def create_app(engine_loop: ServingLoop, model_name: str, repetition_penalty: float = 1.0) -> FastAPI:
+    """The app over a started serving loop; `repetition_penalty` applies where a request sets none
+    (SGLang's frontend never sends one)."""
+    app = FastAPI(title="aspd serve", version=VERSION)
+    eng = engine_loop.engine
+    vocab = eng.runner.vocab_size
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        msgs = []
+        for e in exc.errors():
+            where = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+            msgs.append(f"{where}: {e.get('msg')}" if where else str(e.get("msg")))
+        return error(400, "; ".join(msgs) or "invalid request")
+
+    @app.exception_handler(BadRequest)
+    async def _bad(_: Request, exc: BadRequest) -> JSONResponse:
+        return error(400, str(exc))
+
+    # ------------------------------------------------------------- plumbing
+
+    def new_request(pending: _Pending, params: SamplingParams, text: str | None, ids: list[int] | None,
+                    **kw) -> serving.Request:
+        if ids is not None and any(not 0 <= t < vocab for t in ids):
+            raise BadRequest(f"input_ids must be token ids in [0, {vocab})")
+        return serving.Request(params=params, emit=pending.emit, text=text, input_ids=ids, **kw)
+
+    async def results(http: Request, reqs: list[serving.Request], pendings: list[_Pending]) -> list[Event]:
+        """Submit, wait for every request's last event; cancel all if the client goes away."""
+        for r in reqs:
+            engine_loop.submit(r)
+        out: list[Event | None] = [None] * len(reqs)
+        try:
+            for i, p in enumerate(pendings):
+                while out[i] is None:
+                    try:
+                        ev = await asyncio.wait_for(p.queue.get(), timeout=0.5)
+                    except TimeoutError:
+                        if await http.is_disconnected():
+                            raise asyncio.CancelledError from None
+                        continue
+                    if ev.done:
+                        out[i] = ev
+        except asyncio.CancelledError:
+            for r in reqs:
+                engine_loop.cancel(r)
+            raise
+        return out
+
+    async def events(http: Request, req: serving.Request, pending: _Pending) -> AsyncIterator[Event]:
+        engine_loop.submit(req)
+        done = False
+        try:
+            while not done:
+                try:
+                    ev = await asyncio.wait_for(pending.queue.get(), timeout=0.5)
+                except TimeoutError:
+                    if await http.is_disconnected():
+                        return
+                    continue
+                done = ev.done
+                yield ev
+        finally:
+            if not done:
+                engine_loop.cancel(req)
+
+    async def started(evs: AsyncIterator[Event]) -> AsyncIterator[Event] | JSONResponse:
+        """Wait for a stream's first event: a request refused at once (400, 429) gets a plain error
+        status instead of a 200 stream that carries the error."""
+        try:
+            first = await anext(evs)
+        except StopAsyncIteration:
+            return error(499, "the client went away")
+        if first.error is not None:
+            await evs.aclose()
+            return first_error([first])
+
+        async def chained() -> AsyncIterator[Event]:
+            yield first
+            async for ev in evs:
+                yield ev
+        return chained()
+
+    def first_error(evs: list[Event]) -> JSONResponse | None:
+        bad = [e for e in evs if e.error is not None]
+        if not bad:
+            return None
+        worst = max(bad, key=lambda e: e.status)
+        return error(worst.status, worst.error, "rate_limit_error" if worst.status == 429 else "invalid_request_error")
+
+    # ------------------------------------------------------------- SGLang
+
+    @app.get("/health")
+    async def health() -> PlainTextResponse:
+        return PlainTextResponse("", status_code=200 if engine_loop.alive else 503)
+
+    @app.get("/health_generate")
+    async def health_generate(http: Request) -> PlainTextResponse:
+        p = _Pending(asyncio.get_running_loop())
+        r = new_request(p, SamplingParams(max_new_tokens=1), "ping", None)
+        [ev] = await results(http, [r], [p])
+        return PlainTextResponse("", status_code=200 if ev.error is None else 503)
+
+    @app.get("/get_model_info")
+    @app.get("/model_info")
+    async def model_info() -> dict:
+        return {"model_path": model_name, "tokenizer_path": model_name, "is_generation": True,
+                "context_length": eng.max_len, "aspd": True}
+
+    @app.get("/get_server_info")
+    @app.get("/server_info")
+    async def server_info() -> dict:
+        stats = await asyncio.wrap_future(engine_loop.call(engine_loop.stats))
+        cfg = engine_loop.config
+        return {"model_path": model_name, "version": VERSION, "context_length": eng.max_len,
+                "max_running_requests": cfg.max_running, "max_queued_requests": cfg.max_waiting,
+                "max_total_num_tokens": cfg.cache_tokens, "disable_radix_cache": cfg.cache_tokens == 0,
+                "internal_states": [stats]}
+
+    @app.api_route("/flush_cache", methods=["GET", "POST"])
+    async def flush_cache() -> PlainTextResponse:
+        await asyncio.wrap_future(engine_loop.call(engine_loop.flush))
+        return PlainTextResponse("Cache flushed.\n")
+
+    @app.post("/concate_and_append_request")
+    async def concate_and_append(body: JoinRequest) -> JSONResponse:
+        try:
+            await asyncio.wrap_future(engine_loop.call(lambda: engine_loop.join(body.src_rids, body.dst_rid)))
+        except serving.NotFound as e:
+            return error(404, str(e), "not_found_error")
+        except EngineError as e:
+            return error(400, str(e))
+        return JSONResponse({"success": True})
+
+    @app.post("/abort_request")
+    async def abort_request(body: AbortRequest) -> JSONResponse:
+        """Cancel a running request or drop a held session (a no-op for unknown rids, as in SGLang)."""
+        known = await asyncio.wrap_future(engine_loop.call(lambda: engine_loop.abort(body.rid)))
+        return JSONResponse({"success": True, "found": known})
+
+    @app.post("/generate")
+    async def generate(body: GenerateRequest, http: Request):
+        params = body.sampling_params.to_sampling(DEFAULT_MAX_TOKENS, repetition_penalty)
+        mode = "aspd" if body.aspd or body.sampling_params.aspd else "ar"
+        prompts = body.prompts()
+        rids = body.rids(len(prompts))
+        lp = LogprobSpec(body.logprob_start_len, body.top_logprobs_num) if body.return_logprob else None
+        pendings = [_Pending(asyncio.get_running_loop()) for _ in prompts]
+        reqs = [new_request(p, params, t, ids, rid=rid, mode=mode, logprobs=lp, stream=body.stream)
+                for p, (t, ids), rid in zip(pendings, prompts, rids)]
+        text_in = body.return_text_in_logprobs
+        if body.stream:
+            if body.batched:
+                raise BadRequest("stream a single prompt per request")
+            evs = await started(events(http, reqs[0], pendings[0]))
+            if isinstance(evs, JSONResponse):
+                return evs
+            return StreamingResponse(_sse_generate(evs, eng, text_in), media_type="text/event-stream")
+        evs = await results(http, reqs, pendings)
+        if (err := first_error(evs)) is not None:
+            return err
+        out = [_generate_json(e.result, eng, text_in) for e in evs]
+        return out if body.batched else out[0]
+
+    # ------------------------------------------------------------- OpenAI
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,
+                                            "owned_by": "aspd-lang", "max_model_len": eng.max_len}]}
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, http: Request):
+        params = body.sampling(16, repetition_penalty)
+        prompt = body.prompt
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+            if body.stream and len(prompt) > 1:
+                raise BadRequest("stream a single prompt per request")
+            prompts = [(p, None) for p in prompt]
+        elif isinstance(prompt, list):
+            prompts = [(None, list(prompt))]
+        else:
+            prompts = [(prompt, None)]
+        return await _openai(http, body, params, prompts, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatRequest, http: Request):
+        params = body.sampling(DEFAULT_MAX_TOKENS, repetition_penalty)
+        msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+        tok = eng.tok
+        if getattr(tok, "chat_template", None):
+            out = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+            ids = list(out["input_ids"] if hasattr(out, "keys") else out)
+            prompts = [(None, ids)]
+        else:
+            prompts = [("".join(f"{m['role']}: {m['content']}\n" for m in msgs) + "assistant: ", None)]
+        return await _openai(http, body, params, prompts, chat=True)
+
+    async def _openai(http: Request, body, params: SamplingParams, prompts, chat: bool):
+        mode = "aspd" if body.aspd else "ar"
+        pendings = [_Pending(asyncio.get_running_loop()) for _ in prompts]
+        reqs = [new_request(p, params, t, ids, mode=mode, stream=body.stream) for p, (t, ids) in zip(pendings, prompts)]
+        ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        head = {"id": ident, "created": int(time.time()), "model": body.model or model_name}
+        if body.stream:
+            evs = await started(events(http, reqs[0], pendings[0]))
+            if isinstance(evs, JSONResponse):
+                return evs
+            return StreamingResponse(_sse_openai(evs, head, chat, body.include_usage), media_type="text/event-stream")
+        evs = await results(http, reqs, pendings)
+        if (err := first_error(evs)) is not None:
+            return err
+        choices = []
+        for i, e in enumerate(evs):
+            o = e.result.output
+            choice = {"index": i, "finish_reason": _openai_finish(o.finish_reason), "logprobs": None}
+            if chat:
+                choice["message"] = {"role": "assistant", "content": o.text}
+            else:
+                choice["text"] = o.text
+            choices.append(choice)
+        usage = _usage([e.result for e in evs])
+        return {**head, "object": "chat.completion" if chat else "text_completion", "choices": choices, "usage": usage}
+
+    return app
+
+
+# ----------------------------------------------------------------- response shapes
+
+
+def _finish_reason(result: Result) -> dict:
+    o = result.output
+    if o.finish_reason == "length":
+        return {"type": "length", "length": o.completion_tokens}
+    return {"type": "stop", "matched": None}
+
+
+def _triples(entries, eng, with_text: bool) -> tuple[list, list]:
+    """SGLang's [logprob, token id, text] triples and the top alternatives per position."""
+    def text(t: int) -> str | None:
+        return eng.decode([t]) if with_text else None
+    main = [[lp, t, text(t)] for lp, t, _ in entries]
+    tops = [[[a_lp, a_t, text(a_t)] for a_lp, a_t in alts] if alts else None for _, _, alts in entries]
+    return main, tops
+
+
+def _meta(result: Result, eng, with_text: bool) -> dict:
+    o = result.output
+    meta = {"id": result.rid, "finish_reason": _finish_reason(result), "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": o.completion_tokens, "cached_tokens": result.cached_tokens,
+            "e2e_latency": result.latency_s}
+    if result.input_logprobs is not None:
+        meta["input_token_logprobs"], meta["input_top_logprobs"] = _triples(result.input_logprobs, eng, with_text)
+        meta["output_token_logprobs"], meta["output_top_logprobs"] = _triples(o.token_logprobs or [], eng, with_text)
+    if o.blocks or o.parallel_tokens:
+        meta["aspd"] = {"markup": o.markup, "segments": [s.model_dump() for s in o.response.segments],
+                        "serial_tokens": o.serial_tokens, "parallel_tokens": o.parallel_tokens,
+                        "blocks": [b.model_dump() for b in o.blocks], "forward_passes": o.forward_passes}
+    return meta
+
+
+def _generate_json(result: Result, eng, with_text: bool) -> dict:
+    return {"text": result.output.text, "meta_info": _meta(result, eng, with_text)}
+
+
+def _sse(obj) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+async def _sse_generate(evs: AsyncIterator[Event], eng, with_text: bool) -> AsyncIterator[str]:
+    """SGLang's stream: each event carries the cumulative text; the last has the full meta_info."""
+    async for ev in evs:
+        if ev.error is not None:
+            yield _sse({"error": {"message": ev.error, "code": ev.status}})
+            break
+        if ev.done:
+            yield _sse(_generate_json(ev.result, eng, with_text))
+        else:
+            yield _sse({"text": ev.text, "meta_info": {"finish_reason": None}})
+    yield "data: [DONE]\n\n"
+
+
+def _openai_finish(reason: str) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+def _usage(results: list[Result]) -> dict:
+    p = sum(r.prompt_tokens for r in results)
+    c = sum(r.output.completion_tokens for r in results)
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
+            "prompt_tokens_details": {"cached_tokens": sum(r.cached_tokens for r in results)}}
+
+
+async def _sse_openai(evs: AsyncIterator[Event], head: dict, chat: bool, include_usage: bool) -> AsyncIterator[str]:
+    """OpenAI's stream: deltas, a last chunk with finish_reason, optionally a usage chunk."""
+    kind = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(delta: str | None, finish: str | None, first: bool = False) -> dict:
+        if chat:
+            d = {"role": "assistant", "content": ""} if first else ({"content": delta} if delta is not None else {})
+            choice = {"index": 0, "delta": d, "finish_reason": finish, "logprobs": None}
+        else:
+            choice = {"index": 0, "text": delta or "", "finish_reason": finish, "logprobs": None}
+        return {**head, "object": kind, "choices": [choice]}
+
+    sent = 0
+    if chat:
+        yield _sse(chunk(None, None, first=True))
+    async for ev in evs:
+        if ev.error is not None:
+            yield _sse({"error": {"message": ev.error, "type": "invalid_request_error", "code": ev.status}})
+            break
+        delta = ev.text[sent:]
+        sent = len(ev.text)
+        if delta:
+            yield _sse(chunk(delta, None))
+        if ev.done:
+            yield _sse(chunk(None, _openai_finish(ev.result.output.finish_reason)))
+            if include_usage:
+                yield _sse({**head, "object": kind, "choices": [], "usage": _usage([ev.result])})
+    yield "data: [DONE]\n\n"
