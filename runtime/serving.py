@@ -223,6 +223,7 @@ class ServingLoop:
             return
         if req.rid is not None:
             self.active_rids.add(req.rid)
+        self._admit()  # a free slot is taken now, so the queue bound means what it says
 
     def _admit(self) -> None:
         while self.scheduler.can_admit():
