@@ -18,11 +18,11 @@ from pydantic import BaseModel, ConfigDict
 
 from runtime.engine import Engine, GenerationOutput, Sequence
 from runtime.protocol import Response
+from runtime.roles import role_format
 from runtime.sampling import SamplingParams
 
 from . import ir
 from .dsl import Program
-from .roles import role_format
 
 Backend = Literal["engine", "native", "sglang"]
 

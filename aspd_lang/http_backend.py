@@ -3,7 +3,8 @@
 SGLang's HTTP client sends each executor's whole text with every request and never says which
 executor a request came from, so a server cannot tell which requests a `concate_and_append`
 join names. This subclass adds the executor's id as the request's `rid` (SGLang's own field) on
-every single-text request, and marks the request after an adaptive gen with `"aspd": true`.
+every single-text request, marks the request after an adaptive gen with `"aspd": true`, and takes
+the chat roles the server publishes (the model's own template, as NativeBackend uses).
 Everything else (the requests, streaming, select's log-probs) is SGLang's code. Against a server
 that is not `aspd serve`, it behaves exactly like `RuntimeEndpoint`, with text joins.
 """
@@ -16,6 +17,8 @@ import threading
 from sglang.lang.backend.runtime_endpoint import RuntimeEndpoint
 from sglang.utils import http_request
 
+from runtime.roles import RoleFormat, sglang_template
+
 
 class AspdEndpoint(RuntimeEndpoint):
     def __init__(self, base_url: str, **kw):
@@ -23,6 +26,8 @@ class AspdEndpoint(RuntimeEndpoint):
         self.is_aspd = bool(self.model_info.get("aspd"))
         self.support_concate_and_append = self.is_aspd  # a stock server has no KV join
         self.supports_aspd = self.is_aspd
+        if self.is_aspd and "roles" in self.model_info:  # the server's model's own chat roles
+            self.chat_template = sglang_template(RoleFormat.model_validate(self.model_info["roles"]))
         self._adaptive: set[str] = set()
         self._lock = threading.Lock()
 

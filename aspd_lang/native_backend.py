@@ -18,15 +18,13 @@ import time
 from dataclasses import dataclass, field
 
 from sglang.lang.backend.base_backend import BaseBackend
-from sglang.lang.chat_template import ChatTemplate, ChatTemplateStyle
 from sglang.lang.choices import ChoicesDecision, ChoicesSamplingMethod, token_length_normalized
 from sglang.lang.interpreter import StreamExecutor
 from sglang.lang.ir import SglSamplingParams
 
 from runtime.engine import Engine, GenerationOutput, Sequence
+from runtime.roles import role_format, sglang_template
 from runtime.sampling import SamplingParams
-
-from .roles import role_format
 
 
 class BackendError(ValueError):
@@ -89,11 +87,7 @@ class NativeBackend(BaseBackend):
         self.defaults = defaults or SamplingParams()
         self.window_s = window_s
         self.support_concate_and_append = True
-        fmt = role_format(engine.tok)
-        self.chat_template = ChatTemplate(
-            name="aspd", default_system_prompt=fmt.default_system,
-            role_prefix_and_suffix={r: (fmt.prefix[r], fmt.suffix[r]) for r in fmt.prefix},
-            style=ChatTemplateStyle.PLAIN)
+        self.chat_template = sglang_template(role_format(engine.tok))
         self.lock = threading.RLock()  # the engine runs one call at a time
         self.cond = threading.Condition(self.lock)
         self.roots: dict[str, _Root] = {}

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from . import serving
 from .api import AbortRequest, BadRequest, ChatRequest, CompletionRequest, GenerateRequest, JoinRequest
 from .engine import EngineError
+from .roles import role_format
 from .sampling import SamplingParams
 from .serving import Event, LogprobSpec, Result, ServingLoop
 
@@ -50,6 +51,7 @@ def create_app(engine_loop: ServingLoop, model_name: str, repetition_penalty: fl
     app = FastAPI(title="aspd serve", version=VERSION)
     eng = engine_loop.engine
     vocab = eng.runner.vocab_size
+    roles = role_format(eng.tok)  # the model's chat roles as text, for AspdEndpoint
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -151,7 +153,7 @@ def create_app(engine_loop: ServingLoop, model_name: str, repetition_penalty: fl
     @app.get("/model_info")
     async def model_info() -> dict:
         return {"model_path": model_name, "tokenizer_path": model_name, "is_generation": True,
-                "context_length": eng.max_len, "aspd": True}
+                "context_length": eng.max_len, "aspd": True, "roles": roles.model_dump()}
 
     @app.get("/get_server_info")
     @app.get("/server_info")

@@ -1,8 +1,9 @@
 """Chat roles as text: each role's prefix and suffix, read off the tokenizer's own chat template.
 
-Both executors use this one definition: the in-process executor writes the strings directly and
-NativeBackend hands them to SGLang's interpreter as a `ChatTemplate`, so a program's text is the
-same on every backend. Pure Python (the tokenizer is only asked to render a template).
+Every executor uses this one definition: the in-process executor writes the strings directly,
+NativeBackend hands them to SGLang's interpreter as a `ChatTemplate`, and `aspd serve` publishes
+them in /get_model_info for AspdEndpoint, so a program's text is the same on every backend. Pure
+Python (the tokenizer is only asked to render a template).
 """
 
 from __future__ import annotations
@@ -51,3 +52,12 @@ def role_format(tokenizer) -> RoleFormat:
     if head != prefix["user"] and head.startswith(prefix["system"]) and head.endswith(tail):
         default = head[len(prefix["system"]):len(head) - len(tail)]
     return RoleFormat(prefix=prefix, suffix=suffix, default_system=default)
+
+
+def sglang_template(fmt: RoleFormat):
+    """The roles as an SGLang `ChatTemplate` (plain style: the interpreter writes the strings)."""
+    from sglang.lang.chat_template import ChatTemplate, ChatTemplateStyle
+
+    return ChatTemplate(name="aspd", default_system_prompt=fmt.default_system,
+                        role_prefix_and_suffix={r: (fmt.prefix[r], fmt.suffix[r]) for r in fmt.prefix},
+                        style=ChatTemplateStyle.PLAIN)
