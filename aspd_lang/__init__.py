@@ -9,4 +9,12 @@ from .dsl import Program, gen, program, select
 from .ir import ProgramError
 
 __version__ = "0.1.0"
-__all__ = ["Program", "ProgramError", "gen", "program", "select"]
+
+
+def __getattr__(name: str):
+    if name == "AspdEndpoint":  # imported on use: it pulls in SGLang's HTTP client
+        from .http_backend import AspdEndpoint
+
+        return AspdEndpoint
+    raise AttributeError(name)
+__all__ = ["AspdEndpoint", "Program", "ProgramError", "gen", "program", "select"]

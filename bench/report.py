@@ -52,6 +52,31 @@ def programs_table(r: dict) -> str:
     return "\n".join(rows) + "\n" + note
 
 
+def serve_table(r: dict) -> str:
+    on = r["fork_program"]["cache_on"]
+    rows = [
+        "| metric | value |",
+        "|---|---|",
+        f"| errors | {r['errors']} of {r['requests_concurrent'] + r['requests_sequential']} requests |",
+        f"| throughput, {r['clients']} concurrent clients | {r['throughput_rps']:.2f} req/s |",
+        f"| throughput, the same requests one at a time | {r['sequential_rps']:.2f} req/s |",
+        f"| concurrent / sequential | **{r['speedup_throughput']:.2f}x** |",
+        f"| latency under load, p50 / p99 | {r['p50_s']:.2f} s / {r['p99_s']:.2f} s |",
+        f"| latency alone, p50 | {r['sequential_p50_s']:.2f} s |",
+        f"| mean requests per forward pass | {r['mean_batch']:.1f} |",
+        f"| server peak RSS (bound) | {r['peak_rss_mb']:.0f} MB ({r['rss_bound_mb']:.0f} MB) |",
+        f"| fork-heavy program (8 branches): prompt tokens computed, prefix cache on | "
+        f"{r['prefill_tokens_cache_on']} ({on['cached_tokens']} reused) |",
+        f"| the same, prefix cache off (`--cache-tokens 0`) | {r['prefill_tokens_cache_off']} |",
+    ]
+    e = r["environment"]
+    m, v = e["machine"], e["versions"]
+    note = (f"\nEmbedded SmolLM2-135M, bf16, greedy, {r['max_new_tokens']} new tokens a request, {r['seconds']:.0f} s "
+            f"a phase; {m['cores']} cores, torch {v['torch']}, {e['date']}. Server: `aspd serve "
+            f"{' '.join(r['server_args'])}`.")
+    return "\n".join(rows) + "\n" + note
+
+
 def replace(text: str, name: str, table: str) -> str:
     begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
     block = f"{begin}\n{table}\n{end}"
@@ -64,6 +89,8 @@ def main() -> None:
     text = readme.read_text()
     text = replace(text, "engine", engine_table(json.loads((results / "engine.json").read_text())))
     text = replace(text, "programs", programs_table(json.loads((results / "programs.json").read_text())))
+    if (results / "serve_load.json").exists():
+        text = replace(text, "serve", serve_table(json.loads((results / "serve_load.json").read_text())))
     readme.write_text(text)
     print("README tables regenerated from bench/results/")
 

@@ -297,7 +297,12 @@ class Engine:
         return self._serial_logits(seq)
 
     def text(self, seq: Sequence) -> str:
-        return self.decode([w.token for w in seq.written] + seq.serial.pending)
+        return self.decode(self.tokens(seq))
+
+    @staticmethod
+    def tokens(seq: Sequence) -> list[int]:
+        """The sequence's token ids in written order (pending serial tokens included)."""
+        return [w.token for w in seq.written] + seq.serial.pending
 
     def _stream(self, tag: Tag, seen: SeenTokens | None = None) -> Stream:
         return Stream(tag=tag, seen=seen or SeenTokens(self.runner.vocab_size, self.runner.device))

@@ -299,10 +299,13 @@ class ServingLoop:
                 return own.seq, n
             if own is not None:  # the client rewrote the session's text: start over
                 self._drop_session(req.rid)
-            parent = self._parent_session(req.text) if self.cache is not None else None
+            parent = self._parent_session(req.text)
             if parent is not None:
+                delta = req.text[len(parent.text):]
+                if self.cache is None:  # no prefix reuse: recompute the parent's tokens (a join still fits)
+                    return eng.new_sequence(eng.tokens(parent.seq) + eng.encode(delta)), 0
                 seq = eng.copy_sequence(parent.seq)
-                eng.extend(seq, req.text[len(parent.text):])
+                eng.extend(seq, delta)
                 return seq, parent.seq.length
         ids = req.ids
         limit = len(ids) - 1 if lp_from is None else min(len(ids) - 1, lp_from)

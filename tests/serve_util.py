@@ -44,8 +44,8 @@ def serve_in_thread(engine: Engine, repetition_penalty: float = 1.0, **config) -
 
 
 @contextlib.contextmanager
-def serve_command(*args: str, timeout: float = 180) -> Iterator[str]:
-    """`aspd serve` as a user runs it, on a free loopback port; yields its URL."""
+def serve_command(*args: str, timeout: float = 180) -> Iterator[tuple[str, int]]:
+    """`aspd serve` as a user runs it, on a free loopback port; yields its URL and process id."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "serve", "--port", str(port), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -62,7 +62,7 @@ def serve_command(*args: str, timeout: float = 180) -> Iterator[str]:
             if time.time() - t0 > timeout:
                 raise RuntimeError("aspd serve did not come up")
             time.sleep(0.5)
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         try:

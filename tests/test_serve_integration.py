@@ -26,7 +26,7 @@ DEFAULTS = SamplingParams(repetition_penalty=1.2)
 
 @pytest.fixture(scope="module")
 def url():
-    with serve_command("--dtype", "float32", "--repetition-penalty", "1.2", "--max-running", "8") as u:
+    with serve_command("--dtype", "float32", "--repetition-penalty", "1.2", "--max-running", "8") as (u, _):
         yield u
 
 

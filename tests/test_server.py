@@ -226,3 +226,15 @@ def test_a_client_that_disconnects_mid_stream_leaves_nothing(server):
         next(it)
     s = idle(url)
     assert s["live_sequences"] == 0 and s["cancelled"] >= 1
+
+
+def test_without_the_prefix_cache_joins_still_work_and_prefill_more(model):
+    counts = {}
+    for budget in (0, 4096):
+        with serve_in_thread(Engine(model), repetition_penalty=DEFAULTS.repetition_penalty,
+                             cache_tokens=budget) as (url, _):
+            got = Runner("sglang", DEFAULTS, url=url).run(fork_join, {"topic": "tea"})
+            counts[budget] = idle(url)["prefill_tokens"]
+        ref = Runner("native", DEFAULTS, engine=Engine(model)).run(fork_join, {"topic": "tea"})
+        assert (got.text, got.variables) == (ref.text, ref.variables)
+    assert counts[4096] < counts[0]
