@@ -1,0 +1,89 @@
+"""Extraction of parallel groups and the lossless rewrite into markup (pure, hand-written answers)."""
+
+from __future__ import annotations
+
+from runtime import protocol as P
+from training.extract import find_groups, loops, rewrite, trim_to_paragraph
+
+NUMBERED = """Here are some tips:
+
+1. **Sleep**: get eight hours.
+2. **Water**: drink often, even when you are not thirsty.
+   - a nested bullet stays inside item 2
+   - and so does this one
+3. **Walk**: every day, for at least twenty minutes.
+
+Good luck!"""
+
+HEADINGS = """# Travel
+
+## Packing
+Bring light clothes and a good pair of shoes.
+
+## Money
+Carry a card and a little cash for small shops.
+
+Enjoy the trip."""
+
+CODE = """Use this:
+
+```python
+1. not a list item
+2. still code
+```
+
+Then run it."""
+
+ESSAY = """Exercise has many benefits for the mind and the body.
+
+One benefit is better sleep, because tired muscles rest deeply at night.
+
+Another benefit is a stronger heart, which pumps blood with less effort.
+
+Finally, exercise lifts the mood by releasing endorphins.
+
+In conclusion, move a little every day."""
+
+
+def roundtrip(text: str) -> P.Response:
+    resp = rewrite(text, find_groups(text))
+    assert resp.plain_text() == text  # lossless
+    assert P.parse(resp.markup()) == resp  # well-formed markup, format identity
+    return resp
+
+
+def test_numbered_list_with_nested_bullets_left_inside_their_item():
+    resp = roundtrip(NUMBERED)
+    [block] = resp.blocks
+    assert block.titles == ("1. Sleep", "2. Water", "3. Walk")  # the number rides in the title
+    assert "nested bullet" in block.branches[1].text and block.branches[2].text.startswith("3. **Walk**")
+    assert resp.segments[0].text == "Here are some tips:\n\n" and resp.segments[-1].text == "\n\nGood luck!"
+
+
+def test_heading_sections():
+    [block] = roundtrip(HEADINGS).blocks
+    assert block.titles == ("Packing", "Money")
+
+
+def test_code_blocks_are_left_alone():
+    resp = roundtrip(CODE)
+    assert resp.blocks == []
+
+
+def test_paragraph_runs_without_intro_and_conclusion():
+    [block] = roundtrip(ESSAY).blocks
+    assert len(block.branches) == 3
+    assert block.branches[0].text.startswith("One benefit") and block.branches[-1].text.startswith("Finally")
+    assert all(len(t) < len(b.text) for t, b in zip(block.titles, block.branches))
+
+
+def test_single_items_and_duplicate_titles_stay_serial():
+    assert roundtrip("Just one line.\n\n1. only item").blocks == []
+    assert roundtrip("x\n\n- same thing here\n- same thing here").blocks == []
+
+
+def test_loops_and_trimming():
+    looped = "I like tea very much indeed. " * 4
+    assert loops(looped) and not loops(ESSAY)
+    assert trim_to_paragraph("first para\n\nsecond para cut mid-sen") == "first para"
+    assert trim_to_paragraph("no paragraph break") == ""
