@@ -205,8 +205,14 @@ class ModelRunner:
     def full_forward(self, tokens: Sequence[int], tags: Sequence[Tag], positions: Sequence[int]) -> torch.Tensor:
         """The reference for joins: one cache-free transformers forward of a whole written sequence
         with the protocol's mask and positions (never the fast decoder)."""
-        kv = KVState(None, self.device, capacity=len(tokens))
-        kv.append_tags(tags)
         out = self.model(input_ids=self._long(tokens)[None], position_ids=self._long(positions)[None],
-                         attention_mask=kv.mask(len(tokens)), use_cache=False)
+                         attention_mask=sequence_mask(tags, self.device), use_cache=False)
         return out.logits[0].float()
+
+
+def sequence_mask(tags: Sequence[Tag], device: torch.device | str = "cpu") -> torch.Tensor:
+    """Bool attention mask [1, 1, n, n] of a whole written sequence, from the protocol's rule: the
+    mask training uses, built by the same code as the engine's incremental masks."""
+    kv = KVState(None, torch.device(device), capacity=max(len(tags), 1))
+    kv.append_tags(tags)
+    return kv.mask(len(tags))

@@ -36,11 +36,11 @@ Then run it."""
 
 ESSAY = """Exercise has many benefits for the mind and the body.
 
-One benefit is better sleep, because tired muscles rest deeply at night.
+One benefit is better sleep, because tired muscles rest deeply at night and wake up refreshed.
 
-Another benefit is a stronger heart, which pumps blood with less effort.
+Another benefit is a stronger heart, which pumps more blood with less effort at every beat.
 
-Finally, exercise lifts the mood by releasing endorphins.
+Finally, exercise lifts the mood by releasing endorphins, which makes stress easier to handle.
 
 In conclusion, move a little every day."""
 
@@ -77,8 +77,9 @@ def test_paragraph_runs_without_intro_and_conclusion():
     assert all(len(t) < len(b.text) for t, b in zip(block.titles, block.branches))
 
 
-def test_single_items_and_duplicate_titles_stay_serial():
+def test_single_items_duplicate_titles_and_short_paragraphs_stay_serial():
     assert roundtrip("Just one line.\n\n1. only item").blocks == []
+    assert roundtrip("Sum:\n\nFirst, 9 + 10 = 19.\n\nThen 19 / 2 = 9.5.\n\nSo 9.5.\n\nDone.").blocks == []
     assert roundtrip("x\n\n- same thing here\n- same thing here").blocks == []
 
 

@@ -22,6 +22,8 @@ from runtime.protocol import Branch, ParallelBlock, Response, SerialSegment
 
 MAX_BRANCHES = 8
 MAX_TITLE_CHARS = 40
+MIN_PARAGRAPHS = 3  # a run of plain paragraphs: at least this many, each at least MIN_PARAGRAPH_CHARS
+MIN_PARAGRAPH_CHARS = 80
 _NUM = re.compile(r"^(\d{1,2})[.)]\s+")
 _BULLET = re.compile(r"^[-*•]\s+")
 _HEAD = re.compile(r"^(#{1,4})\s+(.+)$")
@@ -188,12 +190,14 @@ def _paragraph_groups(text: str, paras: list[tuple[int, int, str]], taken: list[
         for idx, (a, b, k) in enumerate(paras + [(len(text), len(text), "end")]):
             usable = k == kind and not any(a < e and s < b for s, e in taken)
             if kind == "plain" and usable:
-                # the first paragraph introduces, a concluding one sums up: both stay serial
-                usable = idx > 0 and not _CONCLUSION.match(text[a:b].lstrip())
+                # the first paragraph introduces, a concluding one sums up: both stay serial; short
+                # paragraphs (a worked calculation, a greeting) are steps, not points
+                usable = (idx > 0 and not _CONCLUSION.match(text[a:b].lstrip())
+                          and b - a >= MIN_PARAGRAPH_CHARS)
             if usable:
                 run.append((a, b))
                 continue
-            if len(run) >= 2:
+            if len(run) >= (MIN_PARAGRAPHS if kind == "plain" else 2):
                 spans = [(s, n) for (s, _), (n, _) in zip(run, run[1:])] + [run[-1]]
                 name = {"plain": "paragraphs", "bold": "bold"}.get(kind, "heading")
                 g = _group(text, name, spans)

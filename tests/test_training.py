@@ -1,0 +1,62 @@
+"""Training on the tiny model: samples carry the engine's mask and positions, the loss is the one
+inference's logits give, and training resumes from its checkpoint."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from runtime import protocol as P
+from runtime.engine import Engine
+from training.extract import find_groups, rewrite
+from training.samples import IGNORE, build
+from training.train import TrainConfig, lora, sample_loss, train
+
+TEXT = "tips:\n\n1. eat well: greens and beans every day.\n2. sleep: a lot at night, and naps too.\n\nbye"
+
+
+@pytest.fixture
+def sample(tiny):
+    def enc(t):
+        return tiny.tokenizer.encode(t, add_special_tokens=False)
+
+    resp = rewrite(TEXT, find_groups(TEXT))
+    assert len(resp.blocks) == 1
+    return build(enc("q: "), resp, enc, tiny.ids, eos=0)
+
+
+def test_sample_uses_the_protocol_and_masks_what_the_engine_feeds(tiny, sample):
+    assert sample.positions == P.layout(sample.tags)
+    seeds = [i for i, t in enumerate(sample.ids) if t == tiny.ids.branch]
+    assert len(seeds) == 2 and all(sample.labels[i] == IGNORE for i in seeds)  # <|branch|>T: is fed, not learnt
+    end_para = sample.ids.index(tiny.ids.end_para)
+    assert sample.labels[end_para] == IGNORE
+    assert sample.labels[sample.ids.index(tiny.ids.para)] == tiny.ids.para  # the header is learnt
+    assert sample.labels[-1] == 0  # EOS
+    assert all(lab == IGNORE for lab in sample.labels[:sample.prompt_len])
+
+
+def test_training_loss_equals_the_loss_of_inference_logits(tiny, sample):
+    """A fresh LoRA is the identity, so the training forward must give exactly the logits of the
+    engine's reference forward with the protocol mask and positions (which the block tests equal to
+    the engine's incremental decoding and joins)."""
+    model = copy.deepcopy(tiny.model)
+    pm = lora(model, tiny.ids, TrainConfig(rank=4))
+    ref = Engine(tiny, fast=False).runner.full_forward(sample.ids, sample.tags, sample.positions)
+    want = torch.nn.functional.cross_entropy(ref[:-1], torch.tensor(sample.labels[1:]), ignore_index=IGNORE)
+    with torch.no_grad():
+        got = sample_loss(pm, sample)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_training_steps_lower_the_loss_and_resume(tiny, sample, tmp_path):
+    cfg = TrainConfig(rank=4, lr=5e-3, accum=1, epochs=6, checkpoint_every=3, warmup=1)
+    pm, hist = train(copy.deepcopy(tiny.model), tiny.ids, [sample], tmp_path, cfg, log=lambda *_: None)
+    assert hist.step == 6 and hist.losses[-1] < hist.losses[0]
+    trainable = {n for n, p in pm.named_parameters() if p.requires_grad}
+    assert any("trainable_tokens" in n for n in trainable) and any("lora_A" in n for n in trainable)
+    assert not any(n.endswith("embed_tokens.weight") for n in trainable)  # only the six rows, not the matrix
+    _, again = train(copy.deepcopy(tiny.model), tiny.ids, [sample], tmp_path, cfg, log=lambda *_: None)
+    assert again.step == 6 and again.losses == hist.losses  # resumed from the checkpoint: nothing redone

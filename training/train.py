@@ -1,0 +1,153 @@
+"""Serial-parallel fine-tuning: LoRA (peft) on every linear layer plus trainable rows for the six
+markup tokens only, loss on the whole answer, each sample run with the protocol's mask and
+position ids (`runtime.model_runner.sequence_mask`, `runtime.protocol.layout`: the engine's code).
+
+Resumable: every `checkpoint_every` optimizer steps the adapter, the optimizer, the step and the
+loss history are saved; `train(...)` continues from the last checkpoint in `out`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel
+
+from runtime.model_runner import sequence_mask
+from runtime.protocol import SpecialIds
+
+from .samples import IGNORE, Sample
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    rank: int = 8
+    alpha: int = 16
+    lr: float = 3e-4
+    epochs: float = 1.0
+    accum: int = 8  # samples per optimizer step
+    max_len: int = 768  # longer samples are skipped
+    seed: int = 0
+    checkpoint_every: int = 20  # optimizer steps
+    warmup: int = 10
+
+
+class History(BaseModel):
+    step: int = 0  # optimizer steps done
+    losses: list[float] = []  # mean loss per optimizer step
+    seconds: float = 0.0
+
+
+def lora(model, ids: SpecialIds, cfg: TrainConfig):
+    from peft import LoraConfig, get_peft_model
+
+    rows = sorted(ids.markup)
+    tokens = {"embed_tokens": rows}  # a tied output layer follows its embedding rows
+    if not getattr(model.config, "tie_word_embeddings", False):
+        tokens["lm_head"] = rows
+    conf = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, target_modules=TARGETS,
+                      trainable_token_indices=tokens, task_type="CAUSAL_LM")
+    return get_peft_model(model, conf)
+
+
+def sample_loss(model, s: Sample) -> torch.Tensor:
+    """Mean next-token loss over the labelled tokens, with the protocol's mask and positions."""
+    dev = next(model.parameters()).device
+    ids = torch.tensor(s.ids, device=dev)[None]
+    out = model(input_ids=ids, position_ids=torch.tensor(s.positions, device=dev)[None],
+                attention_mask=sequence_mask(s.tags, dev), use_cache=False)
+    logits = out.logits[0, :-1].float()
+    labels = torch.tensor(s.labels[1:], device=dev)
+    return torch.nn.functional.cross_entropy(logits, labels, ignore_index=IGNORE)
+
+
+def train(model, ids: SpecialIds, samples: list[Sample], out: Path, cfg: TrainConfig, log=print):
+    """Fine-tune; returns the peft model and the history. Resumes from `out/checkpoint` if present."""
+    samples = [s for s in samples if len(s.ids) <= cfg.max_len]
+    order = list(range(len(samples)))
+    random.Random(cfg.seed).shuffle(order)
+    total = max(1, math.floor(len(order) * cfg.epochs / cfg.accum))
+    order = (order * math.ceil(cfg.epochs + 1))[:total * cfg.accum]
+    torch.manual_seed(cfg.seed)
+    pm = lora(model, ids, cfg)
+    params = [p for p in pm.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / cfg.warmup) * max(0.05, 1 - k / total))
+    hist = History()
+    ckpt = out / "checkpoint"
+    if (ckpt / "state.pt").exists():
+        state = torch.load(ckpt / "state.pt", weights_only=False)
+        from peft import set_peft_model_state_dict
+        set_peft_model_state_dict(pm, state["adapter"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        hist = History.model_validate(state["history"])
+        log(f"resumed at step {hist.step} of {total}")
+    pm.train()
+    t0 = time.perf_counter() - hist.seconds
+    while hist.step < total:
+        batch = order[hist.step * cfg.accum:(hist.step + 1) * cfg.accum]
+        acc = 0.0
+        for i in batch:
+            loss = sample_loss(pm, samples[i]) / len(batch)
+            loss.backward()
+            acc += loss.item()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        hist.step += 1
+        hist.losses.append(acc)
+        hist.seconds = time.perf_counter() - t0
+        if hist.step % 5 == 0 or hist.step == total:
+            log(f"step {hist.step}/{total} loss {acc:.3f} ({hist.seconds / hist.step:.1f} s/step)")
+        if hist.step % cfg.checkpoint_every == 0 or hist.step == total:
+            _save_checkpoint(pm, opt, sched, hist, ckpt)
+    pm.eval()
+    return pm, hist
+
+
+def _save_checkpoint(pm, opt, sched, hist: History, ckpt: Path) -> None:
+    from peft import get_peft_model_state_dict
+
+    ckpt.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt / "state.pt.tmp"
+    torch.save({"adapter": get_peft_model_state_dict(pm), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "history": hist.model_dump()}, tmp)
+    tmp.replace(ckpt / "state.pt")
+
+
+def save_adapter(pm, out: Path, hist: History, cfg: TrainConfig, extra: dict) -> None:
+    """The adapter directory (PEFT format, bf16 weights), its training record and loss curve."""
+    out.mkdir(parents=True, exist_ok=True)
+    pm.save_pretrained(str(out))
+    (out / "training.json").write_text(json.dumps({"config": asdict(cfg), "history": hist.model_dump(), **extra},
+                                                  indent=2) + "\n")
+    plot_losses(hist.losses, out / "loss.png")
+
+
+def plot_losses(losses: list[float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(1, len(losses) + 1), losses, lw=0.8, alpha=0.5, label="per step")
+    k = max(1, len(losses) // 20)
+    smooth = [sum(losses[max(0, i - k):i + 1]) / len(losses[max(0, i - k):i + 1]) for i in range(len(losses))]
+    ax.plot(range(1, len(losses) + 1), smooth, lw=2, label=f"mean of {k + 1}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title("ASPD adapter: serial-parallel fine-tuning")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
