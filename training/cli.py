@@ -1,0 +1,108 @@
+"""`aspd data ...` and `aspd train`: reproduce the shipped adapter from scratch.
+
+    aspd data all              # prompts -> the base model's answers -> extraction + validation
+    aspd train                 # LoRA + markup rows on data/aspd/dataset.jsonl -> the shipped adapter
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data" / "aspd"
+ADAPTER = ROOT / "runtime" / "adapters" / "smollm2-135m-aspd"
+
+
+def add_parsers(sub) -> None:
+    d = sub.add_parser("data", help="build the ASPD training data (prompts, answers, extraction, validation)")
+    d.add_argument("step", choices=("prompts", "responses", "build", "all"))
+    d.add_argument("--out", type=Path, default=DATA)
+    d.add_argument("--model", default=None, help="HF causal-LM directory (default: the embedded model)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--limit", type=int, default=None, help="answer only the first N training prompts")
+    d.add_argument("--batch", type=int, default=16, help="answers decoded together")
+    d.add_argument("--threshold", type=float, default=None, help="independence threshold (nats/token)")
+    t = sub.add_parser("train", help="fine-tune the ASPD adapter (LoRA + the six markup token rows)")
+    t.add_argument("--data", type=Path, default=DATA)
+    t.add_argument("--out", type=Path, default=ADAPTER)
+    t.add_argument("--model", default=None)
+    t.add_argument("--epochs", type=float, default=1.0)
+    t.add_argument("--rank", type=int, default=8)
+    t.add_argument("--lr", type=float, default=3e-4)
+    t.add_argument("--accum", type=int, default=8)
+    t.add_argument("--serial-ratio", type=float, default=1.0, help="serial samples per parallel sample")
+    t.add_argument("--max-samples", type=int, default=None)
+    t.add_argument("--seed", type=int, default=0)
+
+
+def _load(model: str | None, adapter: str = "none"):
+    import torch
+
+    from runtime.model_loader import DEFAULT_MODEL, load
+
+    torch.set_num_threads(max(1, __import__("os").cpu_count() or 1))
+    return load(model or DEFAULT_MODEL, dtype=torch.bfloat16, adapter=adapter)
+
+
+def cmd_data(args: argparse.Namespace, console) -> int:
+    from . import prompts
+
+    out: Path = args.out
+    if args.step in ("prompts", "all"):
+        counts = prompts.write(out, seed=args.seed)
+        console.print(f"prompts: {counts} -> {out}")
+    if args.step in ("responses", "all"):
+        from runtime.engine import Engine
+
+        from .responses import generate
+
+        todo = prompts.read(out / "prompts_train.jsonl")[:args.limit]
+        generate(Engine(_load(args.model)), todo, out / "responses.jsonl", batch=args.batch)
+    if args.step in ("build", "all"):
+        from .dataset import make, stats_table
+        from .independence import THRESHOLD
+
+        stats = make(_load(args.model), out / "responses.jsonl", out, threshold=args.threshold or THRESHOLD,
+                     log=console.print)
+        console.print(stats_table(stats))
+        console.print(f"wrote {out / 'dataset.jsonl'} and {out / 'data_stats.json'}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, console) -> int:
+    from runtime import protocol as P
+
+    from .dataset import chat_ids, read
+    from .samples import build
+    from .train import TrainConfig, save_adapter, train
+
+    loaded = _load(args.model)
+    tok = loaded.tokenizer
+    rows = read(args.data / "dataset.jsonl")
+    rng = random.Random(args.seed)
+    par = [r for r in rows if r["parallel"]]
+    ser = [r for r in rows if not r["parallel"]]
+    rng.shuffle(ser)
+    ser = ser[:int(len(par) * args.serial_ratio)]
+    chosen = par + ser
+    rng.shuffle(chosen)
+    chosen = chosen[:args.max_samples]
+    eos = tok.eos_token_id
+
+    def enc(t: str) -> list[int]:
+        return tok.encode(t, add_special_tokens=False)
+
+    samples = [build(chat_ids(tok, r["prompt"]), P.parse(r["markup"]), enc, loaded.ids, eos if r["complete"] else None)
+               for r in chosen]
+    cfg = TrainConfig(rank=args.rank, lr=args.lr, epochs=args.epochs, accum=args.accum, seed=args.seed)
+    console.print(f"training on {len(samples)} samples ({sum(r['parallel'] for r in chosen)} parallel), {cfg}")
+    pm, hist = train(loaded.model, loaded.ids, samples, args.out, cfg, log=console.print)
+    stats_path = args.data / "data_stats.json"
+    extra = {"samples": len(samples), "parallel_samples": sum(r["parallel"] for r in chosen),
+             "data_stats": json.loads(stats_path.read_text()) if stats_path.exists() else None}
+    save_adapter(pm, args.out, hist, cfg, extra)
+    console.print(f"adapter saved to {args.out} (final loss {hist.losses[-1]:.3f})")
+    return 0
