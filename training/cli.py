@@ -25,6 +25,8 @@ def add_parsers(sub) -> None:
     d.add_argument("--limit", type=int, default=None, help="answer only the first N training prompts")
     d.add_argument("--batch", type=int, default=16, help="answers decoded together")
     d.add_argument("--threshold", type=float, default=None, help="independence threshold (nats/token)")
+    d.add_argument("--judge-url", default=None, help="optional LLM judge: an OpenAI-compatible server")
+    d.add_argument("--judge-model", default="default")
     t = sub.add_parser("train", help="fine-tune the ASPD adapter (LoRA + the six markup token rows)")
     t.add_argument("--data", type=Path, default=DATA)
     t.add_argument("--out", type=Path, default=ADAPTER)
@@ -65,8 +67,11 @@ def cmd_data(args: argparse.Namespace, console) -> int:
         from .dataset import make, stats_table
         from .independence import THRESHOLD
 
+        from .judge import Judge
+
+        judge = Judge(args.judge_url, args.judge_model) if args.judge_url else None
         stats = make(_load(args.model), out / "responses.jsonl", out, threshold=args.threshold or THRESHOLD,
-                     log=console.print)
+                     judge=judge, log=console.print)
         console.print(stats_table(stats))
         console.print(f"wrote {out / 'dataset.jsonl'} and {out / 'data_stats.json'}")
     return 0
