@@ -66,7 +66,6 @@ def cmd_data(args: argparse.Namespace, console) -> int:
     if args.step in ("build", "all"):
         from .dataset import make, stats_table
         from .independence import THRESHOLD
-
         from .judge import Judge
 
         judge = Judge(args.judge_url, args.judge_model) if args.judge_url else None
