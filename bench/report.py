@@ -77,6 +77,42 @@ def serve_table(r: dict) -> str:
     return "\n".join(rows) + "\n" + note
 
 
+def data_table(st: dict) -> str:
+    rows = ["| step | answers or groups |", "|---|---|"]
+    rows += [f"| {k.replace('_', ' ')} | {v} |" for k, v in st["steps"].items()]
+    rows += [f"| answers kept (parallel + serial samples) | {st['kept_answers']} |",
+             f"| PPD (answers with a parallel group) | {st['ppd']:.1%} |",
+             f"| parallel degree (branch tokens / all tokens) | {st['parallel_degree']:.1%} |",
+             f"| mean branches per group | {st['mean_branches_per_group']} |",
+             f"| independence threshold (sibling loss gain, nats/token) | {st['threshold_nats_per_token']} |"]
+    return "\n".join(rows)
+
+
+def adapter_table(r: dict) -> str:
+    rows = [
+        "| metric | value |",
+        "|---|---|",
+        f"| held-out split: forks on list-like prompts | {r['fork_rate_listlike']:.0%} |",
+        f"| held-out split: forks on other prompts | {r['fork_rate_other']:.0%} |",
+        f"| held-out split: outputs that parse as well-formed markup | {r['wellformed_rate']:.0%} |",
+        f"| Vicuna-80: answers that forked | {r['vicuna_fork_share']:.0%} |",
+        f"| Vicuna-80: latency speedup ASPD / AR, mean (median) | **{r['vicuna_mean_speedup']:.2f}x** "
+        f"({r['vicuna_median_speedup']:.2f}x) |",
+        f"| Vicuna-80: mean speedup on answers that forked | {r['vicuna_mean_speedup_forked']:.2f}x |",
+        f"| Vicuna-80: max speedup | {r['vicuna_max_speedup']:.2f}x |",
+        f"| MiniLM cosine to the base model's AR answer: ASPD (adapter AR) | {r['cosine_aspd_vs_base_ar']:.3f} "
+        f"({r['cosine_ar_vs_base_ar']:.3f}) |",
+        f"| base model's loss on the answers: ASPD vs base AR (nats/token) | {r['loss_base_on_aspd']:.3f} vs "
+        f"{r['loss_base_on_base_ar']:.3f} |",
+    ]
+    e = r["environment"]
+    note = (f"\n{r['vicuna_questions']} Vicuna questions and {r['eval_prompts']} held-out prompts; greedy, repetition "
+            f"penalty {r['repetition_penalty']}, at most {r['max_new_tokens']} new tokens; one question at a time, "
+            f"AR and ASPD interleaved, same merged model; {e['machine']['cores']} cores, torch "
+            f"{e['versions']['torch']}, {e['date']}.")
+    return "\n".join(rows) + "\n" + note
+
+
 def replace(text: str, name: str, table: str) -> str:
     begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
     block = f"{begin}\n{table}\n{end}"
@@ -91,6 +127,11 @@ def main() -> None:
     text = replace(text, "programs", programs_table(json.loads((results / "programs.json").read_text())))
     if (results / "serve_load.json").exists():
         text = replace(text, "serve", serve_table(json.loads((results / "serve_load.json").read_text())))
+    stats = ROOT / "data" / "aspd" / "data_stats.json"
+    if stats.exists():
+        text = replace(text, "data", data_table(json.loads(stats.read_text())))
+    if (results / "adapter.json").exists():
+        text = replace(text, "adapter", adapter_table(json.loads((results / "adapter.json").read_text())))
     readme.write_text(text)
     print("README tables regenerated from bench/results/")
 
