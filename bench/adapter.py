@@ -138,6 +138,10 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
+    if (Path(adapter) / "training.json").exists():
+        from training.card import write
+
+        write(Path(adapter), result)  # the model card carries the evaluation
     t = Table(title="ASPD adapter evaluation")
     t.add_column("metric")
     t.add_column("value", justify="right")

@@ -108,5 +108,8 @@ def cmd_train(args: argparse.Namespace, console) -> int:
     extra = {"samples": len(samples), "parallel_samples": sum(r["parallel"] for r in chosen),
              "data_stats": json.loads(stats_path.read_text()) if stats_path.exists() else None}
     save_adapter(pm, args.out, hist, cfg, extra)
+    from .card import write
+
+    write(args.out)
     console.print(f"adapter saved to {args.out} (final loss {hist.losses[-1]:.3f})")
     return 0

@@ -1,0 +1,65 @@
+"""The adapter's model card, written from its training record, the data statistics and (once
+`bench/adapter.py` has run) the evaluation: every figure in it comes from those files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def write(adapter: Path, evaluation: dict | None = None) -> Path:
+    rec = json.loads((adapter / "training.json").read_text())
+    cfg, hist, data = rec["config"], rec["history"], rec.get("data_stats") or {}
+    losses = hist["losses"]
+    tail = losses[-10:]
+    lines = [
+        "# smollm2-135m-aspd: the ASPD adapter for the embedded SmolLM2-135M-Instruct",
+        "",
+        "A LoRA adapter plus trained rows for the six ASPD markup tokens that teach the model to write",
+        "parallel blocks (`<|title|>T<|/title|>... <|para|> <|branch|>T: ...<|/branch|>... <|/para|>`) where",
+        "its answer has independent parts. Loaded by default for the embedded model (`--adapter none` to",
+        "run without). Reproduce: `aspd data all && aspd train` (see the project README).",
+        "",
+        "## Data",
+        f"- training samples: {rec['samples']} ({rec['parallel_samples']} parallel, the rest serial answers)",
+    ]
+    if data:
+        steps = data["steps"]
+        lines += [
+            f"- answers generated: {steps.get('generated')}; not looping: {steps.get('not_looping')}; "
+            f"with candidate groups: {steps.get('answers_with_candidates')}",
+            f"- groups: {steps.get('candidate_groups')} candidates, {steps.get('roundtrip_groups')} lossless, "
+            f"{steps.get('independent_groups')} independent (threshold {data['threshold_nats_per_token']} nats/token)",
+            f"- PPD {data['ppd']:.1%}, parallel degree {data['parallel_degree']:.1%}, "
+            f"{data['mean_branches_per_group']} branches per group",
+        ]
+    lines += [
+        "",
+        "## Recipe",
+        f"- LoRA rank {cfg['rank']}, alpha {cfg['alpha']}, on q/k/v/o/gate/up/down; trainable rows for the six "
+        "markup tokens only (tied output layer)",
+        f"- AdamW lr {cfg['lr']}, {cfg['epochs']} epoch(s), {cfg['accum']} samples per step, warmup {cfg['warmup']}, "
+        f"linear decay, seed {cfg['seed']}; bf16 on CPU",
+        "- loss on the whole answer with markup except engine-fed tokens (branch seeds, `<|/para|>`); the",
+        "  protocol's branch-isolating mask and position ids, built by the engine's own code",
+        f"- {hist['step']} optimizer steps in {hist['seconds'] / 60:.0f} min; loss {losses[0]:.3f} at the first step, "
+        f"{sum(tail) / len(tail):.3f} over the last {len(tail)} (curve: `loss.png`)",
+    ]
+    if evaluation:
+        e = evaluation
+        lines += [
+            "",
+            "## Evaluation (`bench/adapter.py`, greedy, repetition penalty 1.2)",
+            f"- held-out split: forks on {e['fork_rate_listlike']:.0%} of list-like prompts and "
+            f"{e['fork_rate_other']:.0%} of the others; {e['wellformed_rate']:.0%} of outputs well-formed",
+            f"- Vicuna-80: {e['vicuna_fork_share']:.0%} of answers forked; latency speedup ASPD/AR mean "
+            f"{e['vicuna_mean_speedup']:.2f}x, median {e['vicuna_median_speedup']:.2f}x, max "
+            f"{e['vicuna_max_speedup']:.2f}x",
+            f"- quality proxies against the base model's AR answers: MiniLM cosine {e['cosine_aspd_vs_base_ar']:.3f} "
+            f"(the adapter's own AR answers: {e['cosine_ar_vs_base_ar']:.3f}); the base model's loss on ASPD "
+            f"answers {e['loss_base_on_aspd']:.3f} vs on its own {e['loss_base_on_base_ar']:.3f} nats/token",
+        ]
+    lines += ["", "Base model: SmolLM2-135M-Instruct (Apache-2.0). Adapter: Apache-2.0.", ""]
+    path = adapter / "README.md"
+    path.write_text("\n".join(lines))
+    return path
