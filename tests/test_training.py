@@ -60,3 +60,22 @@ def test_training_steps_lower_the_loss_and_resume(tiny, sample, tmp_path):
     assert not any(n.endswith("embed_tokens.weight") for n in trainable)  # only the six rows, not the matrix
     _, again = train(copy.deepcopy(tiny.model), tiny.ids, [sample], tmp_path, cfg, log=lambda *_: None)
     assert again.step == 6 and again.losses == hist.losses  # resumed from the checkpoint: nothing redone
+
+
+def test_saved_adapter_merges_to_the_trained_model(tiny, sample, tmp_path):
+    from runtime.model_loader import apply_adapter
+    from training.card import write
+    from training.train import save_adapter
+
+    cfg = TrainConfig(rank=4, lr=5e-3, accum=1, epochs=3, warmup=1)
+    pm, hist = train(copy.deepcopy(tiny.model), tiny.ids, [sample], tmp_path / "ckpt", cfg, log=lambda *_: None)
+    ids = torch.tensor(sample.ids)[None]
+    with torch.no_grad():
+        trained = pm(input_ids=ids).logits
+    save_adapter(pm, tmp_path / "adapter", hist, cfg, {"samples": 1, "parallel_samples": 1})
+    assert "1 parallel" in write(tmp_path / "adapter").read_text()
+    merged = apply_adapter(copy.deepcopy(tiny.model), str(tmp_path / "adapter"))
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, trained, atol=1e-5, rtol=0)
+    rows = sorted(tiny.ids.markup)
+    assert not torch.equal(merged.get_input_embeddings().weight[rows], tiny.model.get_input_embeddings().weight[rows])

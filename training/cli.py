@@ -103,7 +103,7 @@ def cmd_train(args: argparse.Namespace, console) -> int:
                for r in chosen]
     cfg = TrainConfig(rank=args.rank, lr=args.lr, epochs=args.epochs, accum=args.accum, seed=args.seed)
     console.print(f"training on {len(samples)} samples ({sum(r['parallel'] for r in chosen)} parallel), {cfg}")
-    pm, hist = train(loaded.model, loaded.ids, samples, args.out, cfg, log=console.print)
+    pm, hist = train(loaded.model, loaded.ids, samples, args.data / "checkpoint", cfg, log=console.print)
     stats_path = args.data / "data_stats.json"
     extra = {"samples": len(samples), "parallel_samples": sum(r["parallel"] for r in chosen),
              "data_stats": json.loads(stats_path.read_text()) if stats_path.exists() else None}

@@ -68,8 +68,8 @@ def sample_loss(model, s: Sample) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits, labels, ignore_index=IGNORE)
 
 
-def train(model, ids: SpecialIds, samples: list[Sample], out: Path, cfg: TrainConfig, log=print):
-    """Fine-tune; returns the peft model and the history. Resumes from `out/checkpoint` if present."""
+def train(model, ids: SpecialIds, samples: list[Sample], ckpt: Path, cfg: TrainConfig, log=print):
+    """Fine-tune; returns the peft model and the history. Checkpoints to, and resumes from, `ckpt`."""
     samples = [s for s in samples if len(s.ids) <= cfg.max_len]
     order = list(range(len(samples)))
     random.Random(cfg.seed).shuffle(order)
@@ -81,7 +81,6 @@ def train(model, ids: SpecialIds, samples: list[Sample], out: Path, cfg: TrainCo
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / cfg.warmup) * max(0.05, 1 - k / total))
     hist = History()
-    ckpt = out / "checkpoint"
     if (ckpt / "state.pt").exists():
         state = torch.load(ckpt / "state.pt", weights_only=False)
         from peft import set_peft_model_state_dict
