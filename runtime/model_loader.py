@@ -113,15 +113,18 @@ def load(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.bfloat16, adapter
     `adapter`: a PEFT directory, "auto" (the shipped ASPD adapter for the embedded model, if present)
     or None / "none"."""
     adapter = resolve_adapter(name, adapter)
-    path = resolve(name, dtype)
+    # With an adapter, merge in float32 and round once to `dtype`: a LoRA delta added to bf16
+    # weights in bf16 loses much of itself.
+    load_dtype = torch.float32 if adapter else dtype
+    path = resolve(name, load_dtype)
     try:
         tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=load_dtype, attn_implementation="sdpa")
     except Exception as e:  # transformers raises OSError, ValueError or hub errors for a bad path
         raise ModelLoadError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
     ids = add_special_tokens(model, tok)
     if adapter:
-        model = apply_adapter(model, adapter)
+        model = apply_adapter(model, adapter).to(dtype)
     model.to(device).eval()
     return LoadedModel(model=model, tokenizer=tok, ids=ids, name=name or DEFAULT_MODEL)
 

@@ -126,7 +126,9 @@ def _save_checkpoint(pm, opt, sched, hist: History, ckpt: Path) -> None:
 def save_adapter(pm, out: Path, hist: History, cfg: TrainConfig, extra: dict) -> None:
     """The adapter directory (PEFT format, bf16 weights), its training record and loss curve."""
     out.mkdir(parents=True, exist_ok=True)
-    pm.save_pretrained(str(out))
+    # The vocabulary grew by the six markup tokens; peft would then save whole embedding matrices.
+    # Only their trained rows (the token adapter) and LoRA are needed: the loader adds the tokens first.
+    pm.save_pretrained(str(out), save_embedding_layers=False)
     (out / "training.json").write_text(json.dumps({"config": asdict(cfg), "history": hist.model_dump(), **extra},
                                                   indent=2) + "\n")
     plot_losses(hist.losses, out / "loss.png")
