@@ -26,7 +26,8 @@ DEFAULTS = SamplingParams(repetition_penalty=1.2)
 
 @pytest.fixture(scope="module")
 def url():
-    with serve_command("--dtype", "float32", "--repetition-penalty", "1.2", "--max-running", "8") as (u, _):
+    with serve_command("--dtype", "float32", "--repetition-penalty", "1.2", "--max-running", "8",
+                       "--adapter", "none") as (u, _):  # the same base model as the in-process reference
         yield u
 
 
