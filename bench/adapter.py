@@ -66,7 +66,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--adapter", default=None, help="default: the shipped adapter")
     ap.add_argument("--max-new-tokens", type=int, default=256)
-    ap.add_argument("--limit", type=int, default=None, help="Vicuna questions (default all 80)")
+    ap.add_argument("--stride", type=int, default=1, help="every k-th Vicuna question (default all 80)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "adapter.json")
     args = ap.parse_args()
     console = Console()
@@ -89,7 +89,7 @@ def main() -> None:
 
     # 2. Vicuna-80: AR vs ASPD, one at a time, interleaved
     qs = [json.loads(x) for x in (ROOT / "bench" / "data" / "vicuna80" / "question.jsonl").read_text().splitlines()]
-    qs = qs[:args.limit]
+    qs = qs[::args.stride]
     merged.generate(merged.new_sequence("warm up"), SamplingParams(max_new_tokens=4), "ar")
     rows = []
     for k, q in enumerate(qs):
@@ -125,7 +125,7 @@ def main() -> None:
         "max_new_tokens": args.max_new_tokens, "repetition_penalty": 1.2, "decoding": "greedy",
         "fork_rate_listlike": round(rate["listlike"], 3), "fork_rate_other": round(rate["other"], 3),
         "wellformed_rate": round(wf, 3), "eval_prompts": len(evals),
-        "vicuna_questions": len(rows),
+        "vicuna_questions": len(rows), "vicuna_stride": args.stride,
         "vicuna_mean_speedup": round(statistics.mean(sp), 3), "vicuna_median_speedup": round(statistics.median(sp), 3),
         "vicuna_max_speedup": round(max(sp), 3),
         "vicuna_mean_speedup_forked": round(statistics.mean([r["speedup"] for r in rows if r["forked"]] or [0]), 3),

@@ -79,3 +79,14 @@ def test_saved_adapter_merges_to_the_trained_model(tiny, sample, tmp_path):
         torch.testing.assert_close(merged(input_ids=ids).logits, trained, atol=1e-5, rtol=0)
     rows = sorted(tiny.ids.markup)
     assert not torch.equal(merged.get_input_embeddings().weight[rows], tiny.model.get_input_embeddings().weight[rows])
+
+
+def test_markup_weighting(tiny, sample):
+    pm = lora(copy.deepcopy(tiny.model), tiny.ids, TrainConfig(rank=4))
+    vocab = tiny.model.get_output_embeddings().weight.shape[0]
+    with torch.no_grad():
+        plain = sample_loss(pm, sample)
+        torch.testing.assert_close(sample_loss(pm, sample, torch.ones(vocab)), plain)
+        w = torch.ones(vocab)
+        w[sorted(tiny.ids.markup)] = 5.0
+        assert not torch.allclose(sample_loss(pm, sample, w), plain)

@@ -45,6 +45,16 @@ def write(adapter: Path, evaluation: dict | None = None) -> Path:
         f"- {hist['step']} optimizer steps in {hist['seconds'] / 60:.0f} min; loss {losses[0]:.3f} at the first step, "
         f"{sum(tail) / len(tail):.3f} over the last {len(tail)} (curve: `loss.png`)",
     ]
+    if rec.get("stage1"):
+        c1, h1 = rec["stage1"]["config"], rec["stage1"]["history"]
+        l1 = h1["losses"]
+        lines += [
+            f"- two stages. Stage 1: lr {c1['lr']}, {c1['epochs']} epoch(s), {h1['step']} steps in "
+            f"{h1['seconds'] / 60:.0f} min, loss {l1[0]:.3f} -> {sum(l1[-10:]) / len(l1[-10:]):.3f}. It learnt the "
+            "text but not the fork decision (`<|title|>` stayed far from the top token where lists begin), so",
+            f"  stage 2 (the figures above) started from it with the markup rows at lr {cfg.get('token_lr')} and "
+            f"markup tokens weighted x{cfg.get('markup_weight')} in the loss",
+        ]
     if evaluation:
         e = evaluation
         lines += [

@@ -38,6 +38,9 @@ def add_parsers(sub) -> None:
     t.add_argument("--serial-ratio", type=float, default=1.0, help="serial samples per parallel sample")
     t.add_argument("--max-samples", type=int, default=None)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--token-lr", type=float, default=None, help="learning rate of the markup rows")
+    t.add_argument("--markup-weight", type=float, default=1.0, help="loss weight of markup tokens")
+    t.add_argument("--init", type=Path, default=None, help="start from this adapter's checkpoint (a second stage)")
 
 
 def _load(model: str | None, adapter: str = "none"):
@@ -101,11 +104,23 @@ def cmd_train(args: argparse.Namespace, console) -> int:
 
     samples = [build(chat_ids(tok, r["prompt"]), P.parse(r["markup"]), enc, loaded.ids, eos if r["complete"] else None)
                for r in chosen]
-    cfg = TrainConfig(rank=args.rank, lr=args.lr, epochs=args.epochs, accum=args.accum, seed=args.seed)
+    cfg = TrainConfig(rank=args.rank, lr=args.lr, epochs=args.epochs, accum=args.accum, seed=args.seed,
+                      token_lr=args.token_lr, markup_weight=args.markup_weight)
+    init = None
+    if args.init is not None:
+        import torch
+
+        init = torch.load(args.init, weights_only=False)["adapter"]
     console.print(f"training on {len(samples)} samples ({sum(r['parallel'] for r in chosen)} parallel), {cfg}")
-    pm, hist = train(loaded.model, loaded.ids, samples, args.data / "checkpoint", cfg, log=console.print)
+    ckpt = args.data / ("checkpoint" if init is None else "checkpoint-stage2")
+    pm, hist = train(loaded.model, loaded.ids, samples, ckpt, cfg, log=console.print, init=init)
     stats_path = args.data / "data_stats.json"
-    extra = {"samples": len(samples), "parallel_samples": sum(r["parallel"] for r in chosen),
+    previous = args.out / "training.json"
+    stage1 = None
+    if init is not None and previous.exists():  # a second stage: keep the first stage's record
+        rec = json.loads(previous.read_text())
+        stage1 = rec.get("stage1") or {"config": rec["config"], "history": rec["history"]}
+    extra = {"stage1": stage1, "samples": len(samples), "parallel_samples": sum(r["parallel"] for r in chosen),
              "data_stats": json.loads(stats_path.read_text()) if stats_path.exists() else None}
     save_adapter(pm, args.out, hist, cfg, extra)
     from .card import write

@@ -37,6 +37,8 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 20  # optimizer steps
     warmup: int = 10
+    token_lr: float | None = None  # learning rate of the markup rows (default: lr)
+    markup_weight: float = 1.0  # loss weight of markup tokens (the fork decisions are a few tokens per answer)
 
 
 class History(BaseModel):
@@ -57,19 +59,27 @@ def lora(model, ids: SpecialIds, cfg: TrainConfig):
     return get_peft_model(model, conf)
 
 
-def sample_loss(model, s: Sample) -> torch.Tensor:
-    """Mean next-token loss over the labelled tokens, with the protocol's mask and positions."""
+def sample_loss(model, s: Sample, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean next-token loss over the labelled tokens, with the protocol's mask and positions;
+    `weights[token id]` scales each target's loss (None: all 1)."""
     dev = next(model.parameters()).device
     ids = torch.tensor(s.ids, device=dev)[None]
     out = model(input_ids=ids, position_ids=torch.tensor(s.positions, device=dev)[None],
                 attention_mask=sequence_mask(s.tags, dev), use_cache=False)
     logits = out.logits[0, :-1].float()
     labels = torch.tensor(s.labels[1:], device=dev)
-    return torch.nn.functional.cross_entropy(logits, labels, ignore_index=IGNORE)
+    if weights is None:
+        return torch.nn.functional.cross_entropy(logits, labels, ignore_index=IGNORE)
+    keep = labels != IGNORE
+    per = torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="none")
+    w = weights.to(dev)[labels[keep]]
+    return (per * w).sum() / w.sum()
 
 
-def train(model, ids: SpecialIds, samples: list[Sample], ckpt: Path, cfg: TrainConfig, log=print):
-    """Fine-tune; returns the peft model and the history. Checkpoints to, and resumes from, `ckpt`."""
+def train(model, ids: SpecialIds, samples: list[Sample], ckpt: Path, cfg: TrainConfig, log=print,
+          init: dict | None = None):
+    """Fine-tune; returns the peft model and the history. Checkpoints to, and resumes from, `ckpt`.
+    `init`: an adapter state to start from (a second stage)."""
     samples = [s for s in samples if len(s.ids) <= cfg.max_len]
     order = list(range(len(samples)))
     random.Random(cfg.seed).shuffle(order)
@@ -77,8 +87,18 @@ def train(model, ids: SpecialIds, samples: list[Sample], ckpt: Path, cfg: TrainC
     order = (order * math.ceil(cfg.epochs + 1))[:total * cfg.accum]
     torch.manual_seed(cfg.seed)
     pm = lora(model, ids, cfg)
+    if init is not None:
+        from peft import set_peft_model_state_dict
+        set_peft_model_state_dict(pm, init)
     params = [p for p in pm.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    rows = [p for n, p in pm.named_parameters() if p.requires_grad and "trainable_tokens" in n]
+    rest = [p for n, p in pm.named_parameters() if p.requires_grad and "trainable_tokens" not in n]
+    opt = torch.optim.AdamW([{"params": rest, "lr": cfg.lr}, {"params": rows, "lr": cfg.token_lr or cfg.lr}],
+                            weight_decay=0.0)
+    weights = None
+    if cfg.markup_weight != 1.0:
+        weights = torch.ones(model.get_output_embeddings().weight.shape[0])
+        weights[sorted(ids.markup)] = cfg.markup_weight
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / cfg.warmup) * max(0.05, 1 - k / total))
     hist = History()
     if (ckpt / "state.pt").exists():
@@ -95,7 +115,7 @@ def train(model, ids: SpecialIds, samples: list[Sample], ckpt: Path, cfg: TrainC
         batch = order[hist.step * cfg.accum:(hist.step + 1) * cfg.accum]
         acc = 0.0
         for i in batch:
-            loss = sample_loss(pm, samples[i]) / len(batch)
+            loss = sample_loss(pm, samples[i], weights) / len(batch)
             loss.backward()
             acc += loss.item()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
