@@ -151,8 +151,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve_load.json")
     args = ap.parse_args()
     console = Console()
-    serve_args = ["--adapter", "none", "--repetition-penalty", "1.2", "--max-running", str(args.clients), "--max-queue", "64",
-                  "--cache-tokens", "16384"]
+    serve_args = ["--adapter", "none", "--repetition-penalty", "1.2", "--max-running", str(args.clients),
+                  "--max-queue", "64", "--cache-tokens", "16384"]
 
     with serve_command(*serve_args) as (url, pid):
         peak = RssPeak(pid)
