@@ -108,7 +108,8 @@ def adapter_table(r: dict) -> str:
     e = r["environment"]
     every = f" (every {r['vicuna_stride']}th of the 80)" if r.get("vicuna_stride", 1) > 1 else ""
     note = (f"\n{r['vicuna_questions']} Vicuna questions{every} and {r['eval_prompts']} held-out prompts; greedy, "
-            f"repetition penalty {r['repetition_penalty']}, at most {r['max_new_tokens']} new tokens; one question at a time, "
+            f"repetition penalty {r['repetition_penalty']}, at most {r['max_new_tokens']} new tokens; one question at "
+            f"a time, "
             f"AR and ASPD interleaved, same merged model; {e['machine']['cores']} cores, torch "
             f"{e['versions']['torch']}, {e['date']}.")
     return "\n".join(rows) + "\n" + note

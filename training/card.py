@@ -62,7 +62,8 @@ def write(adapter: Path, evaluation: dict | None = None) -> Path:
             "## Evaluation (`bench/adapter.py`, greedy, repetition penalty 1.2)",
             f"- held-out split: forks on {e['fork_rate_listlike']:.0%} of list-like prompts and "
             f"{e['fork_rate_other']:.0%} of the others; {e['wellformed_rate']:.0%} of outputs well-formed",
-            f"- Vicuna-80: {e['vicuna_fork_share']:.0%} of answers forked; latency speedup ASPD/AR mean "
+            f"- Vicuna-80 ({e['vicuna_questions']} questions): {e['vicuna_fork_share']:.0%} of answers forked; "
+            f"latency speedup ASPD/AR mean "
             f"{e['vicuna_mean_speedup']:.2f}x, median {e['vicuna_median_speedup']:.2f}x, max "
             f"{e['vicuna_max_speedup']:.2f}x",
             f"- quality proxies against the base model's AR answers: MiniLM cosine {e['cosine_aspd_vs_base_ar']:.3f} "
