@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import queue
 import statistics
 import sys
 import time
@@ -35,23 +34,16 @@ from runtime import protocol as P  # noqa: E402
 from runtime.engine import Engine  # noqa: E402
 from runtime.model_loader import find_adapter, load  # noqa: E402
 from runtime.sampling import SamplingParams  # noqa: E402
-from runtime.serving import Request, ServeConfig, ServingLoop  # noqa: E402
+from runtime.serving import complete  # noqa: E402
 
 
 def batch_answers(eng: Engine, prompts: list[str], params: SamplingParams, mode: str) -> list:
     """Answers for many prompts through the serving loop (throughput; no latency measured here)."""
-    loop = ServingLoop(eng, ServeConfig(max_running=16, max_waiting=len(prompts) + 1)).start()
-    q: queue.Queue = queue.Queue()
-    for i, p in enumerate(prompts):
-        loop.submit(Request(params=params, emit=lambda ev, i=i: q.put((i, ev)) if ev.done else None,
-                            input_ids=eng.chat_prompt(p), mode=mode))
     out = [None] * len(prompts)
-    for _ in prompts:
-        i, ev = q.get()
+    for i, ev in complete(eng, [eng.chat_prompt(p) for p in prompts], params, mode):
         if ev.error:
             raise RuntimeError(ev.error)
         out[i] = ev.result.output
-    loop.stop()
     return out
 
 

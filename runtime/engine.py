@@ -194,7 +194,7 @@ class Engine:
     def export_prefix(self, seq: Sequence, n: int) -> KVSlice:
         """The K/V of the sequence's first n tokens, for the prefix cache. They must be serial tokens
         already in the cache, in order (a prompt's tokens are)."""
-        if n > len(seq.written) or any(w.index != i or w.tag != SERIAL_TAG for i, w in enumerate(seq.written[:n])):
+        if n > len(self.cacheable_prefix(seq)):
             raise EngineError(f"the first {n} tokens are not a computed serial prefix")
         return seq.kv.export(n)
 
@@ -622,6 +622,14 @@ def _stop_ids(p: SamplingParams, eos: frozenset[int]) -> set[int]:
     return set(p.stop_token_ids) | (set() if p.ignore_eos else set(eos))
 
 
+def token_logprob(lp: torch.Tensor, tok: int, top: int) -> tuple[float, int, list[tuple[float, int]]]:
+    """(log-prob of `tok`, tok, the `top` best (log-prob, id) alternatives) from a log-prob row."""
+    if not top:
+        return lp[tok].item(), tok, []
+    best = torch.topk(lp, top)
+    return lp[tok].item(), tok, list(zip(best.values.tolist(), best.indices.tolist()))
+
+
 def _token_logprobs(first: torch.Tensor, rows: torch.Tensor, ids: list[int]) -> list[float]:
     """Log-prob of each token of `ids`: the first from `first`, the rest from the probe rows."""
     out = [first[ids[0]].item()]
@@ -704,10 +712,7 @@ class _Run:
             self.finish, self.done = "stop", True
 
     def _record_logprob(self, logits: torch.Tensor, tok: int) -> None:
-        lp = torch.log_softmax(logits, -1)
-        top = torch.topk(lp, self.top_k) if self.top_k else None
-        alts = list(zip(top.values.tolist(), top.indices.tolist())) if top is not None else []
-        self.logprobs.append((lp[tok].item(), tok, alts))
+        self.logprobs.append(token_logprob(torch.log_softmax(logits, -1), tok, self.top_k))
 
     def partial_text(self) -> str:
         """The answer's text so far without an unfinished parallel block or header: it only grows

@@ -96,12 +96,11 @@ class KVState:
         """Copy K/V, tags and dead marks into an empty cache: a sequence forked at its current end."""
         if out.length:
             raise ValueError("copy_into needs an empty cache")
-        out._reserve(self.length)
         if self.length:
-            out.append(self.gather(range(self.length)), [])
-            out._blocks[:self.length] = self._blocks[:self.length]
-            out._branches[:self.length] = self._branches[:self.length]
-            out.length, out.has_dead = self.length, self.has_dead
+            tags = [Tag(b, j) for b, j in zip(self._blocks[:self.length].tolist(),
+                                               self._branches[:self.length].tolist())]
+            out.append(self.gather(range(self.length)), tags)
+            out.has_dead = self.has_dead
         return out
 
     def gather(self, indices: Sequence[int]) -> KVSlice:
@@ -114,8 +113,7 @@ class KVState:
                        torch.stack([layer.values[0, :, idx] for layer in layers]))
 
     def append(self, kv: KVSlice, tags: Sequence[Tag]) -> None:
-        """Append K/V computed elsewhere (a prefix from the cache, a branch from another sequence).
-        With no tags the caller sets them (copy)."""
+        """Append K/V computed elsewhere (a prefix from the cache, a branch from another sequence)."""
         n = kv.n
         if isinstance(self.cache, fast_decoder.StaticKV):
             self.cache.reserve(n)
@@ -125,8 +123,7 @@ class KVState:
         else:
             for i in range(kv.k.shape[0]):
                 self.cache.update(kv.k[i][None], kv.v[i][None], i)
-        if tags:
-            self.append_tags(tags)
+        self.append_tags(tags)
 
     def kill(self, index: int) -> None:
         """Hide a cached token from every later query."""

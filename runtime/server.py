@@ -73,22 +73,28 @@ def create_app(engine_loop: ServingLoop, model_name: str, repetition_penalty: fl
             raise BadRequest(f"input_ids must be token ids in [0, {vocab})")
         return serving.Request(params=params, emit=pending.emit, text=text, input_ids=ids, **kw)
 
+    async def next_event(http: Request, pending: _Pending) -> Event | None:
+        """The request's next event, or None once the client has gone away."""
+        while True:
+            try:
+                return await asyncio.wait_for(pending.queue.get(), timeout=0.5)
+            except TimeoutError:
+                if await http.is_disconnected():
+                    return None
+
     async def results(http: Request, reqs: list[serving.Request], pendings: list[_Pending]) -> list[Event]:
         """Submit, wait for every request's last event; cancel all if the client goes away."""
         for r in reqs:
             engine_loop.submit(r)
-        out: list[Event | None] = [None] * len(reqs)
+        out: list[Event] = []
         try:
-            for i, p in enumerate(pendings):
-                while out[i] is None:
-                    try:
-                        ev = await asyncio.wait_for(p.queue.get(), timeout=0.5)
-                    except TimeoutError:
-                        if await http.is_disconnected():
-                            raise asyncio.CancelledError from None
-                        continue
-                    if ev.done:
-                        out[i] = ev
+            for p in pendings:
+                ev = await next_event(http, p)
+                while ev is not None and not ev.done:
+                    ev = await next_event(http, p)
+                if ev is None:
+                    raise asyncio.CancelledError
+                out.append(ev)
         except asyncio.CancelledError:
             for r in reqs:
                 engine_loop.cancel(r)
@@ -99,13 +105,7 @@ def create_app(engine_loop: ServingLoop, model_name: str, repetition_penalty: fl
         engine_loop.submit(req)
         done = False
         try:
-            while not done:
-                try:
-                    ev = await asyncio.wait_for(pending.queue.get(), timeout=0.5)
-                except TimeoutError:
-                    if await http.is_disconnected():
-                        return
-                    continue
+            while not done and (ev := await next_event(http, pending)) is not None:
                 done = ev.done
                 yield ev
         finally:

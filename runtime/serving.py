@@ -25,14 +25,14 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .engine import Engine, EngineError, GenerationOutput, Mode, Sequence
+from .engine import Engine, EngineError, GenerationOutput, Mode, Sequence, token_logprob
 from .model_runner import Forward, KVSlice
 from .radix_cache import RadixCache
 from .sampling import SamplingParams
@@ -342,10 +342,7 @@ class ServingLoop:
             if i == 0 or rows is None:
                 out.append((None, req.ids[i], []))
                 continue
-            row = rows[i - 1 - lp_from]
-            top = torch.topk(row, req.logprobs.top) if req.logprobs.top else None
-            alts = list(zip(top.values.tolist(), top.indices.tolist())) if top is not None else []
-            out.append((row[req.ids[i]].item(), req.ids[i], alts))
+            out.append(token_logprob(rows[i - 1 - lp_from], req.ids[i], req.logprobs.top))
         return out
 
     def _stream(self, req: Request) -> None:
@@ -462,6 +459,22 @@ class ServingLoop:
             "cache_budget": self.config.cache_tokens,
             "mean_batch": c.batched_rows / c.steps if c.steps else 0.0,
         }
+
+
+def complete(engine: Engine, prompts: list[list[int]], params: SamplingParams, mode: Mode = "ar",
+             batch: int = 16) -> Iterator[tuple[int, Event]]:
+    """Answer many prompts (token ids) offline with continuous batching; yields (index, last event)
+    in the order they finish."""
+    loop = ServingLoop(engine, ServeConfig(max_running=batch, max_waiting=len(prompts) + 1)).start()
+    done: queue.Queue = queue.Queue()
+    try:
+        for i, ids in enumerate(prompts):
+            loop.submit(Request(params=params, emit=lambda ev, i=i: done.put((i, ev)) if ev.done else None,
+                                input_ids=ids, mode=mode))
+        for _ in prompts:
+            yield done.get()
+    finally:
+        loop.stop()
 
 
 def _stable(text: str, stops: tuple[str, ...]) -> str:

@@ -180,3 +180,14 @@ def test_cancel_frees_the_sequence(loop):
     loop.cancel(running[0])
     s = stats(loop)
     assert s["cancelled"] == 1 and s["running"] == 0 and s["live_sequences"] == 0
+
+
+def test_complete_answers_every_prompt_once_as_alone(model):
+    from runtime.serving import complete
+
+    eng = Engine(model)
+    prompts = [eng.encode(p) for p in PROMPTS]
+    got = dict(complete(Engine(model), prompts, GREEDY, batch=3))
+    assert sorted(got) == list(range(len(PROMPTS)))
+    alone = [eng.generate(eng.new_sequence(p), GREEDY, "ar").text for p in prompts]
+    assert [got[i].result.output.text for i in range(len(PROMPTS))] == alone

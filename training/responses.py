@@ -6,7 +6,6 @@ finish, so an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import json
-import queue
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from runtime.engine import Engine
 from runtime.sampling import SamplingParams
-from runtime.serving import Request, ServeConfig, ServingLoop
+from runtime.serving import complete
 
 from .prompts import Prompt
 
@@ -34,18 +33,13 @@ def generate(engine: Engine, prompts: list[Prompt], out: Path, params: SamplingP
     todo = [p for p in prompts if p.id not in done_ids(out)]
     if not todo:
         return 0
-    loop = ServingLoop(engine, ServeConfig(max_running=batch, max_waiting=len(todo) + 1)).start()
-    events: queue.Queue = queue.Queue()
     t0 = time.perf_counter()
-    for p in todo:
-        loop.submit(Request(params=params, emit=lambda ev, p=p: events.put((p, ev)) if ev.done else None,
-                            input_ids=engine.chat_prompt(p.text)))
     written = 0
     with open(out, "a") as f, Progress(TextColumn("answers"), BarColumn(), MofNCompleteColumn(),
                                        TimeRemainingColumn()) as bar:
         task = bar.add_task("", total=len(todo))
-        while written < len(todo):
-            p, ev = events.get()
+        for i, ev in complete(engine, [engine.chat_prompt(p.text) for p in todo], params, batch=batch):
+            p = todo[i]
             row = {"id": p.id, "kind": p.kind, "prompt": p.text}
             if ev.error:
                 row["error"] = ev.error
@@ -56,6 +50,5 @@ def generate(engine: Engine, prompts: list[Prompt], out: Path, params: SamplingP
             f.flush()
             written += 1
             bar.advance(task)
-    loop.stop()
     print(f"{written} answers in {time.perf_counter() - t0:.0f} s")
     return written

@@ -29,19 +29,15 @@ def build(prompt_ids: list[int], resp: Response, encode, ids: SpecialIds, eos: i
     """`eos`: appended (with loss) to a complete answer; None for one cut by the token cap."""
     toks, tags = tokenize_response(resp, encode, ids)
     labels = list(toks)
-    i = 0
-    for seg in resp.segments:  # find each branch's seed and each <|/para|> to mask them
-        if hasattr(seg, "branches"):
-            i += sum(len(encode(t)) + 2 for t in seg.titles) + 1  # <|title|>T<|/title|>... <|para|>
-            for br in seg.branches:
-                n_seed = len(encode(branch_seed(br.title)))
-                labels[i:i + n_seed] = [IGNORE] * n_seed
-                i += n_seed + len(encode(br.body)) + 1
-            labels[i] = IGNORE  # <|/para|>
-            i += 1
-        else:
-            i += len(encode(seg.text))
-    assert i == len(toks)
+    titles = iter([t for blk in resp.blocks for t in blk.titles])
+    prev = SERIAL_TAG
+    for i, tag in enumerate(tags):
+        if tag.block > 0 and tag != prev:  # a branch begins with its seed, which the engine feeds
+            n = len(encode(branch_seed(next(titles))))
+            labels[i:i + n] = [IGNORE] * n
+        elif tag.block == 0 and prev.block > 0:  # the join's <|/para|>, fed by the engine too
+            labels[i] = IGNORE
+        prev = tag
     if eos is not None:
         toks, tags, labels = toks + [eos], tags + [SERIAL_TAG], labels + [eos]
     n = len(prompt_ids)
