@@ -49,6 +49,12 @@ class RunResult(BaseModel):
     completion_tokens: int
     forward_passes: int | None = None
     seconds: float
+    # engine backend only: time to the first generated token, and the parallel structure decoded
+    ttft_s: float | None = None
+    critical_path_tokens: int | None = None  # serial tokens + each block's longest branch
+    parallel_tokens: int | None = None
+    blocks: int | None = None
+    branches: int | None = None
 
 
 def bind(program: ir.Program, args: dict[str, Any]) -> dict[str, str]:
@@ -102,7 +108,8 @@ class _Run:
         self.pending = ""  # serial text not yet handed to the engine (a sequence needs a prompt)
         self.messages = 0
         self.gens: list[GenEvent] = []
-        self.tokens = 0
+        self.tokens = self.critical = self.parallel = self.blocks = self.branches = 0
+        self.ttft: float | None = None
         self.forwards0 = self.eng.runner.forwards
         self.t0 = time.perf_counter()
         self._drive_serial(prog.body)
@@ -113,7 +120,13 @@ class _Run:
         return RunResult(program=self.prog.name, backend="engine", serial=self.ex.serial, text=self.text,
                          variables=self.vars, gens=self.gens, completion_tokens=self.tokens,
                          forward_passes=self.eng.runner.forwards - self.forwards0,
-                         seconds=time.perf_counter() - self.t0)
+                         seconds=time.perf_counter() - self.t0, ttft_s=self.ttft, critical_path_tokens=self.critical,
+                         parallel_tokens=self.parallel, blocks=self.blocks, branches=self.branches)
+
+    def _timed(self, out: GenerationOutput) -> None:
+        """Note the first token's time (an output ends now; its first token came ttft_s after it began)."""
+        if self.ttft is None and out.completion_tokens:
+            self.ttft = time.perf_counter() - self.t0 - out.total_s + out.ttft_s
 
     # ----------------------------------------------------------------- writing text
 
@@ -194,7 +207,12 @@ class _Run:
         return out.text
 
     def _record(self, node: ir.Gen, value: str, out: GenerationOutput, response: Response | None = None) -> None:
+        self._timed(out)
         self.tokens += out.completion_tokens
+        self.critical += out.critical_path_tokens
+        self.parallel += out.parallel_tokens
+        self.blocks += len(out.blocks)
+        self.branches += sum(len(b.branch_tokens) for b in out.blocks)
         self.gens.append(GenEvent(name=node.name, value=value, tokens=out.completion_tokens, response=response))
 
     def _parallel(self, node: ir.Parallel) -> None:
@@ -208,18 +226,24 @@ class _Run:
             walks[j] = self._walk(b.body, j, texts)
         waiting = {j: self._advance(w, None, first=True) for j, w in walks.items()}
         waiting = {j: g for j, g in waiting.items() if g is not None}
+        branch_tokens = dict.fromkeys(walks, 0)
         while waiting:
             batch = dict([next(iter(waiting.items()))]) if self.ex.serial else waiting
             out = self.eng.decode_branches(seq, {j: gen_params(g, self.ex.defaults) for j, g in batch.items()})
+            self._timed(out)
             self.tokens += out.completion_tokens
             block = out.response.blocks[0]
             for (j, g), br, n in zip(list(batch.items()), block.branches, out.blocks[0].branch_tokens):
+                branch_tokens[j] += n
                 self.gens.append(GenEvent(name=g.name, value=br.body, tokens=n))
                 nxt = self._advance(walks[j], br.body)
                 if nxt is None:
                     del waiting[j]
                 else:
                     waiting[j] = nxt
+        self.critical += max(branch_tokens.values(), default=0)
+        self.parallel += sum(branch_tokens.values())
+        self.blocks, self.branches = self.blocks + 1, self.branches + len(walks)
         self.eng.join(seq, reprefill=node.join == "reprefill")
         self.text += "".join(texts[j] for j in walks)
 

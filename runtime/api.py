@@ -48,6 +48,7 @@ class WireSampling(BaseModel):
     aspd: bool = False
     max_branches: int = Field(8, ge=2, le=64)
     max_branch_tokens: int | None = Field(None, ge=1)  # None: max_new_tokens
+    fork_bias: float | None = Field(None, ge=-100.0, le=100.0)  # None: the adapter's calibrated value
 
     def to_sampling(self, default_max: int, default_penalty: float = 1.0) -> SamplingParams:
         for name in ("regex", "json_schema", "ebnf", "structural_tag"):
@@ -68,7 +69,8 @@ class WireSampling(BaseModel):
             min_p=self.min_p, seed=self.sampling_seed if self.seed is None else self.seed,
             repetition_penalty=default_penalty if self.repetition_penalty is None else self.repetition_penalty,
             stop=stop, stop_token_ids=tuple(self.stop_token_ids or ()), ignore_eos=self.ignore_eos,
-            max_branches=self.max_branches, max_branch_tokens=self.max_branch_tokens or max(1, n))
+            max_branches=self.max_branches, max_branch_tokens=self.max_branch_tokens or max(1, n),
+            fork_bias=self.fork_bias)
 
 
 class GenerateRequest(BaseModel):

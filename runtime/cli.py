@@ -62,9 +62,11 @@ def parser() -> argparse.ArgumentParser:
     from aspd_lang.cli_run import add_parser
 
     add_parser(sub, _sampling_args)
+    from bench.cli import add_parser as add_bench
     from training.cli import add_parsers
 
     add_parsers(sub)
+    add_bench(sub)
     sv = sub.add_parser("serve", help="serve the model over SGLang's and OpenAI's HTTP APIs")
     sv.add_argument("--model", default=None, help="HF causal-LM directory or id (default: the embedded SmolLM2-135M)")
     sv.add_argument("--adapter", default="auto", help="ASPD adapter (PEFT dir), auto (default) or none")
@@ -256,20 +258,25 @@ def main(argv: Seq[str] | None = None) -> int:
     from aspd_lang.cli_run import cmd_run
     from aspd_lang.ir import ProgramError
     from aspd_lang.native_backend import BackendError
-    from training.cli import cmd_data, cmd_train
+    from bench.cli import cmd_bench
+    from bench.harness import BenchError
+    from bench.questions import QuestionsError
+    from training.cli import cmd_calibrate, cmd_data, cmd_train
 
     from .engine import EngineError
     from .model_loader import ModelLoadError
 
     commands = {"generate": cmd_generate, "demo": cmd_demo, "serve": cmd_serve,
                 "data": lambda a: cmd_data(a, console), "train": lambda a: cmd_train(a, console),
+                "calibrate": lambda a: cmd_calibrate(a, console), "bench": lambda a: cmd_bench(a, console),
                 "run": lambda a: cmd_run(a, console, load_engine, sampling_from)}
     try:
         return commands[args.cmd](args)
     except ValidationError as e:
         first = e.errors()[0]
         err.print(f"[red]error:[/] invalid sampling parameter {'.'.join(map(str, first['loc']))}: {first['msg']}")
-    except (ModelLoadError, EngineError, ProtocolError, UsageError, ProgramError, BackendError) as e:
+    except (ModelLoadError, EngineError, ProtocolError, UsageError, ProgramError, BackendError, BenchError,
+            QuestionsError) as e:
         err.print(f"[red]error:[/] {e}")
     return 2
 

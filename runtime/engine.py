@@ -113,6 +113,7 @@ class GenerationOutput(BaseModel):
     markup: str
     response: Response
     finish_reason: str
+    stop_token: int | None = None  # the stop token id that ended a serial generation, if one did
     prompt_tokens: int
     completion_tokens: int
     serial_tokens: int
@@ -123,6 +124,11 @@ class GenerationOutput(BaseModel):
     total_s: float
     # Per serial token, when asked: (log-prob, token id, top alternatives as (log-prob, token id)).
     token_logprobs: list[tuple[float, int, list[tuple[float, int]]]] | None = None
+
+    @property
+    def critical_path_tokens(self) -> int:
+        """Tokens on the longest chain of dependent steps: serial ones plus each block's longest branch."""
+        return self.serial_tokens + sum(max(b.branch_tokens, default=0) for b in self.blocks)
 
     @property
     def tokens_per_s(self) -> float:
@@ -427,8 +433,9 @@ class Engine:
         (for streaming its text so far)."""
         self._check_serial(seq)
         self._check_room(seq.length, 1)
+        bias = self.loaded.fork_bias if params.fork_bias is None else params.fork_bias
         constraint = Constraint(self.ids, adaptive=(mode == "aspd"), max_title_tokens=params.max_title_tokens,
-                                max_branches=params.max_branches)
+                                max_branches=params.max_branches, fork_bias=bias)
         run = _Run(self, seq, params, constraint, explicit=False)
         if logprobs is not None:
             run.logprobs, run.top_k = [], logprobs
@@ -654,6 +661,7 @@ class _Run:
         self.t0 = time.perf_counter()
         self.ttft: float | None = None
         self.finish = "length"
+        self.stop_token: int | None = None
         self.done = False
         self.segments: list = []
         self.blocks: list[BlockStats] = []
@@ -695,7 +703,7 @@ class _Run:
         tok = self.sampler(logits[None], [s.seen], [self.constraint.allowed()])[0]
         self._sampled()
         if tok in self.stop_ids:
-            self.finish, self.done = "stop", True
+            self.finish, self.done, self.stop_token = "stop", True, tok
             return
         if self.logprobs is not None:
             self._record_logprob(logits, tok)
@@ -891,7 +899,8 @@ class _Run:
             text = "".join(b.body for b in resp.blocks[0].branches)
         return GenerationOutput(
             text=text, markup=resp.markup(), response=resp, finish_reason=self.finish,
-            prompt_tokens=self.prompt_tokens, completion_tokens=self.serial_count + self.parallel_count,
+            stop_token=self.stop_token, prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.serial_count + self.parallel_count,
             serial_tokens=self.serial_count, parallel_tokens=self.parallel_count,
             forward_passes=self.eng.runner.forwards - self.forwards0, blocks=self.blocks,
             ttft_s=self.ttft if self.ttft is not None else total, total_s=total, token_logprobs=self.logprobs)

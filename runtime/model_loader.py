@@ -8,6 +8,7 @@ transformers and saves a bf16 safetensors copy in the user cache; later loads re
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase
     ids: SpecialIds
     name: str
+    fork_bias: float = 0.0  # the adapter's calibrated fork threshold (`aspd calibrate`)
 
 
 def cache_dir() -> Path:
@@ -126,7 +128,8 @@ def load(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.bfloat16, adapter
     if adapter:
         model = apply_adapter(model, adapter).to(dtype)
     model.to(device).eval()
-    return LoadedModel(model=model, tokenizer=tok, ids=ids, name=name or DEFAULT_MODEL)
+    return LoadedModel(model=model, tokenizer=tok, ids=ids, name=name or DEFAULT_MODEL,
+                       fork_bias=read_fork_bias(adapter) if adapter else 0.0)
 
 
 def apply_adapter(model: PreTrainedModel, adapter: str) -> PreTrainedModel:
@@ -138,6 +141,15 @@ def apply_adapter(model: PreTrainedModel, adapter: str) -> PreTrainedModel:
     if not os.path.isdir(adapter):
         raise ModelLoadError(f"adapter not found: {adapter!r}")
     return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+
+
+FORK_BIAS_FILE = "aspd_calibration.json"
+
+
+def read_fork_bias(adapter: str) -> float:
+    """The fork bias `aspd calibrate` stored next to the adapter (0 if it was never calibrated)."""
+    path = Path(adapter) / FORK_BIAS_FILE
+    return float(json.loads(path.read_text())["fork_bias"]) if path.exists() else 0.0
 
 
 def resolve_adapter(name: str, adapter: str | None) -> str | None:

@@ -313,6 +313,7 @@ class Allowed:
 
     only: frozenset[int] | None = None
     banned: frozenset[int] = frozenset()
+    bias: tuple[tuple[int, float], ...] = ()  # (token, logit offset) pairs, applied before `only`/`banned`
 
 
 @dataclass
@@ -326,6 +327,7 @@ class Constraint:
     adaptive: bool = True
     max_title_tokens: int = 16
     max_branches: int = 8
+    fork_bias: float = 0.0  # logit offset for opening a block: the adapter's calibrated fork threshold
     phase: Phase = Phase.SERIAL
     title_tokens: int = 0
     titles: int = 0
@@ -350,7 +352,8 @@ class Constraint:
                 opts.add(ids.para)
             return Allowed(only=frozenset(opts))
         if self.adaptive and self.phase is Phase.SERIAL:
-            return Allowed(banned=markup - {ids.title})
+            bias = ((ids.title, self.fork_bias),) if self.fork_bias else ()
+            return Allowed(banned=markup - {ids.title}, bias=bias)
         return Allowed(banned=markup)
 
     def map_sampled(self, token: int) -> int:

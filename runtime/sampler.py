@@ -74,6 +74,8 @@ def _index(ids: frozenset[int], device: torch.device) -> torch.Tensor:
 
 
 def _constrain(row: torch.Tensor, allowed: Allowed) -> None:
+    for token, offset in allowed.bias:
+        row[token] += offset
     if allowed.only is not None:
         keep = torch.full_like(row, float("-inf"))
         idx = _index(allowed.only, row.device)

@@ -24,6 +24,9 @@ class SamplingParams(BaseModel):
     max_branches: int = Field(8, ge=2, le=64)
     max_branch_tokens: int = Field(256, ge=1)
     max_title_tokens: int = Field(16, ge=1)
+    fork_bias: float | None = Field(None, ge=-100.0, le=100.0, description=(
+        "added to the logit of <|title|> (opening a parallel block) in serial decoding; None: the "
+        "loaded adapter's calibrated value (0 without one)"))
 
     @model_validator(mode="before")
     @classmethod

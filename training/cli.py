@@ -2,6 +2,7 @@
 
     aspd data all              # prompts -> the base model's answers -> extraction + validation
     aspd train                 # LoRA + markup rows on data/aspd/dataset.jsonl -> the shipped adapter
+    aspd calibrate             # the adapter's fork threshold, on training prompts it was not trained on
 """
 
 from __future__ import annotations
@@ -41,6 +42,14 @@ def add_parsers(sub) -> None:
     t.add_argument("--token-lr", type=float, default=None, help="learning rate of the markup rows")
     t.add_argument("--markup-weight", type=float, default=1.0, help="loss weight of markup tokens")
     t.add_argument("--init", type=Path, default=None, help="start from this adapter's checkpoint (a second stage)")
+    c = sub.add_parser("calibrate", help="fit the adapter's fork threshold on unseen training prompts")
+    c.add_argument("--adapter", type=Path, default=ADAPTER)
+    c.add_argument("--data", type=Path, default=DATA)
+    c.add_argument("--model", default=None)
+    c.add_argument("--per-kind", type=int, default=60, help="prompts of each kind (list-like, other)")
+    c.add_argument("--target", type=float, default=0.15, help="highest fork rate allowed on non-list prompts")
+    c.add_argument("--max-new-tokens", type=int, default=256)
+    c.add_argument("--repetition-penalty", type=float, default=1.2)
 
 
 def _load(model: str | None, adapter: str = "none"):
@@ -127,4 +136,27 @@ def cmd_train(args: argparse.Namespace, console) -> int:
 
     write(args.out)
     console.print(f"adapter saved to {args.out} (final loss {hist.losses[-1]:.3f})")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace, console) -> int:
+    from runtime.engine import Engine
+    from runtime.sampling import SamplingParams
+
+    from . import calibrate
+    from .dataset import read
+
+    trained_on = {r["prompt"] for r in read(args.data / "dataset.jsonl")}
+    train = [json.loads(x) for x in (args.data / "prompts_train.jsonl").read_text().splitlines()]
+    texts, kinds = calibrate.calibration_prompts(train, trained_on, args.per_kind)
+    eng = Engine(_load(args.model, adapter=str(args.adapter)))
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty)
+    console.print(f"calibrating the fork bias of {args.adapter} on {len(texts)} unseen training prompts")
+    points = calibrate.sweep(eng, texts, kinds, params, log=console.print)
+    chosen = calibrate.choose(points, args.target)
+    path = calibrate.write(args.adapter, chosen, points, {
+        "target_other": args.target, "prompts_per_kind": args.per_kind, "max_new_tokens": args.max_new_tokens,
+        "repetition_penalty": args.repetition_penalty, "decoding": "greedy"})
+    console.print(f"fork bias {chosen.bias:+.1f} (list-like {chosen.fork_rate['listlike']:.0%}, "
+                  f"other {chosen.fork_rate['other']:.0%}) -> {path}")
     return 0

@@ -1,0 +1,65 @@
+"""`aspd bench`: speed and quality of several systems side by side on a question set.
+
+    aspd bench                                   # Vicuna-80, hf,ar,aspd,sot -> bench/results/vicuna80/
+    aspd bench --limit 5 --systems ar,aspd       # a quick look
+    aspd bench --systems ar,aspd,sglang@http://127.0.0.1:30000 --judge-url http://judge:8000
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from .questions import VICUNA80
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def add_parser(sub) -> None:
+    b = sub.add_parser("bench", help="benchmark hf / ar / aspd / sot / a server side by side on a question set")
+    b.add_argument("--questions", type=Path, default=VICUNA80, help="FastChat question.jsonl (default: Vicuna-80)")
+    b.add_argument("--systems", default="hf,ar,aspd,sot", help="comma-separated: hf, ar, aspd, sot, sglang@URL")
+    b.add_argument("--max-new-tokens", type=int, default=256)
+    b.add_argument("--limit", type=int, default=None, help="only the first K questions")
+    b.add_argument("--out", type=Path, default=None, help="default: bench/results/<questions file's folder>")
+    b.add_argument("--judge-url", default=None, help="OpenAI-compatible endpoint for FastChat's 1-10 grading")
+    b.add_argument("--judge-model", default="default")
+    b.add_argument("--model", default=None, help="base model (default: the embedded one)")
+    b.add_argument("--adapter", default="auto", help="ASPD adapter for ar/aspd: auto, none, or a directory")
+    b.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    b.add_argument("--repetition-penalty", type=float, default=1.2)
+    b.add_argument("--temperature", type=float, default=0.0)
+    b.add_argument("--seed", type=int, default=None, help="sampling seed (recorded; greedy ignores it)")
+
+
+def cmd_bench(args: argparse.Namespace, console) -> int:
+    import os
+
+    import torch
+    import transformers
+
+    from runtime.model_loader import DEFAULT_MODEL, load, resolve_adapter
+    from runtime.sampling import SamplingParams
+
+    from . import harness, questions
+
+    names = harness.parse_systems(args.systems)
+    qs = questions.load(args.questions)[:args.limit]
+    out = args.out or RESULTS / args.questions.resolve().parent.name
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty,
+                            temperature=args.temperature, seed=args.seed)
+    torch.set_num_threads(os.cpu_count() or 1)
+    transformers.utils.logging.disable_progress_bar()
+    model = args.model or DEFAULT_MODEL
+    dtype = getattr(torch, args.dtype)
+    adapter = resolve_adapter(model, args.adapter)
+    base = load(model, dtype=dtype, adapter="none")
+    tuned = load(model, dtype=dtype, adapter=adapter) if adapter else base
+    sampling = params.model_dump(exclude_defaults=True) | {"decoding": "greedy" if params.greedy else "sampled"}
+    meta = {"questions": str(args.questions), "command": "aspd " + shlex.join(sys.argv[1:]), "model": model,
+            "adapter": adapter, "fork_bias": tuned.fork_bias, "sampling": sampling}
+    harness.run(qs, names, harness.Models(base, tuned), params, out, meta, console,
+                judge_url=args.judge_url, judge_model=args.judge_model)
+    return 0

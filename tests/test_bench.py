@@ -1,0 +1,190 @@
+"""`aspd bench`: metrics on hand-made answers, the harness end to end on the tiny model, bad question
+files, resuming an interrupted run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from bench import harness, metrics, questions, reports
+from bench.quality import answer_loss, cosine
+from runtime.engine import BlockStats, Engine, GenerationOutput
+from runtime.protocol import Response
+from runtime.sampling import SamplingParams
+from tests.conftest import tiny_model
+
+
+def _out(serial: int, blocks: list[list[int]]) -> GenerationOutput:
+    par = sum(map(sum, blocks))
+    return GenerationOutput(text="", markup="", response=Response(segments=()), finish_reason="stop",
+                            prompt_tokens=1, completion_tokens=serial + par, serial_tokens=serial,
+                            parallel_tokens=par, forward_passes=1,
+                            blocks=[BlockStats(titles=[""] * len(b), branch_tokens=b, steps=max(b)) for b in blocks],
+                            ttft_s=0.0, total_s=1.0)
+
+
+def test_ideal_speedup_of_a_known_structure():
+    # 10 serial tokens, a block of branches 30/20/10 tokens, then a block of 5/5: the critical path
+    # is 10 + 30 + 5 = 45 of 80 tokens
+    out = _out(10, [[30, 20, 10], [5, 5]])
+    assert out.critical_path_tokens == 45
+    assert metrics.ideal_speedup(out.completion_tokens, out.critical_path_tokens) == pytest.approx(80 / 45)
+    assert metrics.ideal_speedup(50, 50) == 1.0  # a serial answer
+
+
+def test_repetition_length_and_stats():
+    assert metrics.repetition_rate("one two three four five six") == 0.0
+    looping = " ".join(["the cat sat on the mat"] * 10)
+    assert metrics.repetition_rate(looping) > 0.8
+    assert metrics.length_ratio(30, 60) == 0.5
+    s = metrics.stats([1.0, 3.0, float("nan"), 2.0])
+    assert (s["mean"], s["median"], s["max"], s["n"]) == (2.0, 2.0, 3.0, 3)
+    assert metrics.relative_delta(2.02, 2.0) == pytest.approx(0.01)
+
+
+def test_cosine_of_identical_texts_is_one():
+    a = "Exercise regularly, sleep well, and eat vegetables."
+    same, other = cosine([a, a], [a, "The capital of France is Paris."])
+    assert same == pytest.approx(1.0, abs=1e-5)
+    assert other < 0.5
+
+
+def test_answer_loss_is_the_mean_token_nll():
+    loaded = tiny_model(seed=3)
+    eng = Engine(loaded)
+    prompt, answer = eng.encode("question: why?\n"), eng.encode("because it is.")
+    # independent computation: the engine's scoring path (KV cache, one token at a time)
+    seq = eng.new_sequence(prompt)
+    lps = eng.score(seq, ["because it is."])[0]
+    assert answer_loss(loaded.model, prompt, answer) == pytest.approx(-sum(lps) / len(lps), rel=1e-4)
+
+
+def _qfile(tmp_path, n: int = 3):
+    path = tmp_path / "q.jsonl"
+    rows = [{"question_id": i + 1, "category": ["generic", "math", "coding"][i % 3],
+             "turns": [f"how do i cook {w}?"]} for i, w in enumerate(["rice", "eggs", "pasta", "soup"][:n])]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _run(tmp_path, qs, names=("hf", "ar", "aspd", "sot")):
+    loaded = tiny_model(seed=1, max_positions=2048)  # character tokens: SoT's prompt and outline are long
+    params = SamplingParams(max_new_tokens=12, repetition_penalty=1.2)
+    from rich.console import Console
+
+    return harness.run(qs, list(names), harness.Models(loaded, loaded), params, tmp_path / "out",
+                       {"questions": "test"}, Console(quiet=True))
+
+
+def test_harness_end_to_end_on_three_questions(tmp_path):
+    qs = questions.load(_qfile(tmp_path))
+    summary = _run(tmp_path, qs)
+    out = tmp_path / "out"
+    rows = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and not any(r["error"] for r in rows)
+    assert {r["system"] for r in rows} == {"hf", "ar", "aspd", "sot"}
+    by = {(r["system"], r["question_id"]): r for r in rows}
+    for q in (1, 2, 3):
+        # same model, same greedy settings and penalty: transformers' generate and our AR engine agree
+        assert by[("hf", q)]["text"] == by[("ar", q)]["text"]
+        assert by[("ar", q)]["speed"]["speedup_vs_ar"] == 1.0
+        assert by[("hf", q)]["quality"]["cosine"] == pytest.approx(1.0, abs=1e-5)
+        sot = by[("sot", q)]
+        assert sot["blocks"] == 1 and sot["branches"] == 4 and sot["critical_path_tokens"] < sot["completion_tokens"]
+        for r in (by[(s, q)] for s in ("hf", "ar", "aspd", "sot")):
+            assert r["latency_s"] > 0 and r["ttft_s"] is not None and 0 < r["ttft_s"] <= r["latency_s"]
+            assert math.isfinite(r["quality"]["loss"])
+    s = json.loads((out / "summary.json").read_text())
+    assert set(s["systems"]) == {"hf", "ar", "aspd", "sot"}
+    assert s["systems"]["ar"]["speedup_vs_ar"]["mean"] == 1.0
+    for k in ("mean", "median", "max"):
+        assert s["systems"]["sot"]["speedup_vs_hf"][k] is not None
+    assert s["systems"]["hf"]["quality_delta"]["loss"] == 0.0
+    assert set(s["categories"]) == {"generic", "math", "coding"}
+    assert summary["meta"]["reference"] == "hf"
+    for f in ("report.md", "speedup_by_category.png", "latency.png", "quality_vs_speedup.png"):
+        assert (out / f).stat().st_size > 0
+    assert "| sot |" in (out / "report.md").read_text()
+
+
+def test_without_hf_quality_uses_the_engine_base_ar_reference(tmp_path):
+    qs = questions.load(_qfile(tmp_path, 1))
+    summary = _run(tmp_path, qs, names=("ar",))
+    assert summary["meta"]["reference"] == "base-ar"
+    assert summary["systems"]["ar"]["quality"]["cosine"] == pytest.approx(1.0, abs=1e-5)  # same model here
+    assert list(summary["systems"]) == ["ar"]
+
+
+def test_interrupted_run_resumes_without_redoing_answers(tmp_path):
+    path = _qfile(tmp_path, 3)
+    qs = questions.load(path)
+    _run(tmp_path, qs[:2], names=("ar", "aspd"))
+    answers = tmp_path / "out" / "answers.jsonl"
+    first = {(r["system"], r["question_id"]): r["latency_s"] for r in map(json.loads, answers.read_text().splitlines())}
+    assert len(first) == 6  # ar, aspd and the untimed base-model reference (no hf here)
+    with answers.open("a") as f:  # a run killed while writing its next line
+        f.write('{"question_id": 3, "system": "ar", "te')
+    _run(tmp_path, qs, names=("ar", "aspd"))
+    rows = [json.loads(x) for x in answers.read_text().splitlines()]
+    assert len(rows) == 9
+    again = {(r["system"], r["question_id"]): r["latency_s"] for r in rows}
+    assert all(again[k] == v for k, v in first.items())  # the finished answers were not redone
+
+
+def test_failed_answers_are_kept_and_retried(tmp_path):
+    qs = questions.load(_qfile(tmp_path, 1))
+    loaded = tiny_model(seed=1)
+    store = harness.Store(tmp_path / "a.jsonl")
+
+    class Flaky:
+        name, calls = "flaky", 0
+
+        def answer(self, q):
+            Flaky.calls += 1
+            if Flaky.calls == 1:  # the first run's first call (its warm-up)
+                raise RuntimeError("server went away")
+            return harness.EngineSystem("flaky", Engine(loaded), SamplingParams(max_new_tokens=3), "ar").answer(q)
+
+    harness.answer_all(qs, [Flaky()], store)
+    assert store.rows[0]["error"] == "RuntimeError: server went away"
+    harness.answer_all(qs, [Flaky()], store)
+    assert len(store.rows) == 1 and store.rows[0]["error"] is None
+
+
+@pytest.mark.parametrize("line, msg", [
+    ("{not json", "q.jsonl:2: not valid JSON"),
+    ('{"question_id": 7, "category": "x"}', "q.jsonl:2: turns: Field required"),
+    ('{"question_id": 7, "turns": []}', "q.jsonl:2: turns: List should have at least 1 item"),
+    ('{"question_id": 1, "turns": ["again?"]}', "q.jsonl:2: duplicate question_id 1"),
+    ('{"question_id": 7, "turns": ["  "]}', "q.jsonl:2: the first turn is empty"),
+])
+def test_malformed_questions_file_names_the_line(tmp_path, line, msg):
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"question_id": 1, "turns": ["hi?"]}\n' + line + "\n")
+    with pytest.raises(questions.QuestionsError, match=msg):
+        questions.load(path)
+
+
+def test_cli_reports_a_bad_questions_file_and_bad_systems(tmp_path, capsys):
+    from runtime.cli import main
+
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"question_id": 1, "turns": ["hi?"]}\n[1, 2]\n')
+    assert main(["bench", "--questions", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert "q.jsonl:2" in capsys.readouterr().err
+    assert main(["bench", "--systems", "ar,gpt5", "--out", str(tmp_path / "o")]) == 2
+    assert "unknown system 'gpt5'" in capsys.readouterr().err
+
+
+def test_vicuna80_ships_and_parses():
+    qs = questions.load(questions.VICUNA80)
+    assert len(qs) == 80 and len({q.category for q in qs}) == 9
+
+
+def test_quality_delta_marks_the_one_percent_line():
+    assert reports._delta(0.004, better_up=False)[1] == "green"
+    assert reports._delta(0.03, better_up=False)[1] == "red"
+    assert reports._delta(-0.03, better_up=True)[1] == "red"
+    assert reports._delta(-0.2, better_up=False)[1] == "green"  # lower loss is better

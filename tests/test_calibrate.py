@@ -1,0 +1,79 @@
+"""The fork threshold: the constraint's bias, the engine honouring it, and the calibration search."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from runtime.engine import Engine
+from runtime.model_loader import FORK_BIAS_FILE, read_fork_bias
+from runtime.protocol import Constraint, Phase
+from runtime.sampling import SamplingParams
+from tests.conftest import tiny_model
+from training import calibrate
+
+
+def test_constraint_biases_only_the_block_opening_in_serial_adaptive_decoding():
+    ids = tiny_model().ids
+    c = Constraint(ids, adaptive=True, fork_bias=-2.5)
+    assert c.allowed().bias == ((ids.title, -2.5),)
+    assert Constraint(ids, adaptive=True).allowed().bias == ()
+    assert Constraint(ids, adaptive=False, fork_bias=-2.5).allowed().bias == ()  # AR: the token is banned anyway
+    c.phase = Phase.BRANCH
+    assert c.allowed().bias == ()
+
+
+def test_engine_fork_bias_moves_the_fork_decision():
+    eng = Engine(tiny_model(seed=2))
+    prompt = eng.encode("list three tips:\n")
+
+    def run(bias):
+        seq = eng.new_sequence(prompt)
+        params = SamplingParams(max_new_tokens=40, fork_bias=bias, max_title_tokens=3, max_branches=2)
+        out = eng.generate(seq, params, "aspd")
+        eng.release(seq)
+        return out
+
+    assert run(100.0).markup.startswith("<|title|>")  # forced open at once
+    never = run(-100.0)
+    assert not never.blocks
+    # a bias that never wins leaves the greedy answer exactly as AR decoding writes it
+    seq = eng.new_sequence(prompt)
+    assert never.text == eng.generate(seq, SamplingParams(max_new_tokens=40), "ar").text
+
+
+def test_adapter_calibration_file_sets_the_default(tmp_path):
+    assert read_fork_bias(str(tmp_path)) == 0.0
+    (tmp_path / FORK_BIAS_FILE).write_text(json.dumps({"fork_bias": -1.5}))
+    assert read_fork_bias(str(tmp_path)) == -1.5
+
+
+def test_choose_takes_the_least_suppression_that_meets_the_target():
+    pts = [calibrate.Point(0.0, {"listlike": 0.9, "other": 0.4}),
+           calibrate.Point(-1.0, {"listlike": 0.8, "other": 0.18}),
+           calibrate.Point(-2.0, {"listlike": 0.6, "other": 0.05})]
+    assert calibrate.choose(pts, 0.2).bias == -1.0
+    assert calibrate.choose(pts, 0.1).bias == -2.0
+    with pytest.raises(ValueError, match="no offset"):
+        calibrate.choose(pts, 0.01)
+
+
+def test_calibration_prompts_skip_what_training_saw():
+    train = [{"text": f"p{i}", "kind": "listlike" if i % 2 else "other"} for i in range(10)]
+    texts, kinds = calibrate.calibration_prompts(train, trained_on={"p0", "p1"}, per_kind=2)
+    assert texts == ["p3", "p5", "p2", "p4"] and kinds == ["listlike", "listlike", "other", "other"]
+    with pytest.raises(ValueError, match="not enough"):
+        calibrate.calibration_prompts(train, set(), per_kind=6)
+
+
+def test_sweep_on_a_tiny_model_is_monotone_and_stops_at_the_first_title():
+    eng = Engine(tiny_model(seed=2))
+    prompts = ["list three tips:\n", "what is two plus two?\n", "name four colours:\n", "hello\n"]
+    kinds = ["listlike", "other", "listlike", "other"]
+    pts = calibrate.sweep(eng, prompts, kinds, SamplingParams(max_new_tokens=24), grid=(100.0, 0.0, -100.0),
+                          log=lambda _: None)
+    assert pts[0].fork_rate == {"listlike": 1.0, "other": 1.0}
+    assert pts[-1].fork_rate == {"listlike": 0.0, "other": 0.0}
+    with pytest.raises(ValueError, match="descending"):
+        calibrate.sweep(eng, prompts, kinds, SamplingParams(), grid=(0.0, 1.0))

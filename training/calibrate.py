@@ -1,0 +1,92 @@
+"""Calibrate the adapter's fork threshold: a logit offset on `<|title|>` (opening a parallel block).
+
+The trained model opens blocks on prompts that do not call for them (markup tokens were up-weighted
+in training so that it learns them at all). One scalar, fitted on prompts training never saw, trades
+that back: the largest offset (the least suppression) at which the model forks on at most `target` of
+the non-list prompts. The held-out evaluation split is never used here.
+
+Greedy decoding makes the search cheap and exact: lowering the offset cannot change an answer that
+did not fork (the offset only moves a logit that never won), so each grid value re-decodes only
+the prompts that still fork, and only up to their first `<|title|>` (a stop token here).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.engine import Engine
+from runtime.model_loader import FORK_BIAS_FILE
+from runtime.sampling import SamplingParams
+from runtime.serving import complete
+
+GRID = (0.0, -0.5, -1.0, -1.25, -1.5, -1.75, -2.0, -2.5, -3.0, -4.0, -6.0)
+
+
+@dataclass(frozen=True)
+class Point:
+    bias: float
+    fork_rate: dict[str, float]  # kind -> share of prompts that forked
+
+
+def forks(eng: Engine, prompts: list[str], params: SamplingParams) -> list[bool]:
+    """Does greedy ASPD decoding open a block? Each answer stops at its first `<|title|>`."""
+    p = params.model_copy(update={"stop_token_ids": params.stop_token_ids + (eng.ids.title,)})
+    out = [False] * len(prompts)
+    for i, ev in complete(eng, [eng.chat_prompt(x) for x in prompts], p, "aspd"):
+        if ev.error:
+            raise RuntimeError(ev.error)
+        out[i] = ev.result.output.stop_token == eng.ids.title
+    return out
+
+
+def sweep(eng: Engine, prompts: list[str], kinds: list[str], params: SamplingParams,
+          grid: tuple[float, ...] = GRID, log: Callable[[str], None] = print) -> list[Point]:
+    """Fork rates per kind at each offset of a descending grid."""
+    if list(grid) != sorted(grid, reverse=True):
+        raise ValueError("the grid must be descending")
+    forked = [True] * len(prompts)
+    points = []
+    for bias in grid:
+        todo = [i for i, f in enumerate(forked) if f]  # the others cannot fork at a lower offset
+        result = forks(eng, [prompts[i] for i in todo], params.model_copy(update={"fork_bias": bias}))
+        for i, f in zip(todo, result):
+            forked[i] = f
+        rate = {k: sum(f for f, kk in zip(forked, kinds) if kk == k) / kinds.count(k) for k in sorted(set(kinds))}
+        points.append(Point(bias, rate))
+        log(f"fork bias {bias:+.2f}: " + ", ".join(f"{k} {v:.0%}" for k, v in rate.items()))
+        if not any(forked):
+            break
+    return points
+
+
+def choose(points: list[Point], target: float, kind: str = "other") -> Point:
+    """The largest offset whose fork rate on `kind` is at most `target`."""
+    ok = [p for p in points if p.fork_rate[kind] <= target]
+    if not ok:
+        raise ValueError(f"no offset in the grid brings the {kind} fork rate to {target:.0%} or below")
+    return max(ok, key=lambda p: p.bias)
+
+
+def calibration_prompts(train: list[dict], trained_on: set[str], per_kind: int) -> tuple[list[str], list[str]]:
+    """Training-split prompts the adapter was not trained on, `per_kind` of each kind, in file order."""
+    picked: dict[str, list[str]] = {"listlike": [], "other": []}
+    for row in train:
+        bucket = picked.get(row["kind"])
+        if bucket is not None and row["text"] not in trained_on and len(bucket) < per_kind:
+            bucket.append(row["text"])
+    short = [k for k, v in picked.items() if len(v) < per_kind]
+    if short:
+        raise ValueError(f"not enough unseen training prompts of kind {short} for {per_kind} per kind")
+    texts = picked["listlike"] + picked["other"]
+    return texts, ["listlike"] * per_kind + ["other"] * per_kind
+
+
+def write(adapter: Path, chosen: Point, points: list[Point], meta: dict) -> Path:
+    path = adapter / FORK_BIAS_FILE
+    sweep = [{"bias": p.bias, "fork_rate": p.fork_rate} for p in points]
+    record = {"fork_bias": chosen.bias, "fork_rate": chosen.fork_rate, **meta, "sweep": sweep}
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
