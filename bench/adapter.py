@@ -1,24 +1,24 @@
 """Evaluate the shipped ASPD adapter: does the model fork where it should, and how fast and how good
 are its answers?
 
-1. Held-out split (`data/aspd/prompts_eval.jsonl`, never trained on): the merged model answers every
-   prompt in ASPD mode; fork rate on list-like prompts and on the others; every output's markup
-   must parse back to the same structure.
-2. Vicuna-80, one question at a time (latency), interleaved: the merged model with parallel markup
-   disallowed (AR) and in ASPD mode, same greedy settings; speedup AR/ASPD per answer, share of
-   answers that forked. Quality proxies against the base model's own AR answers (no adapter):
-   all-MiniLM-L6-v2 cosine, and the base model's per-token loss on each answer.
+1. Held-out split (`data/aspd/prompts_eval.jsonl`, never trained on, never used for calibration):
+   the merged model answers every prompt in ASPD mode (its calibrated fork bias applies); fork
+   rate on list-like prompts and on the others; every output's markup must parse back to the same
+   structure.
+2. Vicuna-80: the figures of the full `aspd bench` run (`bench/results/vicuna80/summary.json`),
+   where the merged model with parallel markup disallowed (`ar`) and in ASPD mode (`aspd`) answered
+   every question one at a time, interleaved, with the same greedy settings; quality proxies against
+   the base model's own AR answers (`hf`).
 
-    .venv/bin/python bench/adapter.py        # writes bench/results/adapter.json
+    .venv/bin/aspd bench                      # Vicuna-80 -> bench/results/vicuna80/
+    .venv/bin/python bench/adapter.py         # held-out split + the bench's figures -> bench/results/adapter.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,12 +29,13 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from bench.common import environment  # noqa: E402
-from bench.quality import answer_loss, cosine  # noqa: E402
 from runtime import protocol as P  # noqa: E402
 from runtime.engine import Engine  # noqa: E402
 from runtime.model_loader import find_adapter, load  # noqa: E402
 from runtime.sampling import SamplingParams  # noqa: E402
 from runtime.serving import complete  # noqa: E402
+
+VICUNA = ROOT / "bench" / "results" / "vicuna80"
 
 
 def batch_answers(eng: Engine, prompts: list[str], params: SamplingParams, mode: str) -> list:
@@ -54,11 +55,27 @@ def wellformed(o) -> bool:
         return False
 
 
+def vicuna_figures(summary: dict) -> dict:
+    """The adapter's Vicuna-80 figures, read off the `aspd bench` summary."""
+    sy = summary["systems"]
+    aspd, ar, hf = sy["aspd"], sy["ar"], sy.get("hf", {})
+    return {
+        "vicuna_questions": aspd["answers"],
+        "vicuna_mean_speedup": aspd["speedup_vs_ar"]["mean"], "vicuna_median_speedup": aspd["speedup_vs_ar"]["median"],
+        "vicuna_max_speedup": aspd["speedup_vs_ar"]["max"], "vicuna_fork_share": aspd["fork_share"],
+        "vicuna_mean_ideal_speedup": aspd["ideal_speedup"]["mean"],
+        "quality_reference": summary["meta"]["reference"],
+        "cosine_aspd_vs_base_ar": aspd["quality"]["cosine"], "cosine_ar_vs_base_ar": ar["quality"]["cosine"],
+        "loss_base_on_aspd": aspd["quality"]["loss"], "loss_base_on_ar": ar["quality"]["loss"],
+        "loss_base_on_base_ar": hf.get("quality", {}).get("loss"),
+        "vicuna_source": "bench/results/vicuna80/summary.json (" + summary["meta"]["command"] + ")",
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--adapter", default=None, help="default: the shipped adapter")
     ap.add_argument("--max-new-tokens", type=int, default=256)
-    ap.add_argument("--stride", type=int, default=1, help="every k-th Vicuna question (default all 80)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "adapter.json")
     args = ap.parse_args()
     console = Console()
@@ -66,67 +83,27 @@ def main() -> None:
     adapter = args.adapter or find_adapter()
     if adapter is None:
         raise SystemExit("no adapter: train one with `aspd train` or pass --adapter")
+    summary_path = VICUNA / "summary.json"
+    if not summary_path.exists():
+        raise SystemExit(f"no {summary_path}: run `aspd bench` first (Vicuna-80, hf,ar,aspd,sot)")
     params = SamplingParams(max_new_tokens=args.max_new_tokens, repetition_penalty=1.2)
-    merged = Engine(load(adapter=adapter))
+    loaded = load(adapter=adapter)
+    merged = Engine(loaded)
 
-    # 1. the held-out split
     evals = [json.loads(x) for x in (ROOT / "data" / "aspd" / "prompts_eval.jsonl").read_text().splitlines()]
-    console.print(f"held-out split: {len(evals)} prompts, ASPD mode")
+    console.print(f"held-out split: {len(evals)} prompts, ASPD mode, fork bias {loaded.fork_bias:+.2f}")
     outs = batch_answers(merged, [e["text"] for e in evals], params, "aspd")
     rate = {}
     for kind in ("listlike", "other"):
         sel = [o for e, o in zip(evals, outs) if e["kind"] == kind]
         rate[kind] = sum(bool(o.blocks) for o in sel) / len(sel)
     wf = sum(wellformed(o) for o in outs) / len(outs)
-
-    # 2. Vicuna-80: AR vs ASPD, one at a time, interleaved
-    qs = [json.loads(x) for x in (ROOT / "bench" / "data" / "vicuna80" / "question.jsonl").read_text().splitlines()]
-    qs = qs[::args.stride]
-    merged.generate(merged.new_sequence("warm up"), SamplingParams(max_new_tokens=4), "ar")
-    rows = []
-    for k, q in enumerate(qs):
-        text = q["turns"][0]
-        res = {}
-        for mode in (("ar", "aspd") if k % 2 == 0 else ("aspd", "ar")):
-            t0 = time.perf_counter()
-            o = merged.generate(merged.new_sequence(merged.chat_prompt(text)), params, mode)
-            res[mode] = (o, time.perf_counter() - t0)
-        ar, aspd = res["ar"], res["aspd"]
-        rows.append({"question_id": q["question_id"], "category": q["category"], "ar_s": ar[1], "aspd_s": aspd[1],
-                     "speedup": ar[1] / aspd[1], "forked": bool(aspd[0].blocks), "ar_tokens": ar[0].completion_tokens,
-                     "aspd_tokens": aspd[0].completion_tokens, "blocks": len(aspd[0].blocks),
-                     "ar_text": ar[0].text, "aspd_text": aspd[0].text, "aspd_markup": aspd[0].markup})
-        console.print(f"[{k + 1}/{len(qs)}] {q['category']}: AR {ar[1]:.1f} s, ASPD {aspd[1]:.1f} s "
-                      f"({rows[-1]['speedup']:.2f}x, {len(aspd[0].blocks)} blocks)")
-    del merged
-
-    # quality proxies against the base model's AR answers
-    base = Engine(load(adapter="none"))
-    base_ar = batch_answers(base, [q["turns"][0] for q in qs], params, "ar")
-    cos_aspd = cosine([r["aspd_text"] for r in rows], [o.text for o in base_ar])
-    cos_ar = cosine([r["ar_text"] for r in rows], [o.text for o in base_ar])
-    enc = base.encode
-    for r, q, b, ca, cr in zip(rows, qs, base_ar, cos_aspd, cos_ar):
-        prompt = base.chat_prompt(q["turns"][0])
-        r.update(base_ar_text=b.text, cos_aspd_vs_base=ca, cos_ar_vs_base=cr,
-                 loss_aspd=answer_loss(base.loaded.model, prompt, enc(r["aspd_text"])),
-                 loss_base_ar=answer_loss(base.loaded.model, prompt, enc(b.text)))
-    sp = [r["speedup"] for r in rows]
     result = {
         "adapter": str(Path(adapter).relative_to(ROOT)) if Path(adapter).is_relative_to(ROOT) else adapter,
-        "max_new_tokens": args.max_new_tokens, "repetition_penalty": 1.2, "decoding": "greedy",
-        "fork_rate_listlike": round(rate["listlike"], 3), "fork_rate_other": round(rate["other"], 3),
-        "wellformed_rate": round(wf, 3), "eval_prompts": len(evals),
-        "vicuna_questions": len(rows), "vicuna_stride": args.stride,
-        "vicuna_mean_speedup": round(statistics.mean(sp), 3), "vicuna_median_speedup": round(statistics.median(sp), 3),
-        "vicuna_max_speedup": round(max(sp), 3),
-        "vicuna_mean_speedup_forked": round(statistics.mean([r["speedup"] for r in rows if r["forked"]] or [0]), 3),
-        "vicuna_fork_share": round(sum(r["forked"] for r in rows) / len(rows), 3),
-        "cosine_aspd_vs_base_ar": round(statistics.mean(cos_aspd), 4),
-        "cosine_ar_vs_base_ar": round(statistics.mean(cos_ar), 4),
-        "loss_base_on_aspd": round(statistics.mean(r["loss_aspd"] for r in rows), 4),
-        "loss_base_on_base_ar": round(statistics.mean(r["loss_base_ar"] for r in rows), 4),
-        "environment": environment(), "answers": rows,
+        "fork_bias": loaded.fork_bias, "max_new_tokens": args.max_new_tokens, "repetition_penalty": 1.2,
+        "decoding": "greedy", "fork_rate_listlike": round(rate["listlike"], 3),
+        "fork_rate_other": round(rate["other"], 3), "wellformed_rate": round(wf, 3), "eval_prompts": len(evals),
+        **vicuna_figures(json.loads(summary_path.read_text())), "environment": environment(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -92,27 +92,44 @@ def adapter_table(r: dict) -> str:
     rows = [
         "| metric | value |",
         "|---|---|",
+        f"| fork threshold (`<|title|>` logit offset, `aspd calibrate`) | {r['fork_bias']:+.2f} |",
         f"| held-out split: forks on list-like prompts | {r['fork_rate_listlike']:.0%} |",
         f"| held-out split: forks on other prompts | {r['fork_rate_other']:.0%} |",
         f"| held-out split: outputs that parse as well-formed markup | {r['wellformed_rate']:.0%} |",
         f"| Vicuna-80: answers that forked | {r['vicuna_fork_share']:.0%} |",
         f"| Vicuna-80: latency speedup ASPD / AR, mean (median) | **{r['vicuna_mean_speedup']:.2f}x** "
         f"({r['vicuna_median_speedup']:.2f}x) |",
-        f"| Vicuna-80: mean speedup on answers that forked | {r['vicuna_mean_speedup_forked']:.2f}x |",
         f"| Vicuna-80: max speedup | {r['vicuna_max_speedup']:.2f}x |",
+        f"| Vicuna-80: mean ideal speedup of the ASPD answers' structure | {r['vicuna_mean_ideal_speedup']:.2f}x |",
         f"| MiniLM cosine to the base model's AR answer: ASPD (adapter AR) | {r['cosine_aspd_vs_base_ar']:.3f} "
         f"({r['cosine_ar_vs_base_ar']:.3f}) |",
-        f"| base model's loss on the answers: ASPD vs base AR (nats/token) | {r['loss_base_on_aspd']:.3f} vs "
-        f"{r['loss_base_on_base_ar']:.3f} |",
+        f"| base model's loss on the answers: ASPD, adapter AR, base AR (nats/token) | {r['loss_base_on_aspd']:.3f}, "
+        f"{r['loss_base_on_ar']:.3f}, {r['loss_base_on_base_ar']:.3f} |",
     ]
     e = r["environment"]
-    every = f" (every {r['vicuna_stride']}th of the 80)" if r.get("vicuna_stride", 1) > 1 else ""
-    note = (f"\n{r['vicuna_questions']} Vicuna questions{every} and {r['eval_prompts']} held-out prompts; greedy, "
-            f"repetition penalty {r['repetition_penalty']}, at most {r['max_new_tokens']} new tokens; one question at "
-            f"a time, "
-            f"AR and ASPD interleaved, same merged model; {e['machine']['cores']} cores, torch "
-            f"{e['versions']['torch']}, {e['date']}.")
+    note = (f"\n{r['eval_prompts']} held-out prompts (`bench/adapter.py`) and {r['vicuna_questions']} Vicuna questions "
+            f"(from {r['vicuna_source']}); greedy, repetition penalty {r['repetition_penalty']}, at most "
+            f"{r['max_new_tokens']} new tokens; {e['machine']['cores']} cores, torch {e['versions']['torch']}, "
+            f"{e['date']}.")
     return "\n".join(rows) + "\n" + note
+
+
+def vicuna_table(summary: dict) -> str:
+    """The `aspd bench` run's speed and quality tables (the same rows as its report.md)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    from bench import reports
+
+    m = summary["meta"]
+    env = m["environment"]
+    qual = [[txt + (" ⚠" if st == "red" else "") for txt, st in r] for r in reports.quality_rows(summary)]
+    note = (f"\n`{m['command']}`: {m['question_count']} questions, {m['sampling']}, one question at a time with "
+            f"the systems interleaved; {env['machine']['cores']} cores, torch {env['versions']['torch']}, "
+            f"transformers {env['versions']['transformers']}, {env['date']}. Full report: "
+            f"[bench/results/vicuna80/report.md](bench/results/vicuna80/report.md).")
+    return (reports.md_table(reports.SPEED_HEAD, reports.speed_rows(summary)) + "\n\n"
+            + reports.md_table(reports.QUALITY_HEAD, qual) + "\n" + note)
 
 
 def replace(text: str, name: str, table: str) -> str:
@@ -134,6 +151,9 @@ def main() -> None:
         text = replace(text, "data", data_table(json.loads(stats.read_text())))
     if (results / "adapter.json").exists():
         text = replace(text, "adapter", adapter_table(json.loads((results / "adapter.json").read_text())))
+    vicuna = results / "vicuna80" / "summary.json"
+    if vicuna.exists():
+        text = replace(text, "vicuna", vicuna_table(json.loads(vicuna.read_text())))
     readme.write_text(text)
     print("README tables regenerated from bench/results/")
 

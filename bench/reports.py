@@ -14,8 +14,10 @@ from . import metrics
 
 QUALITY = ("cosine", "loss", "repetition", "length_ratio", "judge")
 # which way is better, for the quality delta against the reference (cosine has no delta: the
-# reference's own cosine is 1 by definition)
+# reference's own cosine is 1 by definition). Loss and grade deltas are relative; the repetition
+# rate is itself a share (often 0 for the reference), so its delta is the difference.
 HIGHER_IS_BETTER = {"loss": False, "repetition": False, "judge": True}
+ABSOLUTE = frozenset({"repetition"})
 TOLERANCE = 0.01  # the paper's "within 1%" line
 
 
@@ -51,7 +53,8 @@ def summarize(rows: list[dict], systems: list[str], meta: dict) -> dict:
         ref_q = {k: metrics.stats(_get(r, "quality", k) for r in ok if r["system"] == ref)["mean"] for k in QUALITY}
     for entry in out["systems"].values():
         if ref_q:
-            entry["quality_delta"] = {k: metrics.relative_delta(entry["quality"][k], ref_q[k])
+            entry["quality_delta"] = {k: (entry["quality"][k] - ref_q[k]) if k in ABSOLUTE
+                                      else metrics.relative_delta(entry["quality"][k], ref_q[k])
                                       for k in HIGHER_IS_BETTER}
     by_cat: dict = defaultdict(dict)
     for s in systems:
@@ -92,7 +95,7 @@ def speed_rows(summary: dict) -> list[list[str]]:
 
 SPEED_HEAD = ["system", "answers", "latency s", "TTFT s", "tok/s", "vs ar mean", "median", "max", "vs hf mean",
               "forked", "ideal", "of ideal"]
-QUALITY_HEAD = ["system", "cosine to ref", "base loss", "loss delta", "repetition", "rep. delta", "length ratio",
+QUALITY_HEAD = ["system", "cosine to ref", "base loss", "loss delta", "repetition", "rep. delta (pts)", "length ratio",
                 "judge", "judge delta"]
 
 
@@ -139,7 +142,7 @@ def print_tables(summary: dict, console: Console) -> None:
 # --------------------------------------------------------------------------- markdown and plots
 
 
-def _md_table(head: list[str], rows: list[list[str]]) -> str:
+def md_table(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
@@ -154,14 +157,14 @@ def markdown(summary: dict) -> str:
         f"Command: `{m.get('command')}`  \nMachine: {json.dumps(env.get('machine'))}  \n"
         f"Versions: {json.dumps(env.get('versions'))}  \nDate: {env.get('date')}  \n"
         f"Decoding: {json.dumps(m.get('sampling'))}",
-        "## Speed", SPEED_HEAD and _md_table(SPEED_HEAD, speed_rows(summary)),
+        "## Speed", SPEED_HEAD and md_table(SPEED_HEAD, speed_rows(summary)),
         f"## Quality proxies (against `{m.get('reference')}`, the base model's AR answer; ⚠ = worse by more "
         f"than {TOLERANCE:.0%})",
         "These are proxies, not a judge: MiniLM cosine to the reference answer, the base model's per-token "
         "loss on the answer given the question, the share of repeated word 4-grams, tokens over the "
         "reference's tokens" + (", and the LLM judge's 1-10 grade." if m.get("judge_url") else "."),
-        _md_table(QUALITY_HEAD, qual),
-        "## Mean speedup against `ar`, by category", _md_table(["category"] + systems, category_rows(summary, systems)),
+        md_table(QUALITY_HEAD, qual),
+        "## Mean speedup against `ar`, by category", md_table(["category"] + systems, category_rows(summary, systems)),
         "## Plots", "![speedup by category](speedup_by_category.png)\n![latency](latency.png)\n"
         "![quality against speedup](quality_vs_speedup.png)",
     ]) + "\n"

@@ -30,7 +30,6 @@ from runtime.sampling import SamplingParams
 from .questions import Question
 
 SOT_PROGRAM = Path(__file__).resolve().parents[1] / "programs" / "skeleton_of_thought.py"
-SOT_ANSWER_START = "Expanded:\n"  # the program writes its skeleton first, then this, then the answer
 
 
 class Answer(BaseModel):
@@ -131,24 +130,28 @@ class EngineSystem:
 
 
 class SoTSystem:
-    """Skeleton-of-Thought as the DSL program it is, run by the IR executor on our engine."""
+    """Skeleton-of-Thought as the DSL program it is, run by the IR executor on our engine, its token
+    budget fitted to max_new_tokens (outline, expansions and conclusion together)."""
 
     name = "sot"
 
     def __init__(self, engine: Engine, params: SamplingParams, program: Path = SOT_PROGRAM):
-        from aspd_lang.executor import EngineExecutor
-        from aspd_lang.runner import load_program_file
+        import importlib.util
 
-        self.params = params
-        self.program = load_program_file(program).main
+        from aspd_lang.executor import EngineExecutor
+
+        spec = importlib.util.spec_from_file_location("aspd_bench_sot", program)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        self.params, self.answer_start = params, module.ANSWER_START
+        self.program = module.for_budget(params.max_new_tokens)
         self.executor = EngineExecutor(engine, params)
 
     def answer(self, q: Question) -> Answer:
         t0 = time.perf_counter()
         r = self.executor.run(self.program, question=q.text)
         latency = time.perf_counter() - t0
-        # What a SoT user reads: the expanded points and the conclusion (the skeleton is scaffolding).
-        text = r.text.split(SOT_ANSWER_START, 1)[-1].strip()
+        text = r.text.split(self.answer_start, 1)[-1].strip()
         return _answer(self.name, q, self.params, text=text, latency_s=latency,
                        ttft_s=None if r.ttft_s is None else r.ttft_s + (latency - r.seconds),
                        completion_tokens=r.completion_tokens, critical_path_tokens=r.critical_path_tokens,

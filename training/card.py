@@ -60,15 +60,19 @@ def write(adapter: Path, evaluation: dict | None = None) -> Path:
         lines += [
             "",
             "## Evaluation (`bench/adapter.py`, greedy, repetition penalty 1.2)",
+            f"- fork threshold: `<|title|>` logit offset {e.get('fork_bias', 0.0):+.2f}, fitted by `aspd calibrate` "
+            "on training prompts the adapter never saw (`aspd_calibration.json`)",
             f"- held-out split: forks on {e['fork_rate_listlike']:.0%} of list-like prompts and "
             f"{e['fork_rate_other']:.0%} of the others; {e['wellformed_rate']:.0%} of outputs well-formed",
-            f"- Vicuna-80 ({e['vicuna_questions']} questions): {e['vicuna_fork_share']:.0%} of answers forked; "
+            f"- Vicuna-80 ({e['vicuna_questions']} questions, `aspd bench`): {e['vicuna_fork_share']:.0%} of answers "
+            "forked; "
             f"latency speedup ASPD/AR mean "
             f"{e['vicuna_mean_speedup']:.2f}x, median {e['vicuna_median_speedup']:.2f}x, max "
             f"{e['vicuna_max_speedup']:.2f}x",
             f"- quality proxies against the base model's AR answers: MiniLM cosine {e['cosine_aspd_vs_base_ar']:.3f} "
             f"(the adapter's own AR answers: {e['cosine_ar_vs_base_ar']:.3f}); the base model's loss on ASPD "
-            f"answers {e['loss_base_on_aspd']:.3f} vs on its own {e['loss_base_on_base_ar']:.3f} nats/token",
+            f"answers {e['loss_base_on_aspd']:.3f}, on the adapter's AR answers {e['loss_base_on_ar']:.3f}, on its "
+            f"own {e['loss_base_on_base_ar']:.3f} nats/token",
         ]
     lines += ["", "Base model: SmolLM2-135M-Instruct (Apache-2.0). Adapter: Apache-2.0.", ""]
     path = adapter / "README.md"
