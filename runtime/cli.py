@@ -42,6 +42,12 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapter", default="auto",
                    help="ASPD adapter directory (PEFT); default: the shipped one for the embedded model; none: without")
     p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
+    _attention_arg(p)
+
+
+def _attention_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--attention", choices=("auto", "sdpa", "flashinfer", "cascade"), default="auto",
+                   help="attention backend: auto (FlashInfer's cascade on CUDA when installed, else SDPA)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -71,6 +77,7 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--model", default=None, help="HF causal-LM directory or id (default: the embedded SmolLM2-135M)")
     sv.add_argument("--adapter", default="auto", help="ASPD adapter (PEFT dir), auto (default) or none")
     sv.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
+    _attention_arg(sv)
     sv.add_argument("--host", default="127.0.0.1", help="default: loopback only")
     sv.add_argument("--port", type=int, default=30000)
     sv.add_argument("--max-running", type=int, default=16, help="requests decoded together (one forward per step)")
@@ -98,7 +105,8 @@ def load_engine(args: argparse.Namespace):
     hf_logging.disable_progress_bar()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     with console.status("loading model..."):
-        return Engine(load(args.model or DEFAULT_MODEL, dtype=getattr(torch, args.dtype), adapter=args.adapter))
+        return Engine(load(args.model or DEFAULT_MODEL, dtype=getattr(torch, args.dtype), adapter=args.adapter),
+                      attention=args.attention)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -263,6 +271,7 @@ def main(argv: Seq[str] | None = None) -> int:
     from bench.questions import QuestionsError
     from training.cli import cmd_calibrate, cmd_data, cmd_train
 
+    from .attention import AttentionUnavailable
     from .engine import EngineError
     from .model_loader import ModelLoadError
 
@@ -276,7 +285,7 @@ def main(argv: Seq[str] | None = None) -> int:
         first = e.errors()[0]
         err.print(f"[red]error:[/] invalid sampling parameter {'.'.join(map(str, first['loc']))}: {first['msg']}")
     except (ModelLoadError, EngineError, ProtocolError, UsageError, ProgramError, BackendError, BenchError,
-            QuestionsError) as e:
+            QuestionsError, AttentionUnavailable) as e:
         err.print(f"[red]error:[/] {e}")
     return 2
 

@@ -142,11 +142,11 @@ _CLOSE_BLOCK = object()  # marks, in a feed plan, where the positions of a block
 
 
 class Engine:
-    def __init__(self, loaded: LoadedModel, fast: bool | None = None):
+    def __init__(self, loaded: LoadedModel, fast: bool | None = None, attention: str = "auto"):
         self.loaded = loaded
         self.tok = loaded.tokenizer
         self.ids = loaded.ids
-        self.runner = ModelRunner(loaded.model, fast=fast)
+        self.runner = ModelRunner(loaded.model, fast=fast, attention_backend=attention)
         self.max_len = self.runner.max_positions
         self._live: weakref.WeakSet[Sequence] = weakref.WeakSet()
 

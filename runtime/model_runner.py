@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from . import fast_decoder
+from . import attention, attention_plan, fast_decoder
 from .protocol import DEAD, Tag, visible
 
 
@@ -125,6 +125,11 @@ class KVState:
                 self.cache.update(kv.k[i][None], kv.v[i][None], i)
         self.append_tags(tags)
 
+    def tags(self) -> tuple[Tag, ...]:
+        """Every cached token's tag (for attention planning; a device sync on CUDA)."""
+        blocks, branches = self._blocks[:self.length].tolist(), self._branches[:self.length].tolist()
+        return tuple(Tag(b, j) for b, j in zip(blocks, branches))
+
     def kill(self, index: int) -> None:
         """Hide a cached token from every later query."""
         self._blocks[index] = DEAD
@@ -140,10 +145,16 @@ class KVState:
 
 
 class ModelRunner:
-    def __init__(self, model: PreTrainedModel, fast: bool | None = None):
-        """`fast=None` uses the fast decoder where the architecture allows it; False forces transformers."""
+    def __init__(self, model: PreTrainedModel, fast: bool | None = None, attention_backend: str = "auto"):
+        """`fast=None` uses the fast decoder where the architecture allows it; False forces transformers.
+        `attention_backend` (`runtime.attention`): sdpa with the protocol's dense mask, or the two-level
+        cascade (flashinfer on CUDA; `cascade` is its torch reference) through transformers' forward."""
         self.model = model
         self.device = next(model.parameters()).device
+        self.attention = attention.choose(attention_backend, self.device)
+        if self.attention != "sdpa":
+            fast = False  # the fast decoder has its own attention; the cascade runs inside transformers'
+            model.set_attn_implementation(attention.register())
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
         self.max_positions = getattr(model.config, "max_position_embeddings", None) or 1 << 30
         self.forwards = 0  # forward passes run, for statistics
@@ -185,10 +196,14 @@ class ModelRunner:
         return f.kv.mask(n)
 
     def _hf_forward(self, f: Forward, attn: torch.Tensor | None) -> torch.Tensor:
+        if self.attention == "sdpa":
+            how = {"attention_mask": attn}
+        else:  # one plan per step, shared by every layer
+            how = {"aspd_plan": attention_plan.plan([attention_plan.SeqStep(f.kv.tags(), len(f.tokens))])}
         out = self.model(
             input_ids=self._long(f.tokens)[None],
             position_ids=self._long(f.positions)[None],
-            attention_mask=attn,
+            **how,
             cache=f.kv.cache,
             use_cache=True,
             logits_to_keep=self._long(f.logits_at),

@@ -183,7 +183,7 @@ def visible(q_idx, q_block, q_branch, k_idx, k_block, k_branch):
     of the same block (siblings never see each other). Serial tokens after a block see every branch.
     """
     sibling = (q_block == k_block) & (q_block > 0) & (q_branch != k_branch)
-    return (k_idx <= q_idx) & (k_block != DEAD) & ~sibling
+    return (k_idx <= q_idx) & (k_block != DEAD) & (sibling ^ True)  # `^ True`, not `~`: Python bools too
 
 
 @dataclass(slots=True)
