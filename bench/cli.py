@@ -23,7 +23,8 @@ def add_parser(sub) -> None:
     b.add_argument("--systems", default="hf,ar,aspd,sot", help="comma-separated: hf, ar, aspd, sot, sglang@URL")
     b.add_argument("--max-new-tokens", type=int, default=256)
     b.add_argument("--limit", type=int, default=None, help="only the first K questions")
-    b.add_argument("--out", type=Path, default=None, help="default: bench/results/<questions file's folder>")
+    b.add_argument("--out", type=Path, default=None,
+                   help="default: bench/results/<questions file's folder>[-first<K> with --limit]")
     b.add_argument("--judge-url", default=None, help="OpenAI-compatible endpoint for FastChat's 1-10 grading")
     b.add_argument("--judge-model", default="default")
     b.add_argument("--model", default=None, help="base model (default: the embedded one)")
@@ -34,12 +35,19 @@ def add_parser(sub) -> None:
     b.add_argument("--seed", type=int, default=None, help="sampling seed (recorded; greedy ignores it)")
 
 
+def _in_repo(path: Path) -> str:
+    """A path as the report shows it: relative to the repository when inside it."""
+    root, path = RESULTS.parents[1], path.resolve()
+    return str(path.relative_to(root) if path.is_relative_to(root) else path)
+
+
 def cmd_bench(args: argparse.Namespace, console) -> int:
     import os
 
     import torch
     import transformers
 
+    from runtime.engine import Engine
     from runtime.model_loader import DEFAULT_MODEL, load, resolve_adapter
     from runtime.sampling import SamplingParams
 
@@ -47,7 +55,9 @@ def cmd_bench(args: argparse.Namespace, console) -> int:
 
     names = harness.parse_systems(args.systems)
     qs = questions.load(args.questions)[:args.limit]
-    out = args.out or RESULTS / args.questions.resolve().parent.name
+    name = args.questions.resolve().parent.name
+    # a partial run never overwrites the full run's report
+    out = args.out or RESULTS / (name if args.limit is None else f"{name}-first{args.limit}")
     params = SamplingParams(max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty,
                             temperature=args.temperature, seed=args.seed)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -58,8 +68,10 @@ def cmd_bench(args: argparse.Namespace, console) -> int:
     base = load(model, dtype=dtype, adapter="none")
     tuned = load(model, dtype=dtype, adapter=adapter) if adapter else base
     sampling = params.model_dump(exclude_defaults=True) | {"decoding": "greedy" if params.greedy else "sampled"}
-    meta = {"questions": str(args.questions), "command": "aspd " + shlex.join(sys.argv[1:]), "model": model,
-            "adapter": adapter, "fork_bias": tuned.fork_bias, "sampling": sampling}
-    harness.run(qs, names, harness.Models(base, tuned), params, out, meta, console,
+    meta = {"questions": _in_repo(args.questions), "command": "aspd " + shlex.join(sys.argv[1:]), "model": model,
+            "adapter": adapter and _in_repo(Path(adapter)), "fork_bias": tuned.fork_bias, "sampling": sampling}
+    base_engine = Engine(base)
+    models = harness.Models(base_engine, Engine(tuned) if tuned is not base else base_engine)
+    harness.run(qs, names, models, params, out, meta, console,
                 judge_url=args.judge_url, judge_model=args.judge_model)
     return 0

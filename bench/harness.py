@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.engine import Engine
-from runtime.model_loader import LoadedModel
 from runtime.sampling import SamplingParams
 
 from . import metrics
@@ -49,27 +48,26 @@ def parse_systems(spec: str) -> list[str]:
 
 @dataclass
 class Models:
-    """The base model (hf, sot, references, the loss proxy) and the ASPD-tuned one (ar, aspd)."""
+    """Engines on the base model (hf, sot, references, the loss proxy) and on the ASPD-tuned one
+    (ar, aspd); the same engine twice when there is no adapter."""
 
-    base: LoadedModel
-    tuned: LoadedModel
+    base: Engine
+    tuned: Engine
 
 
 def build(names: list[str], models: Models, params: SamplingParams) -> list[System]:
-    base_engine = Engine(models.base)
-    tuned_engine = base_engine if models.tuned is models.base else Engine(models.tuned)
     out: list[System] = []
     for n in names:
         if n == "hf":
             out.append(HFSystem(models.base, params))
         elif n in ("ar", "aspd"):
-            out.append(EngineSystem(n, tuned_engine, params, n))
+            out.append(EngineSystem(n, models.tuned, params, n))
         elif n == "sot":
-            out.append(SoTSystem(base_engine, params))
+            out.append(SoTSystem(models.base, params))
         else:
             out.append(HTTPSystem(n.split("@", 1)[1], params))
     if REFERENCE not in names:
-        out.append(EngineSystem(FALLBACK_REFERENCE, base_engine, params, "ar"))
+        out.append(EngineSystem(FALLBACK_REFERENCE, models.base, params, "ar"))
     return out
 
 
@@ -165,7 +163,7 @@ def speed(rows: list[dict]) -> None:
         r["speed"] = s
 
 
-def quality(rows: list[dict], questions: dict[str, Question], base: LoadedModel, grader=None,
+def quality(rows: list[dict], questions: dict[str, Question], base: Engine, grader=None,
             log: Callable[[str], None] = print) -> None:
     """Per answer, against the reference system's answer to the same question: MiniLM cosine, the
     base model's per-token loss on the answer, repetition rate, length ratio, and the judge's grade."""
@@ -179,13 +177,13 @@ def quality(rows: list[dict], questions: dict[str, Question], base: LoadedModel,
         return
     log(f"scoring {len(todo)} answers against {ref_name}")
     sims = cosine([r["text"] for r in todo], [refs[str(r["question_id"])]["text"] for r in todo])
-    eng = Engine(base)
+    eng = base
     for r, sim in zip(todo, sims):
         q = questions[str(r["question_id"])]
         ref = refs[q.key]
         qual = {"reference": ref_name, "cosine": sim, "repetition": metrics.repetition_rate(r["text"]),
                 "length_ratio": metrics.length_ratio(r["completion_tokens"], ref["completion_tokens"]),
-                "loss": answer_loss(base.model, eng.chat_prompt(q.text), eng.encode(r["text"]))}
+                "loss": answer_loss(eng.loaded.model, eng.chat_prompt(q.text), eng.encode(r["text"]))}
         if grader is not None:
             qual["judge"] = grader.grade(q.key, q.category, q.text, r["text"])
         r["quality"] = qual

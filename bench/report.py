@@ -124,7 +124,10 @@ def vicuna_table(summary: dict) -> str:
     m = summary["meta"]
     env = m["environment"]
     qual = [[txt + (" ⚠" if st == "red" else "") for txt, st in r] for r in reports.quality_rows(summary)]
-    note = (f"\n`{m['command']}`: {m['question_count']} questions, {m['sampling']}, one question at a time with "
+    sp = m["sampling"]
+    decoding = (f"{sp.get('decoding')}, repetition penalty {sp.get('repetition_penalty', 1.0)}, at most "
+                f"{sp.get('max_new_tokens')} new tokens")
+    note = (f"\n`{m['command']}`: {m['question_count']} questions, {decoding}, one question at a time with "
             f"the systems interleaved; {env['machine']['cores']} cores, torch {env['versions']['torch']}, "
             f"transformers {env['versions']['transformers']}, {env['date']}. Full report: "
             f"[bench/results/vicuna80/report.md](bench/results/vicuna80/report.md).")

@@ -74,12 +74,12 @@ def _f(v: float, fmt: str = "{:.2f}") -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
 
 
-def _delta(v: float, better_up: bool) -> tuple[str, str]:
-    """(text, style): green within the 1% line or better, red beyond it."""
+def _delta(v: float, better_up: bool, points: bool = False) -> tuple[str, str]:
+    """(text, style): green within the 1% line (1 point for a share) or better, red beyond it."""
     if v is None or math.isnan(v):
         return "-", ""
     worse = -v if better_up else v
-    return f"{v:+.1%}", "green" if worse <= TOLERANCE else "red"
+    return f"{v * 100:+.1f} pts" if points else f"{v:+.1%}", "green" if worse <= TOLERANCE else "red"
 
 
 def speed_rows(summary: dict) -> list[list[str]]:
@@ -95,7 +95,7 @@ def speed_rows(summary: dict) -> list[list[str]]:
 
 SPEED_HEAD = ["system", "answers", "latency s", "TTFT s", "tok/s", "vs ar mean", "median", "max", "vs hf mean",
               "forked", "ideal", "of ideal"]
-QUALITY_HEAD = ["system", "cosine to ref", "base loss", "loss delta", "repetition", "rep. delta (pts)", "length ratio",
+QUALITY_HEAD = ["system", "cosine to ref", "base loss", "loss delta", "repetition", "rep. delta", "length ratio",
                 "judge", "judge delta"]
 
 
@@ -105,7 +105,7 @@ def quality_rows(summary: dict) -> list[list[tuple[str, str]]]:
         q, d = e["quality"], e.get("quality_delta", {})
         rows.append([(s, ""), (_f(q["cosine"], "{:.3f}"), ""), (_f(q["loss"], "{:.3f}"), ""),
                      _delta(d.get("loss", math.nan), False), (_f(q["repetition"], "{:.3f}"), ""),
-                     _delta(d.get("repetition", math.nan), False), (_f(q["length_ratio"]), ""),
+                     _delta(d.get("repetition", math.nan), False, points=True), (_f(q["length_ratio"]), ""),
                      (_f(q["judge"]), ""), _delta(d.get("judge", math.nan), True)])
     return rows
 

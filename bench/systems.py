@@ -24,7 +24,6 @@ from pydantic import BaseModel
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from runtime.engine import Engine
-from runtime.model_loader import LoadedModel
 from runtime.sampling import SamplingParams
 
 from .questions import Question
@@ -78,10 +77,10 @@ class HFSystem:
 
     name = "hf"
 
-    def __init__(self, loaded: LoadedModel, params: SamplingParams):
-        self.model, self.tok, self.params = loaded.model, loaded.tokenizer, params
-        self.engine = Engine(loaded)  # only for its chat template and ids
-        ids = loaded.ids
+    def __init__(self, engine: Engine, params: SamplingParams):
+        self.model, self.params = engine.loaded.model, params
+        self.engine = engine  # for its chat template and ids only: generation is transformers'
+        ids = engine.ids
         self.kwargs = dict(max_new_tokens=params.max_new_tokens, repetition_penalty=params.repetition_penalty,
                            eos_token_id=sorted(ids.eos), pad_token_id=min(ids.eos),
                            suppress_tokens=sorted(ids.markup), do_sample=not params.greedy)

@@ -74,7 +74,8 @@ def _run(tmp_path, qs, names=("hf", "ar", "aspd", "sot")):
     params = SamplingParams(max_new_tokens=12, repetition_penalty=1.2)
     from rich.console import Console
 
-    return harness.run(qs, list(names), harness.Models(loaded, loaded), params, tmp_path / "out",
+    eng = Engine(loaded)
+    return harness.run(qs, list(names), harness.Models(eng, eng), params, tmp_path / "out",
                        {"questions": "test"}, Console(quiet=True))
 
 
