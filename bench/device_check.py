@@ -77,7 +77,7 @@ def engine_runs(backends: list[str], device: torch.device, max_new_tokens: int) 
     out = {}
     prompt = "Give me five tips for staying productive when working from home."
     for b in backends:
-        eng = Engine(load(adapter="auto", device=str(device)), attention=b)
+        eng = Engine(load(adapter="auto", device=str(device)), fast=False, attention=b)  # only attention differs
         seq = eng.new_sequence(eng.chat_prompt(prompt))
         t0 = time.perf_counter()
         o = eng.generate(seq, SamplingParams(max_new_tokens=max_new_tokens, repetition_penalty=1.2), "aspd")
@@ -98,7 +98,7 @@ def step_times(backends: list[str], device: torch.device, prefix: int, tokens: i
 
     res: dict = {}
     for b in backends:
-        eng = Engine(load(device=str(device)), attention=b)
+        eng = Engine(load(device=str(device)), fast=False, attention=b)
         base = eng.encode("word " * prefix)
         res[b] = {}
         for n in branches:
@@ -107,7 +107,10 @@ def step_times(backends: list[str], device: torch.device, prefix: int, tokens: i
             p = SamplingParams(max_new_tokens=n * tokens, max_branch_tokens=tokens, ignore_eos=True)
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            out = eng.fork(seq, [f"{i + 1}." for i in range(n)], p)
+            if n == 1:  # one live stream: a plain serial step
+                out = eng.generate(seq, p.model_copy(update={"max_new_tokens": tokens}), "ar")
+            else:
+                out = eng.fork(seq, [f"{i + 1}." for i in range(n)], p)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             res[b][n] = round(out.total_s / max(out.forward_passes, 1) * 1000, 2)
