@@ -22,7 +22,7 @@ from .sampling import SamplingParams
 console = Console()
 err = Console(stderr=True)
 
-DEMO_PROMPT = "Give four tips for staying healthy."
+DEMO_PROMPT = "What are some tips for learning a new language?"
 DEMO_TITLES = ("Exercise", "Sleep", "Diet", "Stress")
 
 
