@@ -189,3 +189,22 @@ def test_quality_delta_marks_the_one_percent_line():
     assert reports._delta(0.03, better_up=False)[1] == "red"
     assert reports._delta(-0.03, better_up=True)[1] == "red"
     assert reports._delta(-0.2, better_up=False)[1] == "green"  # lower loss is better
+
+
+def test_sglang_system_over_a_real_server(tmp_path):
+    """`sglang@URL` against `aspd serve` (tiny model, in a thread): the streamed text, the tokens
+    from usage, a first-token time; then the harness with it and the FastChat judge over the same server."""
+    from bench.judge import Grader, rating
+    from tests.serve_util import serve_in_thread
+
+    qs = questions.load(_qfile(tmp_path, 2))
+    eng = Engine(tiny_model(seed=1, max_positions=4096))
+    with serve_in_thread(eng) as (url, _):
+        params = SamplingParams(max_new_tokens=10, repetition_penalty=1.2)
+        system = harness.build([f"sglang@{url}"], harness.Models(eng, eng), params)[0]
+        a = system.answer(qs[0])
+        assert a.system == f"sglang@{url}" and a.completion_tokens == len(eng.encode(a.text)) > 0
+        assert 0 < a.ttft_s <= a.latency_s
+        g = Grader(url).grade("1", "math", "what is 2+2?", "4")
+        assert g is None or 1 <= g <= 10  # the tiny model rarely writes "[[n]]": None is the honest answer
+    assert rating("The answer is fine. Rating: [[7]]") == 7.0 and rating("no verdict") is None
