@@ -226,13 +226,10 @@ class Engine:
             return None
         if logits_from < start:
             raise EngineError(f"log-probs from token {logits_from} need tokens that are already cached")
-        n = len(s.pending)
-        rows = list(range(logits_from - start, n))
-        fwd = Forward(seq.kv, list(s.pending), [seq.positions.take(SERIAL_TAG) for _ in range(n)],
-                      [SERIAL_TAG] * n, rows)
-        seq.written.extend(Written(t, SERIAL_TAG, seq.kv.length + i) for i, t in enumerate(s.pending))
+        s.want_logits = False
+        rows = self._feed(seq, [s], rows_from=logits_from - start)[s]
         s.pending = held
-        return torch.log_softmax(self.runner.forward_many([fwd])[0], -1)
+        return torch.log_softmax(rows, -1)
 
     # ----------------------------------------------------------------- sequences across requests
 
@@ -345,11 +342,14 @@ class Engine:
         except StopIteration as done:
             return done.value
 
-    def _feed(self, seq: Sequence, plan: Seq[Stream | object]) -> dict[Stream, torch.Tensor]:
-        return self._drive(self._feed_steps(seq, plan))
+    def _feed(self, seq: Sequence, plan: Seq[Stream | object],
+              rows_from: int | None = None) -> dict[Stream, torch.Tensor]:
+        return self._drive(self._feed_steps(seq, plan, rows_from))
 
-    def _feed_steps(self, seq: Sequence, plan: Seq[Stream | object]) -> Steps[dict[Stream, torch.Tensor]]:
-        """One forward over every stream's pending tokens, in plan order; logits for those that want them."""
+    def _feed_steps(self, seq: Sequence, plan: Seq[Stream | object],
+                    rows_from: int | None = None) -> Steps[dict[Stream, torch.Tensor]]:
+        """One forward over every stream's pending tokens, in plan order; logits for those that want
+        them (their last token), or, with `rows_from` and one stream, its rows from that index on."""
         tokens, positions, tags, at, owners = [], [], [], [], []
         for item in plan:
             if item is _CLOSE_BLOCK:
@@ -374,6 +374,9 @@ class Engine:
         if positions[-1] >= self.max_len:
             seq.closed = "the context window is full"
             raise EngineError(f"the sequence reached the model's context window ({self.max_len} tokens)")
+        if rows_from is not None:
+            logits = yield Forward(seq.kv, tokens, positions, tags, list(range(rows_from, len(tokens))))
+            return {plan[0]: logits}
         logits = yield Forward(seq.kv, tokens, positions, tags, at)
         return dict(zip(owners, logits))
 
