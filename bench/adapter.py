@@ -33,19 +33,9 @@ from runtime import protocol as P  # noqa: E402
 from runtime.engine import Engine  # noqa: E402
 from runtime.model_loader import find_adapter, load  # noqa: E402
 from runtime.sampling import SamplingParams  # noqa: E402
-from runtime.serving import complete  # noqa: E402
+from runtime.serving import complete_all  # noqa: E402
 
 VICUNA = ROOT / "bench" / "results" / "vicuna80"
-
-
-def batch_answers(eng: Engine, prompts: list[str], params: SamplingParams, mode: str) -> list:
-    """Answers for many prompts through the serving loop (throughput; no latency measured here)."""
-    out = [None] * len(prompts)
-    for i, ev in complete(eng, [eng.chat_prompt(p) for p in prompts], params, mode):
-        if ev.error:
-            raise RuntimeError(ev.error)
-        out[i] = ev.result.output
-    return out
 
 
 def wellformed(o) -> bool:
@@ -92,7 +82,7 @@ def main() -> None:
 
     evals = [json.loads(x) for x in (ROOT / "data" / "aspd" / "prompts_eval.jsonl").read_text().splitlines()]
     console.print(f"held-out split: {len(evals)} prompts, ASPD mode, fork bias {loaded.fork_bias:+.2f}")
-    outs = batch_answers(merged, [e["text"] for e in evals], params, "aspd")
+    outs = complete_all(merged, [merged.chat_prompt(e["text"]) for e in evals], params, "aspd")
     rate = {}
     for kind in ("listlike", "other"):
         sel = [o for e, o in zip(evals, outs) if e["kind"] == kind]

@@ -163,10 +163,10 @@ def speed(rows: list[dict]) -> None:
         r["speed"] = s
 
 
-def quality(rows: list[dict], questions: dict[str, Question], base: Engine, grader=None,
+def quality(rows: list[dict], questions: dict[str, Question], eng: Engine, grader=None,
             log: Callable[[str], None] = print) -> None:
     """Per answer, against the reference system's answer to the same question: MiniLM cosine, the
-    base model's per-token loss on the answer, repetition rate, length ratio, and the judge's grade."""
+    base model's (`eng`'s) per-token loss on the answer, repetition rate, length ratio, and the judge's grade."""
     from .quality import answer_loss, cosine
 
     ref_name = REFERENCE if any(r["system"] == REFERENCE for r in rows) else FALLBACK_REFERENCE
@@ -177,7 +177,6 @@ def quality(rows: list[dict], questions: dict[str, Question], base: Engine, grad
         return
     log(f"scoring {len(todo)} answers against {ref_name}")
     sims = cosine([r["text"] for r in todo], [refs[str(r["question_id"])]["text"] for r in todo])
-    eng = base
     for r, sim in zip(todo, sims):
         q = questions[str(r["question_id"])]
         ref = refs[q.key]

@@ -16,6 +16,7 @@ CUDA, the torch reference elsewhere).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 
@@ -31,6 +32,7 @@ class AttentionUnavailable(RuntimeError):
     """The requested backend cannot run here (no CUDA device, FlashInfer not installed)."""
 
 
+@functools.cache  # asked in every layer of every step
 def flashinfer_installed() -> bool:
     return importlib.util.find_spec("flashinfer") is not None
 

@@ -269,6 +269,7 @@ def main(argv: Seq[str] | None = None) -> int:
     from bench.cli import cmd_bench
     from bench.harness import BenchError
     from bench.questions import QuestionsError
+    from training.calibrate import CalibrationError
     from training.cli import cmd_calibrate, cmd_data, cmd_train
 
     from .attention import AttentionUnavailable
@@ -285,7 +286,7 @@ def main(argv: Seq[str] | None = None) -> int:
         first = e.errors()[0]
         err.print(f"[red]error:[/] invalid sampling parameter {'.'.join(map(str, first['loc']))}: {first['msg']}")
     except (ModelLoadError, EngineError, ProtocolError, UsageError, ProgramError, BackendError, BenchError,
-            QuestionsError, AttentionUnavailable) as e:
+            QuestionsError, AttentionUnavailable, CalibrationError) as e:
         err.print(f"[red]error:[/] {e}")
     return 2
 

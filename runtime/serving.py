@@ -477,6 +477,17 @@ def complete(engine: Engine, prompts: list[list[int]], params: SamplingParams, m
         loop.stop()
 
 
+def complete_all(engine: Engine, prompts: list[list[int]], params: SamplingParams, mode: Mode = "ar",
+                 batch: int = 16) -> list[GenerationOutput]:
+    """`complete`, collected in prompt order; the first failed answer raises."""
+    out: list[GenerationOutput | None] = [None] * len(prompts)
+    for i, ev in complete(engine, prompts, params, mode, batch):
+        if ev.error:
+            raise EngineError(f"prompt {i}: {ev.error}")
+        out[i] = ev.result.output
+    return out
+
+
 def _stable(text: str, stops: tuple[str, ...]) -> str:
     """The part of a growing text that can be sent: without a trailing incomplete character, and
     without a tail that could still turn into a stop string (it would be cut)."""

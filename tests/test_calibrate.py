@@ -55,7 +55,7 @@ def test_choose_takes_the_least_suppression_that_meets_the_target():
            calibrate.Point(-2.0, {"listlike": 0.6, "other": 0.05})]
     assert calibrate.choose(pts, 0.2).bias == -1.0
     assert calibrate.choose(pts, 0.1).bias == -2.0
-    with pytest.raises(ValueError, match="no offset"):
+    with pytest.raises(calibrate.CalibrationError, match="no offset"):
         calibrate.choose(pts, 0.01)
 
 
@@ -63,7 +63,7 @@ def test_calibration_prompts_skip_what_training_saw():
     train = [{"text": f"p{i}", "kind": "listlike" if i % 2 else "other"} for i in range(10)]
     texts, kinds = calibrate.calibration_prompts(train, trained_on={"p0", "p1"}, per_kind=2)
     assert texts == ["p3", "p5", "p2", "p4"] and kinds == ["listlike", "listlike", "other", "other"]
-    with pytest.raises(ValueError, match="not enough"):
+    with pytest.raises(calibrate.CalibrationError, match="not enough"):
         calibrate.calibration_prompts(train, set(), per_kind=6)
 
 
@@ -75,5 +75,12 @@ def test_sweep_on_a_tiny_model_is_monotone_and_stops_at_the_first_title():
                           log=lambda _: None)
     assert pts[0].fork_rate == {"listlike": 1.0, "other": 1.0}
     assert pts[-1].fork_rate == {"listlike": 0.0, "other": 0.0}
-    with pytest.raises(ValueError, match="descending"):
+    with pytest.raises(calibrate.CalibrationError, match="descending"):
         calibrate.sweep(eng, prompts, kinds, SamplingParams(), grid=(0.0, 1.0))
+
+
+def test_cli_reports_an_impossible_calibration_without_a_traceback(capsys):
+    from runtime.cli import main
+
+    assert main(["calibrate", "--per-kind", "100000"]) == 2  # refused before any model is loaded
+    assert "not enough unseen training prompts" in capsys.readouterr().err

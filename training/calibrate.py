@@ -20,9 +20,13 @@ from pathlib import Path
 from runtime.engine import Engine
 from runtime.model_loader import FORK_BIAS_FILE
 from runtime.sampling import SamplingParams
-from runtime.serving import complete
+from runtime.serving import complete_all
 
 GRID = (0.0, -0.5, -1.0, -1.25, -1.5, -1.75, -2.0, -2.5, -3.0, -4.0, -6.0)
+
+
+class CalibrationError(ValueError):
+    """Calibration cannot run or finds no offset (the message says why)."""
 
 
 @dataclass(frozen=True)
@@ -34,19 +38,15 @@ class Point:
 def forks(eng: Engine, prompts: list[str], params: SamplingParams) -> list[bool]:
     """Does greedy ASPD decoding open a block? Each answer stops at its first `<|title|>`."""
     p = params.model_copy(update={"stop_token_ids": params.stop_token_ids + (eng.ids.title,)})
-    out = [False] * len(prompts)
-    for i, ev in complete(eng, [eng.chat_prompt(x) for x in prompts], p, "aspd"):
-        if ev.error:
-            raise RuntimeError(ev.error)
-        out[i] = ev.result.output.stop_token == eng.ids.title
-    return out
+    outs = complete_all(eng, [eng.chat_prompt(x) for x in prompts], p, "aspd")
+    return [o.stop_token == eng.ids.title for o in outs]
 
 
 def sweep(eng: Engine, prompts: list[str], kinds: list[str], params: SamplingParams,
           grid: tuple[float, ...] = GRID, log: Callable[[str], None] = print) -> list[Point]:
     """Fork rates per kind at each offset of a descending grid."""
     if list(grid) != sorted(grid, reverse=True):
-        raise ValueError("the grid must be descending")
+        raise CalibrationError("the grid must be descending")
     forked = [True] * len(prompts)
     points = []
     for bias in grid:
@@ -66,7 +66,7 @@ def choose(points: list[Point], target: float, kind: str = "other") -> Point:
     """The largest offset whose fork rate on `kind` is at most `target`."""
     ok = [p for p in points if p.fork_rate[kind] <= target]
     if not ok:
-        raise ValueError(f"no offset in the grid brings the {kind} fork rate to {target:.0%} or below")
+        raise CalibrationError(f"no offset in the grid brings the {kind} fork rate to {target:.0%} or below")
     return max(ok, key=lambda p: p.bias)
 
 
@@ -79,7 +79,7 @@ def calibration_prompts(train: list[dict], trained_on: set[str], per_kind: int) 
             bucket.append(row["text"])
     short = [k for k, v in picked.items() if len(v) < per_kind]
     if short:
-        raise ValueError(f"not enough unseen training prompts of kind {short} for {per_kind} per kind")
+        raise CalibrationError(f"not enough unseen training prompts of kind {short} for {per_kind} per kind")
     texts = picked["listlike"] + picked["other"]
     return texts, ["listlike"] * per_kind + ["other"] * per_kind
 
