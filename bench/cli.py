@@ -12,6 +12,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from runtime.weight_format import DTYPES
+
 from .questions import VICUNA80
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -29,7 +31,8 @@ def add_parser(sub) -> None:
     b.add_argument("--judge-model", default="default")
     b.add_argument("--model", default=None, help="base model (default: the embedded one)")
     b.add_argument("--adapter", default="auto", help="ASPD adapter for ar/aspd: auto, none, or a directory")
-    b.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    b.add_argument("--dtype", default="auto", choices=DTYPES,
+                   help="the engine's weight format (ar, aspd, sot); hf always runs bfloat16")
     b.add_argument("--repetition-penalty", type=float, default=1.2)
     b.add_argument("--temperature", type=float, default=0.0)
     b.add_argument("--seed", type=int, default=None, help="sampling seed (recorded; greedy ignores it)")
@@ -63,10 +66,9 @@ def cmd_bench(args: argparse.Namespace, console) -> int:
     torch.set_num_threads(os.cpu_count() or 1)
     transformers.utils.logging.disable_progress_bar()
     model = args.model or DEFAULT_MODEL
-    dtype = getattr(torch, args.dtype)
     adapter = resolve_adapter(model, args.adapter)
-    base = load(model, dtype=dtype, adapter="none")
-    tuned = load(model, dtype=dtype, adapter=adapter) if adapter else base
+    base = load(model, dtype=args.dtype, adapter="none")
+    tuned = load(model, dtype=args.dtype, adapter=adapter) if adapter else base
     sampling = params.model_dump(exclude_defaults=True) | {"decoding": "greedy" if params.greedy else "sampled"}
     meta = {"questions": _in_repo(args.questions), "command": "aspd " + shlex.join(sys.argv[1:]), "model": model,
             "adapter": adapter and _in_repo(Path(adapter)), "fork_bias": tuned.fork_bias, "sampling": sampling}

@@ -13,10 +13,17 @@ import torch
 import transformers
 
 
+def threads() -> int:
+    return os.cpu_count() or 1
+
+
 def environment() -> dict:
+    from runtime.autotune import cpu_flags, cpu_name
+
     return {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "threads": torch.get_num_threads(), "python": platform.python_version()},
+        "machine": {"cpu": cpu_name(), "arch": platform.machine(), "flags": cpu_flags(),
+                    "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+                    "python": platform.python_version()},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "date": time.strftime("%Y-%m-%d"),
@@ -26,10 +33,11 @@ def environment() -> dict:
 def parser(out: Path, repeats: int) -> argparse.ArgumentParser:
     """The options every benchmark takes."""
     from runtime.model_loader import DEFAULT_MODEL
+    from runtime.weight_format import DTYPES
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=DEFAULT_MODEL)
-    ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    ap.add_argument("--dtype", default="auto", choices=DTYPES)
     ap.add_argument("--repeats", type=int, default=repeats)
     ap.add_argument("--out", type=Path, default=out)
     return ap
@@ -40,6 +48,6 @@ def engine(args: argparse.Namespace):
     from runtime.engine import Engine
     from runtime.model_loader import load
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads())
     transformers.utils.logging.disable_progress_bar()
-    return Engine(load(args.model, dtype=getattr(torch, args.dtype)))
+    return Engine(load(args.model, dtype=args.dtype))

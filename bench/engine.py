@@ -2,13 +2,17 @@
 
     .venv/bin/python bench/engine.py            # writes bench/results/engine.json
 
-Every figure is measured here, in one run, on the embedded model (bf16 unless --dtype).
+Every figure is measured here, in one run, on the embedded model, for every weight format (each in
+its own process, so its peak RSS is its own; transformers `generate` in bf16 is re-measured in each,
+interleaved with the engine), with the `--dtype auto` choice and the CPU's flags recorded.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,6 +28,8 @@ from runtime.sampling import SamplingParams  # noqa: E402
 
 PROMPT = "Give some tips for staying healthy."
 OUT = Path(__file__).resolve().parent / "results" / "engine.json"
+FORMATS = ("bfloat16", "int8", "int4", "float32")
+BRANCHES = (1, 2, 4, 8, 16)
 console = Console()
 
 
@@ -82,54 +88,89 @@ def fork_vs_sequential(eng: Engine, prompt: list[int], k: int, n: int) -> tuple[
     return par, ser
 
 
-def main() -> None:
-    ap = common.parser(OUT, repeats=7)
-    ap.add_argument("--serial-tokens", type=int, default=128)
-    args = ap.parse_args()
+def measure(args) -> dict:
+    """One weight format, in this process (peak RSS is this format's)."""
     eng = common.engine(args)
     prompt = eng.chat_prompt(PROMPT)
     step_ms(eng, prompt, 2, 4)  # warm up
     hf_serial(eng, prompt, 4)
-
-    steps = {k: min(step_ms(eng, prompt, k, 32) for _ in range(args.repeats)) for k in (1, 2, 4, 8)}
-    eng_hf = Engine(eng.loaded, fast=False)  # the engine on transformers' forward (non-Llama models)
+    steps = {k: min(step_ms(eng, prompt, k, 32) for _ in range(args.repeats)) for k in BRANCHES}
+    eng_hf = Engine(eng.loaded, fast=False) if args.transformers_forward else None
     ours, hf, ours_hf = [], [], []
     for _ in range(args.repeats):  # interleaved so machine drift hits all alike
         ours.append(engine_serial(eng, prompt, args.serial_tokens))
         hf.append(hf_serial(eng, prompt, args.serial_tokens))
-        ours_hf.append(engine_serial(eng_hf, prompt, args.serial_tokens))
+        if eng_hf:
+            ours_hf.append(engine_serial(eng_hf, prompt, args.serial_tokens))
     forks = [fork_vs_sequential(eng, prompt, 4, 64) for _ in range(args.repeats)]
     par = min(f[0] for f in forks)
     ser = min(f[1] for f in forks)
     res = {
-        "model": args.model, "dtype": args.dtype, "prompt_tokens": len(prompt),
+        "format": eng.runner.weights.value, "weight_mb": round(eng.runner.fast.weight_bytes / 1e6, 1),
         "step_ms": {str(k): round(v, 2) for k, v in steps.items()},
+        "step_4_vs_1": round(steps[4] / steps[1], 3),
         # Best of N: this shared 2-core machine only ever adds time (runs spread by +-10%), so the
         # fastest run of each system is the cleanest estimate; medians are kept for reference.
         "serial_tok_s": round(max(ours), 2), "hf_tok_s": round(max(hf), 2),
         "serial_vs_hf": round(max(ours) / max(hf), 3),
         "serial_vs_hf_median": round(statistics.median(ours) / statistics.median(hf), 3),
         "serial_tok_s_runs": [round(x, 2) for x in ours], "hf_tok_s_runs": [round(x, 2) for x in hf],
-        "serial_tok_s_transformers_forward": round(max(ours_hf), 2),
-        "fast_decoder": eng.runner.fast is not None,
         "fork4_parallel_s": round(par, 3), "fork4_sequential_s": round(ser, 3),
         "fork4_speedup": round(ser / par, 2),
+    }
+    if ours_hf:
+        res["serial_tok_s_transformers_forward"] = round(max(ours_hf), 2)
+    return res | {"peak_rss_mb": common.environment()["peak_rss_mb"]}
+
+
+def main() -> None:
+    ap = common.parser(OUT, repeats=5)
+    ap.add_argument("--serial-tokens", type=int, default=128)
+    ap.add_argument("--formats", default=",".join(FORMATS), help="comma-separated; each runs in its own process")
+    ap.add_argument("--transformers-forward", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # internal: one format, JSON to stdout
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(measure(args)))
+        return
+    torch.set_num_threads(common.threads())
+    from runtime import autotune
+    from runtime.model_loader import load
+
+    load(args.model, dtype="auto", adapter="none")  # makes sure the auto choice is measured and cached
+    auto = autotune.cached_entry(f"{args.model}+")
+    formats = {}
+    for fmt in args.formats.split(","):
+        cmd = [sys.executable, __file__, "--one", "--model", args.model, "--dtype", fmt, "--repeats",
+               str(args.repeats), "--serial-tokens", str(args.serial_tokens)]
+        if fmt == "bfloat16":
+            cmd.append("--transformers-forward")
+        console.print(f"measuring {fmt} ...")
+        formats[fmt] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    env = common.environment()
+    env.pop("peak_rss_mb")
+    res = {
+        "model": args.model, "prompt_tokens": len(load(args.model, dtype="bfloat16").tokenizer.apply_chat_template(
+            [{"role": "user", "content": PROMPT}], add_generation_prompt=True)),
+        "auto": auto and {"choice": auto["choice"], "timings_ms": auto["timings_ms"]},
+        "formats": formats,
         "settings": {"repeats": args.repeats, "serial_tokens": args.serial_tokens, "fork": "4 branches x 64 tokens",
-                     "step_tokens_per_branch": 32, "repetition_penalty": 1.2, "greedy": True},
-        **common.environment(),
+                     "step_tokens_per_branch": 32, "repetition_penalty": 1.2, "greedy": True,
+                     "hf": "transformers generate, bfloat16 float weights, same process as each format"},
+        **env,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2) + "\n")
-    t = Table(title=f"engine benchmark ({args.dtype}, {args.model})")
+    t = Table(title=f"engine benchmark ({args.model}; auto = {auto and auto['choice']})")
     t.add_column("metric")
-    t.add_column("value", justify="right")
-    for k, v in steps.items():
-        t.add_row(f"step time, {k} live branch{'es' if k > 1 else ''}", f"{v:.1f} ms")
-    t.add_row("serial tok/s: engine / transformers", f"{res['serial_tok_s']} / {res['hf_tok_s']} "
-              f"({res['serial_vs_hf']}x)")
-    t.add_row("serial tok/s, engine on transformers' forward", f"{res['serial_tok_s_transformers_forward']}")
-    t.add_row("4x64 fork vs one after another", f"{par:.2f} s vs {ser:.2f} s ({res['fork4_speedup']}x)")
-    t.add_row("peak RSS", f"{res['peak_rss_mb']} MB")
+    for fmt in formats:
+        t.add_column(fmt, justify="right")
+    for k in BRANCHES:
+        t.add_row(f"step ms, {k} live", *(f"{r['step_ms'][str(k)]:.1f}" for r in formats.values()))
+    t.add_row("step 4 / step 1", *(f"{r['step_4_vs_1']:.2f}x" for r in formats.values()))
+    t.add_row("serial tok/s (vs hf bf16)", *(f"{r['serial_tok_s']} ({r['serial_vs_hf']}x)" for r in formats.values()))
+    t.add_row("4x64 fork speedup", *(f"{r['fork4_speedup']}x" for r in formats.values()))
+    t.add_row("weights MB / peak RSS MB", *(f"{r['weight_mb']:.0f} / {r['peak_rss_mb']:.0f}" for r in formats.values()))
     console.print(t)
     console.print(f"wrote {args.out}")
 

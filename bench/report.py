@@ -13,26 +13,33 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def engine_table(r: dict) -> str:
-    steps = r["step_ms"]
+    fs = r["formats"]
+    auto = r.get("auto") or {}
+
+    def row(label, fmt):
+        return f"| {label} | " + " | ".join(fmt(f) for f in fs.values()) + " |"
+
+    head = [f"`{name}`" + (" (auto)" if name == auto.get("choice") else "") for name in fs]
     rows = [
-        "| metric | value |",
-        "|---|---|",
-        *(f"| decode step, {k} live branch{'es' if k != '1' else ''} | {v:.1f} ms |" for k, v in steps.items()),
-        f"| serial decoding, engine | {r['serial_tok_s']:.2f} tok/s |",
-        f"| serial decoding, transformers `generate` (same model, dtype, settings) | {r['hf_tok_s']:.2f} tok/s |",
-        f"| engine / transformers | {r['serial_vs_hf']:.3f}x |",
-        f"| serial decoding, engine on transformers' forward (any non-Llama model) | "
-        f"{r['serial_tok_s_transformers_forward']:.2f} tok/s |",
-        f"| 4-branch fork, 64 tokens each | {r['fork4_parallel_s']:.2f} s |",
-        f"| same 4 branches one after another | {r['fork4_sequential_s']:.2f} s |",
-        f"| fork speedup | {r['fork4_speedup']:.2f}x |",
-        f"| peak RSS | {r['peak_rss_mb']:.0f} MB |",
+        "| metric | " + " | ".join(head) + " |",
+        "|---" * (len(fs) + 1) + "|",
+        *(row(f"decode step, {k} live branch{'es' if k != '1' else ''}", lambda f, k=k: f"{f['step_ms'][k]:.1f} ms")
+          for k in next(iter(fs.values()))["step_ms"]),
+        row("4-branch step / serial step", lambda f: f"{f['step_4_vs_1']:.2f}x"),
+        row("serial decoding, engine", lambda f: f"{f['serial_tok_s']:.1f} tok/s"),
+        row("transformers `generate`, bf16, same run", lambda f: f"{f['hf_tok_s']:.1f} tok/s"),
+        row("engine / transformers bf16", lambda f: f"**{f['serial_vs_hf']:.2f}x**"),
+        row("4-branch fork (64 tokens each) vs one after another", lambda f: f"**{f['fork4_speedup']:.2f}x**"),
+        row("weights read per step", lambda f: f"{f['weight_mb']:.0f} MB"),
+        row("peak RSS", lambda f: f"{f['peak_rss_mb']:.0f} MB"),
     ]
     m, v = r["machine"], r["versions"]
-    note = (f"\n{r['model']}, {r['dtype']}, {m['cores']} cores ({m['cpu']}), torch {v['torch']}, "
-            f"transformers {v['transformers']}, best of {r['settings']['repeats']} interleaved runs, {r['date']}. "
-            f"Serial runs (tok/s), engine: {r['serial_tok_s_runs']}; transformers: {r['hf_tok_s_runs']}; "
-            f"ratio of medians {r['serial_vs_hf_median']}x.")
+    flags = " ".join(x for x in m["flags"] if x.startswith(("avx512_bf16", "avx512f", "avx2", "amx")))
+    tf = fs.get("bfloat16", {}).get("serial_tok_s_transformers_forward")
+    note = (f"\n{r['model']}, {m['cores']} cores ({m['cpu']}; {flags or 'no AVX2'}), torch {v['torch']}, "
+            f"transformers {v['transformers']}, best of {r['settings']['repeats']} runs, {r['date']}. "
+            f"`--dtype auto` chose `{auto.get('choice')}` from its own step timings {auto.get('timings_ms')}."
+            + (f" The engine on transformers' forward (any non-Llama model), bf16: {tf:.1f} tok/s." if tf else ""))
     return "\n".join(rows) + "\n" + note
 
 

@@ -41,8 +41,16 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="HF causal-LM directory or id (default: the embedded SmolLM2-135M)")
     p.add_argument("--adapter", default="auto",
                    help="ASPD adapter directory (PEFT); default: the shipped one for the embedded model; none: without")
-    p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
+    _dtype_arg(p)
     _attention_arg(p)
+
+
+def _dtype_arg(p: argparse.ArgumentParser) -> None:
+    from .weight_format import DTYPES
+
+    p.add_argument("--dtype", choices=DTYPES, default="auto",
+                   help="weight format: auto (default: the fastest on this machine, measured once and cached), "
+                   "bfloat16, float32, int8 or int4 (weight-only)")
 
 
 def _attention_arg(p: argparse.ArgumentParser) -> None:
@@ -76,7 +84,7 @@ def parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="serve the model over SGLang's and OpenAI's HTTP APIs")
     sv.add_argument("--model", default=None, help="HF causal-LM directory or id (default: the embedded SmolLM2-135M)")
     sv.add_argument("--adapter", default="auto", help="ASPD adapter (PEFT dir), auto (default) or none")
-    sv.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
+    _dtype_arg(sv)
     _attention_arg(sv)
     sv.add_argument("--host", default="127.0.0.1", help="default: loopback only")
     sv.add_argument("--port", type=int, default=30000)
@@ -105,7 +113,7 @@ def load_engine(args: argparse.Namespace):
     hf_logging.disable_progress_bar()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     with console.status("loading model..."):
-        return Engine(load(args.model or DEFAULT_MODEL, dtype=getattr(torch, args.dtype), adapter=args.adapter),
+        return Engine(load(args.model or DEFAULT_MODEL, dtype=args.dtype, adapter=args.adapter),
                       attention=args.attention)
 
 

@@ -146,7 +146,8 @@ class Engine:
         self.loaded = loaded
         self.tok = loaded.tokenizer
         self.ids = loaded.ids
-        self.runner = ModelRunner(loaded.model, fast=fast, attention_backend=attention)
+        self.runner = ModelRunner(loaded.model, fast=fast, attention_backend=attention,
+                                  weights=loaded.weights, gguf=loaded.gguf)
         self.max_len = self.runner.max_positions
         self._live: weakref.WeakSet[Sequence] = weakref.WeakSet()
 

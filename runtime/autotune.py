@@ -1,0 +1,138 @@
+"""`--dtype auto`: pick the fast decoder's weight format for this machine by measuring it.
+
+Which format is fastest depends on the CPU: with native bf16 arithmetic (AVX-512 BF16, AMX) a bf16
+step with 4 rows costs about what a 1-row step costs, without it bf16 costs grow linearly in rows
+and the weight-only int kernels win; a decode step is memory-bound either way, so fewer weight bytes
+help everywhere. At first load the decoder is built in each candidate format and a serial (1 row)
+and a branch (4 rows) step are timed against a short cache; the result is cached per model, CPU and
+torch version, so later loads cost nothing. float32 is never chosen automatically (it is the exact
+reference, always slower): ask for it with `--dtype float32`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from .weight_format import WeightFormat
+
+CANDIDATES = (WeightFormat.BFLOAT16, WeightFormat.INT8, WeightFormat.INT4)  # most precise first
+MIN_GAIN = 0.10  # a less precise format must be at least this much cheaper to be chosen
+ROWS = (1, 4)  # a serial step and a 4-branch step
+CACHE_FILE = "autotune.json"
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's feature flags that matter for matmul kernels (from /proc/cpuinfo on Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return sorted(f for f in line.split(":", 1)[1].split()
+                          if f.startswith(("avx", "amx", "fma", "f16c", "sse4", "asimd", "sve", "bf16", "i8mm")))
+    return []
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_key() -> str:
+    raw = json.dumps([cpu_name(), cpu_flags(), torch.__version__, torch.get_num_threads()])
+    return hashlib.sha1(raw.encode()).hexdigest()[:16]
+
+
+def cost(ms: dict[str, float]) -> float:
+    """What a format costs: a serial step plus a 4-branch step (both are common in ASPD decoding)."""
+    return sum(ms[str(r)] for r in ROWS)
+
+
+def choose(timings: dict[str, dict[str, float]]) -> WeightFormat:
+    """The format to run, from measured step times {format: {rows: ms}}: the most precise format
+    unless a less precise one is at least MIN_GAIN cheaper. A pure function of the timings."""
+    best = None
+    for fmt in CANDIDATES:
+        if fmt.value not in timings:
+            continue
+        if best is None or cost(timings[fmt.value]) < (1 - MIN_GAIN) * cost(timings[best.value]):
+            best = fmt
+    return best or WeightFormat.BFLOAT16
+
+
+def measure(model, gguf: Path | None, repeats: int = 7, context: int = 64) -> dict[str, dict[str, float]]:
+    """Median step time (ms) per candidate format and row count, on the real model's decoder."""
+    from .fast_decoder import FastDecoder
+
+    vocab = model.get_input_embeddings().weight.shape[0]
+    out = {}
+    for fmt in CANDIDATES:
+        dec = FastDecoder(model, fmt, gguf)
+        times = {}
+        for rows in ROWS:
+            samples = []
+            for r in range(repeats + 2):  # two warm-up steps
+                kv = dec.new_cache()
+                ids = torch.arange(context) * 7 % vocab
+                dec.forward_many([kv], [ids], [torch.arange(context)], [None], [torch.tensor([context - 1])])
+                step = torch.arange(rows) * 11 % vocab
+                t = time.perf_counter()
+                dec.forward_many([kv], [step], [torch.full((rows,), context)],
+                                 [torch.ones(1, 1, rows, context + rows, dtype=torch.bool)],
+                                 [torch.arange(rows)])
+                if r >= 2:
+                    samples.append((time.perf_counter() - t) * 1000)
+            times[str(rows)] = round(statistics.median(samples), 3)
+        out[fmt.value] = times
+        del dec
+    return out
+
+
+def choose_format(model, gguf: Path | None, key: str) -> WeightFormat:
+    """The cached choice for this model on this machine, measured at first use. Models the fast
+    decoder cannot run, and non-CPU devices, stay in bf16."""
+    from . import fast_decoder
+    from .model_loader import cache_dir
+
+    if not fast_decoder.supported(model) or next(model.parameters()).device.type != "cpu":
+        return WeightFormat.BFLOAT16
+    path = cache_dir() / CACHE_FILE
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    entry_key = f"{key}@{machine_key()}"
+    entry = cache.get(entry_key)
+    if entry is None:
+        entry = {"timings_ms": measure(model, gguf), "cpu": cpu_name(), "flags": cpu_flags(),
+                 "torch": torch.__version__, "threads": torch.get_num_threads()}
+        entry["choice"] = choose(entry["timings_ms"]).value
+        cache[entry_key] = entry
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        tmp.replace(path)
+    return WeightFormat(entry["choice"])
+
+
+def cached_entry(key: str) -> dict | None:
+    """The cached measurement behind a choice (for benchmark records), if any."""
+    from .model_loader import cache_dir
+
+    try:
+        return json.loads((cache_dir() / CACHE_FILE).read_text()).get(f"{key}@{machine_key()}")
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,130 @@
+"""Weight formats for the fast decoder: float (fp32, bf16) and weight-only int8 / int4 (gpt-fast style).
+
+A decode step of a small model is memory-bound: it streams every weight once per step. Weight-only
+quantization reads a half (int8) or about a third (int4 with its scales) of the bf16 bytes, and
+torch's CPU kernels (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`) dequantize on the fly,
+so their cost also grows slowly with the number of rows in a step (branches, batched requests) on
+CPUs without native bf16 arithmetic. The kernels take bf16 activations (their fp32 path is 10-20x
+slower here), so the int formats run the model in bf16.
+
+Int4 is group-wise and asymmetric: w = (q - 8) * scale + zero per group of 32 inputs, which holds a
+GGUF Q4_1 block (w = d * q + m) exactly: scale = d, zero = m + 8d (`gguf_weights` builds the
+embedded model's layers from its own blocks, so it runs on the weights it ships with).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .weight_format import WeightFormat
+
+GROUP = 32  # int4 group size: a GGUF Q4_1 block
+
+
+def activations(fmt: WeightFormat) -> torch.dtype:
+    """The activation dtype a format runs with: the int kernels take bf16."""
+    return torch.float32 if fmt is WeightFormat.FLOAT32 else torch.bfloat16
+
+
+@dataclass(frozen=True)
+class Dense:
+    """A float weight [out, in]."""
+
+    w: torch.Tensor
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.w)
+
+    @property
+    def nbytes(self) -> int:
+        return self.w.nbytes
+
+
+@dataclass(frozen=True)
+class Int8:
+    """int8 codes [out, in] and one scale per output channel: w = q * scale."""
+
+    q: torch.Tensor
+    scales: torch.Tensor
+
+    @staticmethod
+    def quantize(w: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> Int8:
+        w = w.float()
+        scales = (w.abs().amax(1) / 127).clamp(min=1e-10)
+        q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
+        return Int8(q.contiguous(), scales.to(dtype))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        return torch.ops.aten._weight_int8pack_mm(rows, self.q, self.scales).view(*x.shape[:-1], -1)
+
+    @property
+    def nbytes(self) -> int:
+        return self.q.nbytes + self.scales.nbytes
+
+
+@dataclass(frozen=True)
+class Int4:
+    """4-bit codes packed for torch's CPU kernel, with [in / 32, out, 2] (scale, zero) per group:
+    w = (q - 8) * scale + zero."""
+
+    packed: torch.Tensor
+    scales_zeros: torch.Tensor
+    out_features: int
+
+    @staticmethod
+    def from_codes(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, dtype: torch.dtype) -> Int4:
+        """q: int codes 0..15 [out, in]; scales, zeros: [out, in / 32] (float32)."""
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 1)
+        sz = torch.stack([scales.t(), zeros.t()], -1).to(dtype).contiguous()
+        return Int4(packed, sz, q.shape[0])
+
+    @staticmethod
+    def quantize(w: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> Int4:
+        """Group-wise min/max quantization of a float weight (the Q4_1 scheme)."""
+        out, k = w.shape
+        g = w.float().view(out, k // GROUP, GROUP)
+        lo, hi = g.amin(-1), g.amax(-1)
+        scales = ((hi - lo) / 15).clamp(min=1e-10)
+        q = torch.round((g - lo[..., None]) / scales[..., None]).clamp(0, 15).view(out, k)
+        return Int4.from_codes(q, scales, lo + 8 * scales, dtype)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.packed, GROUP, self.scales_zeros)
+        return y.view(*x.shape[:-1], self.out_features)
+
+    @property
+    def nbytes(self) -> int:
+        return self.packed.nbytes + self.scales_zeros.nbytes
+
+
+Linear = Dense | Int8 | Int4
+
+
+def int4_fits(out_features: int, in_features: int) -> bool:
+    """The int4 kernel's shape rule: outputs in multiples of 16, inputs in whole groups."""
+    return out_features % 16 == 0 and in_features % GROUP == 0
+
+
+def linear(w: torch.Tensor, fmt: WeightFormat) -> Linear:
+    """A float weight in `fmt` (quantized from it for the int formats; int4 falls back to int8 for
+    a shape its kernel cannot take)."""
+    if fmt is WeightFormat.INT4 and int4_fits(*w.shape):
+        return Int4.quantize(w)
+    if fmt.quantized:
+        return Int8.quantize(w)
+    return Dense(w.to(activations(fmt)))
+
+
+def dequantize(lin: Linear) -> torch.Tensor:
+    """The weight a linear computes with, [out, in], read back through its own kernel (an identity
+    input), so tests compare what actually runs."""
+    if isinstance(lin, Dense):
+        return lin.w
+    dtype = lin.scales.dtype if isinstance(lin, Int8) else lin.scales_zeros.dtype
+    k = lin.q.shape[1] if isinstance(lin, Int8) else lin.scales_zeros.shape[0] * GROUP
+    return lin(torch.eye(k, dtype=dtype)).t()

@@ -1,0 +1,148 @@
+"""Weight formats: each quantized forward against a float reference with the same (dequantized)
+weights, the GGUF Q4_1 reader against gguf's own dequantization, and the auto choice."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from runtime import autotune, gguf_weights
+from runtime.engine import Engine
+from runtime.fast_decoder import FastDecoder
+from runtime.quant import GROUP, Dense, Int4, Int8, dequantize, linear
+from runtime.weight_format import WeightFormat
+
+gguf = pytest.importorskip("gguf")
+
+
+def test_int8_and_int4_roundtrip_within_their_step():
+    torch.manual_seed(0)
+    w = torch.randn(64, 128)
+    q8 = Int8.quantize(w, torch.float32)
+    assert (dequantize(q8) - w).abs().max() <= q8.scales.max() / 2 + 1e-6
+    q4 = Int4.quantize(w, torch.float32)
+    step = (w.view(64, -1, GROUP).amax(-1) - w.view(64, -1, GROUP).amin(-1)) / 15
+    err = (dequantize(q4) - w).abs().view(64, -1, GROUP).amax(-1)
+    assert (err <= step / 2 + 1e-5).all()
+
+
+def test_int4_holds_exact_codes():
+    """Codes, scales and zeros given to Int4 come back exactly through the fp32 kernel."""
+    torch.manual_seed(1)
+    q = torch.randint(0, 16, (32, 64))
+    d, m = torch.rand(32, 2) * 0.1, torch.randn(32, 2) * 0.1
+    lin = Int4.from_codes(q, d, m + 8 * d, torch.float32)
+    want = q.float().view(32, 2, GROUP) * d[..., None] + m[..., None]
+    torch.testing.assert_close(dequantize(lin), want.view(32, 64), atol=1e-6, rtol=0)
+
+
+def test_int4_falls_back_to_int8_for_shapes_its_kernel_cannot_take():
+    assert isinstance(linear(torch.randn(54, 64), WeightFormat.INT4), Int8)
+    assert isinstance(linear(torch.randn(64, 64), WeightFormat.INT4), Int4)
+    assert isinstance(linear(torch.randn(64, 64), WeightFormat.BFLOAT16), Dense)
+
+
+def _dequantized_copy(tiny, dec: FastDecoder):
+    """The tiny model with every decoder weight replaced by what `dec` computes with (float32)."""
+    model = copy.deepcopy(tiny.model)
+    for layer, (_, qkv, o, _, gu, down) in zip(model.model.layers, dec.layers):
+        a, m = layer.self_attn, layer.mlp
+        for mods, lin in (((a.q_proj, a.k_proj, a.v_proj), qkv), ((a.o_proj,), o),
+                          ((m.gate_proj, m.up_proj), gu), ((m.down_proj,), down)):
+            w, row = dequantize(lin).float(), 0
+            for mod in mods:
+                n = mod.weight.shape[0]
+                mod.weight = torch.nn.Parameter(w[row:row + n].clone(), requires_grad=False)
+                row += n
+    model.lm_head.weight = torch.nn.Parameter(dequantize(dec.lm_head).float().clone(), requires_grad=False)
+    return model
+
+
+@pytest.mark.parametrize("fmt", [WeightFormat.BFLOAT16, WeightFormat.INT8, WeightFormat.INT4])
+def test_each_format_equals_its_dequantized_float_reference(tiny, fmt):
+    """Prefill and a packed branch step in `fmt` against fp32 on the same (dequantized) weights.
+    Tolerance: bf16 activations (8 bits of mantissa) over two layers, 3% of the logits' range."""
+    dec = FastDecoder(copy.deepcopy(tiny.model), fmt)
+    assert dec.format is fmt and dec.dtype is torch.bfloat16
+    if fmt is WeightFormat.INT4:
+        assert isinstance(dec.layers[0][1], Int4)
+    ref = FastDecoder(_dequantized_copy(tiny, dec), WeightFormat.FLOAT32)
+    ids, pos = torch.tensor([3, 9, 14, 20, 7]), torch.arange(5)
+    outs = []
+    for d in (dec, ref):
+        kv = d.new_cache()
+        a = d.forward_many([kv], [ids], [pos], [torch.ones(1, 1, 5, 5, dtype=torch.bool).tril()], [torch.arange(5)])
+        mask = torch.ones(1, 1, 2, 7, dtype=torch.bool)
+        mask[0, 0, 0, 6] = mask[0, 0, 1, 5] = False  # two branches: each sees the prefix and itself
+        b = d.forward_many([kv], [torch.tensor([11, 12])], [torch.tensor([5, 5])], [mask], [torch.arange(2)])
+        outs.append(torch.cat([a[0], b[0]]).float())
+    scale = outs[1].abs().max()
+    assert (outs[0] - outs[1]).abs().max() <= 0.03 * scale
+
+
+def test_engine_runs_each_format(tiny):
+    """The engine's step API works unchanged on every format (greedy text is well-formed)."""
+    from runtime.sampling import SamplingParams
+
+    for fmt in WeightFormat:
+        loaded = copy.copy(tiny)
+        loaded.model = copy.deepcopy(tiny.model)
+        loaded.weights = fmt
+        eng = Engine(loaded, fast=True)
+        assert eng.runner.weights is fmt
+        out = eng.fork(eng.new_sequence(eng.encode("ab")), ["x", "y"], SamplingParams(max_new_tokens=8))
+        assert out.parallel_tokens > 0
+
+
+def test_q4_1_reader_equals_gguf_dequantization():
+    """Our Q4_1 block reader, through the int4 kernel, gives gguf-py's dequantized weights exactly."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((48, 96)).astype(np.float32)
+    blocks = gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q4_1)
+    q, d, m = gguf_weights.q4_1_codes(blocks, 48, 96)
+    lin = Int4.from_codes(q, d, m + 8 * d, torch.float32)
+    ref = torch.from_numpy(gguf.quants.dequantize(blocks, gguf.GGMLQuantizationType.Q4_1))
+    torch.testing.assert_close(dequantize(lin), ref, atol=1e-6, rtol=0)
+
+
+def test_rope_row_order_matches_transformers():
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+    w = np.arange(48 * 4, dtype=np.float32).reshape(48, 4)
+    ref = LlamaTensorProcessor()._reverse_permute_weights(w, 6, 3)
+    assert np.array_equal(w[gguf_weights.rope_row_order(48, 3)], ref)
+
+
+TIMES = {"bfloat16": {"1": 30.0, "4": 33.0}, "int8": {"1": 20.0, "4": 24.0}, "int4": {"1": 15.0, "4": 21.0}}
+
+
+def test_auto_choice_is_a_function_of_the_timings():
+    assert autotune.choose(TIMES) is WeightFormat.INT4
+    assert autotune.choose(TIMES) is autotune.choose(dict(reversed(list(TIMES.items()))))
+    # a less precise format must be MIN_GAIN cheaper than the best more precise one
+    close = {"bfloat16": {"1": 20.0, "4": 20.0}, "int8": {"1": 19.0, "4": 19.5}, "int4": {"1": 18.5, "4": 19.0}}
+    assert autotune.choose(close) is WeightFormat.BFLOAT16
+    avx2 = {"bfloat16": {"1": 42.0, "4": 99.0}, "int8": {"1": 25.0, "4": 40.0}, "int4": {"1": 22.0, "4": 39.0}}
+    assert autotune.choose(avx2) is WeightFormat.INT8
+    assert autotune.choose({}) is WeightFormat.BFLOAT16
+
+
+def test_auto_format_is_measured_once_and_cached(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("ASPD_CACHE", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(autotune, "measure", lambda model, gguf: calls.append(1) or TIMES)
+    model = copy.deepcopy(tiny.model)
+    assert autotune.choose_format(model, None, key="tiny") is WeightFormat.INT4
+    assert autotune.choose_format(model, None, key="tiny") is WeightFormat.INT4
+    assert len(calls) == 1
+    entry = autotune.cached_entry("tiny")
+    assert entry["choice"] == "int4" and entry["timings_ms"] == TIMES
+
+
+def test_measure_times_every_candidate_on_the_real_decoder(tiny):
+    t = autotune.measure(copy.deepcopy(tiny.model), None, repeats=1, context=8)
+    assert set(t) == {f.value for f in autotune.CANDIDATES}
+    assert all(set(v) == {"1", "4"} and min(v.values()) > 0 for v in t.values())
