@@ -43,6 +43,22 @@ def engine_table(r: dict) -> str:
     return "\n".join(rows) + "\n" + note
 
 
+def formats_table(base: dict, adapted: dict | None) -> str:
+    rows = ["| model | format | weights read per step | greedy identical to float32 (128 tokens) | "
+            "mean tokens before the first difference | loss on the base model's answers | delta |",
+            "|---|---|---|---|---|---|---|"]
+    for r, label in ((base, "base"), (adapted, "with the shipped adapter")):
+        for name, f in (r or {}).get("formats", {}).items():
+            rows.append(f"| {label} | `{name}` | {f['weight_mb']:.0f} MB | {f['greedy_identical']:.0%} | "
+                        f"{f['greedy_first_difference_mean']:.1f} | {f['loss']:.4f} | {f['loss_delta_pct']:+.2f}% |")
+    note = (f"\n{base['prompts']} Vicuna-80 prompts, greedy, no penalty, all prompts batched in one forward per step; "
+            f"loss over the first 256 tokens of each `hf` answer of the committed Vicuna-80 run "
+            f"({next(iter(base['formats'].values()))['answer_tokens']} tokens); {base['date']}. "
+            f"int4 layers against gguf's own Q4_1 dequantization (fp32 kernel): max difference "
+            f"{base.get('int4_vs_gguf_max_abs_diff')}.")
+    return "\n".join(rows) + "\n" + note
+
+
 def programs_table(r: dict) -> str:
     e = r["engine_backend"]
     rows = [
@@ -78,8 +94,9 @@ def serve_table(r: dict) -> str:
     ]
     e = r["environment"]
     m, v = e["machine"], e["versions"]
-    note = (f"\nEmbedded SmolLM2-135M, bf16, greedy, {r['max_new_tokens']} new tokens a request, {r['seconds']:.0f} s "
-            f"a phase; {m['cores']} cores, torch {v['torch']}, {e['date']}. Server: `aspd serve "
+    note = (f"\nEmbedded SmolLM2-135M, {r.get('weights', 'bfloat16')}, greedy, {r['max_new_tokens']} new tokens "
+            f"a request, {r['seconds']:.0f} s a phase; {m['cores']} cores, torch {v['torch']}, {e['date']}. "
+            f"Server: `aspd serve "
             f"{' '.join(r['server_args'])}`.")
     return "\n".join(rows) + "\n" + note
 
@@ -153,6 +170,10 @@ def main() -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
     text = replace(text, "engine", engine_table(json.loads((results / "engine.json").read_text())))
+    if (results / "formats.json").exists():
+        adapted = results / "formats_adapter.json"
+        text = replace(text, "formats", formats_table(json.loads((results / "formats.json").read_text()),
+                                                      json.loads(adapted.read_text()) if adapted.exists() else None))
     text = replace(text, "programs", programs_table(json.loads((results / "programs.json").read_text())))
     if (results / "serve_load.json").exists():
         text = replace(text, "serve", serve_table(json.loads((results / "serve_load.json").read_text())))

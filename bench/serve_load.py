@@ -149,9 +149,11 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--rss-bound-mb", type=float, default=2048, help="the memory bound the server must stay under")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve_load.json")
+    ap.add_argument("--dtype", default="auto", help="the server's weight format")
     args = ap.parse_args()
     console = Console()
-    serve_args = ["--adapter", "none", "--repetition-penalty", "1.2", "--max-running", str(args.clients),
+    serve_args = ["--adapter", "none", "--dtype", args.dtype, "--repetition-penalty", "1.2", "--max-running",
+                  str(args.clients),
                   "--max-queue", "64", "--cache-tokens", "16384"]
 
     with serve_command(*serve_args) as (url, pid):
@@ -185,13 +187,13 @@ def main() -> None:
         "peak_rss_mb": round(rss, 1), "rss_bound_mb": args.rss_bound_mb, "rss_within_bound": rss < args.rss_bound_mb,
         "prefill_tokens_cache_on": on["prefill_tokens"], "prefill_tokens_cache_off": off["prefill_tokens"],
         "fork_program": {"cache_on": on, "cache_off": off},
-        "server_args": serve_args, "environment": environment(),
+        "server_args": serve_args, "weights": weights(args.dtype), "environment": environment(),
     }
     result["speedup_throughput"] = round(result["throughput_rps"] / result["sequential_rps"], 2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
-    t = Table(title="aspd serve under load (embedded SmolLM2-135M, bf16, this machine)")
+    t = Table(title=f"aspd serve under load (embedded SmolLM2-135M, {result['weights']}, this machine)")
     t.add_column("metric")
     t.add_column("value", justify="right")
     for k in ("errors", "throughput_rps", "sequential_rps", "speedup_throughput", "p50_s", "p99_s", "mean_batch",
@@ -199,6 +201,17 @@ def main() -> None:
         t.add_row(k, str(result[k]))
     console.print(t)
     console.print(f"wrote {args.out}")
+
+
+def weights(dtype: str) -> str:
+    """The weight format the server ran: `--dtype`, or what auto chose (the choice is cached)."""
+    if dtype != "auto":
+        return dtype
+    from runtime.autotune import cached_entry
+    from runtime.model_loader import DEFAULT_MODEL
+
+    entry = cached_entry(f"{DEFAULT_MODEL}+")
+    return f"auto: {entry['choice']}" if entry else "auto"
 
 
 if __name__ == "__main__":

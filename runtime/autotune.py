@@ -4,9 +4,13 @@ Which format is fastest depends on the CPU: with native bf16 arithmetic (AVX-512
 step with 4 rows costs about what a 1-row step costs, without it bf16 costs grow linearly in rows
 and the weight-only int kernels win; a decode step is memory-bound either way, so fewer weight bytes
 help everywhere. At first load the decoder is built in each candidate format and a serial (1 row)
-and a branch (4 rows) step are timed against a short cache; the result is cached per model, CPU and
-torch version, so later loads cost nothing. float32 is never chosen automatically (it is the exact
-reference, always slower): ask for it with `--dtype float32`.
+and a branch (4 rows) step are timed against a short cache, and a 64-row pass (a prefill); the result
+is cached per model, CPU and torch version, so later loads cost nothing. float32 is never chosen
+automatically (it is the exact reference, always slower): ask for it with `--dtype float32`.
+
+A quantized kernel's cost grows with rows faster than a float matmul's on CPUs with native bf16
+arithmetic, so where bf16 runs the 64-row pass faster, prefills (passes of DENSE_ROWS rows or more)
+run the model's bf16 weights, which stay loaded anyway, and decode steps the quantized ones.
 """
 
 from __future__ import annotations
@@ -24,8 +28,11 @@ from .weight_format import WeightFormat
 
 CANDIDATES = (WeightFormat.BFLOAT16, WeightFormat.INT8, WeightFormat.INT4)  # most precise first
 MIN_GAIN = 0.10  # a less precise format must be at least this much cheaper to be chosen
-ROWS = (1, 4)  # a serial step and a 4-branch step
+ROWS = (1, 4)  # a serial step and a 4-branch step: what the choice weighs
+PREFILL_ROWS = 64  # a prefill-sized pass: decides DENSE_ROWS
+DENSE_ROWS = 32
 CACHE_FILE = "autotune.json"
+MEASURE_VERSION = 1  # bump when what `measure` times changes: older cached entries are then ignored
 
 
 def cpu_flags() -> list[str]:
@@ -52,7 +59,7 @@ def cpu_name() -> str:
 
 
 def machine_key() -> str:
-    raw = json.dumps([cpu_name(), cpu_flags(), torch.__version__, torch.get_num_threads()])
+    raw = json.dumps([MEASURE_VERSION, cpu_name(), cpu_flags(), torch.__version__, torch.get_num_threads()])
     return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
 
@@ -73,16 +80,24 @@ def choose(timings: dict[str, dict[str, float]]) -> WeightFormat:
     return best or WeightFormat.BFLOAT16
 
 
-def measure(model, gguf: Path | None, repeats: int = 7, context: int = 64) -> dict[str, dict[str, float]]:
+def dense_rows(timings: dict[str, dict[str, float]], fmt: WeightFormat) -> int | None:
+    """DENSE_ROWS where a quantized format's prefill-sized pass is slower than bf16's, else None."""
+    ms = timings.get(fmt.value, {}).get(str(PREFILL_ROWS))
+    dense = timings.get(WeightFormat.BFLOAT16.value, {}).get(str(PREFILL_ROWS))
+    return DENSE_ROWS if fmt.quantized and ms and dense and dense < ms else None
+
+
+def measure(model, gguf: Path | None, lora: dict | None = None, repeats: int = 5,
+            context: int = 64) -> dict[str, dict[str, float]]:
     """Median step time (ms) per candidate format and row count, on the real model's decoder."""
     from .fast_decoder import FastDecoder
 
     vocab = model.get_input_embeddings().weight.shape[0]
     out = {}
     for fmt in CANDIDATES:
-        dec = FastDecoder(model, fmt, gguf)
+        dec = FastDecoder(model, fmt, gguf, lora)
         times = {}
-        for rows in ROWS:
+        for rows in (*ROWS, PREFILL_ROWS):
             samples = []
             for r in range(repeats + 2):  # two warm-up steps
                 kv = dec.new_cache()
@@ -101,14 +116,18 @@ def measure(model, gguf: Path | None, repeats: int = 7, context: int = 64) -> di
     return out
 
 
-def choose_format(model, gguf: Path | None, key: str) -> WeightFormat:
-    """The cached choice for this model on this machine, measured at first use. Models the fast
-    decoder cannot run, and non-CPU devices, stay in bf16."""
+def choose_format(model, gguf: Path | None, lora: dict | None, key: str,
+                  fmt: WeightFormat | None = None) -> tuple[WeightFormat, int | None]:
+    """The weight format (`fmt`, or the cached choice for this model on this machine, measured at
+    first use) and its `dense_rows`. Models the fast decoder cannot run, and non-CPU devices, run
+    bf16 (or `fmt`) without dense passes."""
     from . import fast_decoder
     from .model_loader import cache_dir
 
     if not fast_decoder.supported(model) or next(model.parameters()).device.type != "cpu":
-        return WeightFormat.BFLOAT16
+        return fmt or WeightFormat.BFLOAT16, None
+    if fmt is not None and not fmt.quantized:
+        return fmt, None
     path = cache_dir() / CACHE_FILE
     try:
         cache = json.loads(path.read_text())
@@ -117,7 +136,7 @@ def choose_format(model, gguf: Path | None, key: str) -> WeightFormat:
     entry_key = f"{key}@{machine_key()}"
     entry = cache.get(entry_key)
     if entry is None:
-        entry = {"timings_ms": measure(model, gguf), "cpu": cpu_name(), "flags": cpu_flags(),
+        entry = {"timings_ms": measure(model, gguf, lora), "cpu": cpu_name(), "flags": cpu_flags(),
                  "torch": torch.__version__, "threads": torch.get_num_threads()}
         entry["choice"] = choose(entry["timings_ms"]).value
         cache[entry_key] = entry
@@ -125,7 +144,8 @@ def choose_format(model, gguf: Path | None, key: str) -> WeightFormat:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(cache, indent=1))
         tmp.replace(path)
-    return WeightFormat(entry["choice"])
+    fmt = fmt or WeightFormat(entry["choice"])
+    return fmt, dense_rows(entry["timings_ms"], fmt)
 
 
 def cached_entry(key: str) -> dict | None:

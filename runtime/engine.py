@@ -147,7 +147,8 @@ class Engine:
         self.tok = loaded.tokenizer
         self.ids = loaded.ids
         self.runner = ModelRunner(loaded.model, fast=fast, attention_backend=attention,
-                                  weights=loaded.weights, gguf=loaded.gguf)
+                                  weights=loaded.weights, gguf=loaded.gguf, lora=loaded.lora,
+                                  dense_rows=loaded.dense_rows)
         self.max_len = self.runner.max_positions
         self._live: weakref.WeakSet[Sequence] = weakref.WeakSet()
 

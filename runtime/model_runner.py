@@ -148,10 +148,12 @@ class KVState:
 
 class ModelRunner:
     def __init__(self, model: PreTrainedModel, fast: bool | None = None, attention_backend: str = "auto",
-                 weights: WeightFormat | None = None, gguf: Path | None = None):
+                 weights: WeightFormat | None = None, gguf: Path | None = None, lora: dict | None = None,
+                 dense_rows: int | None = None):
         """`fast=None` uses the fast decoder where the architecture allows it; False forces transformers.
-        `weights`, `gguf`: the fast decoder's weight format (None: the model's float dtype) and exact
-        int4 source (`FastDecoder`); the transformers path always runs the model's float weights.
+        `weights`, `gguf`, `lora`, `dense_rows`: the fast decoder's weight format (None: the model's
+        float dtype), exact int4 source, adapter factors and prefill rule (`FastDecoder`); the
+        transformers path always runs the model's float (merged) weights.
         `attention_backend` (`runtime.attention`): sdpa with the protocol's dense mask, or the two-level
         cascade (flashinfer on CUDA; `cascade` is its torch reference) through transformers' forward."""
         self.model = model
@@ -165,7 +167,8 @@ class ModelRunner:
         self.forwards = 0  # forward passes run, for statistics
         use_fast = fast_decoder.supported(model) if fast is None else fast
         float_format = WeightFormat.FLOAT32 if model.dtype == torch.float32 else WeightFormat.BFLOAT16
-        self.fast = fast_decoder.FastDecoder(model, weights or float_format, gguf) if use_fast else None
+        self.fast = (fast_decoder.FastDecoder(model, weights or float_format, gguf, lora, dense_rows)
+                     if use_fast else None)
         self.weights = self.fast.format if self.fast else float_format
 
     def new_kv(self) -> KVState:

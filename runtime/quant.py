@@ -102,7 +102,26 @@ class Int4:
         return self.packed.nbytes + self.scales_zeros.nbytes
 
 
-Linear = Dense | Int8 | Int4
+@dataclass(frozen=True)
+class LoRA:
+    """A quantized base weight plus a low-rank adapter kept apart: y = base(x) + (x A^T) B^T, with
+    the adapter's scaling folded into B. Merging a LoRA delta into int4 weights and requantizing
+    would round most of it away (the delta is smaller than a quantization step), so quantized
+    formats run an adapter this way, as QLoRA trains it."""
+
+    base: Dense | Int8 | Int4
+    a: torch.Tensor  # [rank, in]
+    b: torch.Tensor  # [out, rank]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + F.linear(F.linear(x, self.a), self.b)
+
+    @property
+    def nbytes(self) -> int:
+        return self.base.nbytes + self.a.nbytes + self.b.nbytes
+
+
+Linear = Dense | Int8 | Int4 | LoRA
 
 
 def int4_fits(out_features: int, in_features: int) -> bool:
@@ -125,6 +144,8 @@ def dequantize(lin: Linear) -> torch.Tensor:
     input), so tests compare what actually runs."""
     if isinstance(lin, Dense):
         return lin.w
+    if isinstance(lin, LoRA):
+        return dequantize(lin.base) + (lin.b.float() @ lin.a.float()).to(lin.a.dtype)
     dtype = lin.scales.dtype if isinstance(lin, Int8) else lin.scales_zeros.dtype
     k = lin.q.shape[1] if isinstance(lin, Int8) else lin.scales_zeros.shape[0] * GROUP
     return lin(torch.eye(k, dtype=dtype)).t()

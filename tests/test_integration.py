@@ -118,16 +118,16 @@ PROGRAMS = sorted((Path(__file__).parents[1] / "programs").glob("*.py"))
 
 
 @pytest.fixture(scope="module")
-def real_bf16() -> Engine:
+def real_auto() -> Engine:
     torch.set_num_threads(2)
     return Engine(load())
 
 
 @pytest.mark.parametrize("path", PROGRAMS, ids=[p.stem for p in PROGRAMS])
-def test_example_programs_run_on_native_backend_with_the_embedded_model(real_bf16, path):
+def test_example_programs_run_on_native_backend_with_the_embedded_model(real_auto, path):
     pf = load_program_file(path)
     args = pf.batch(**pf.args)[0] if pf.batch else pf.args
-    res = Runner("native", SamplingParams(repetition_penalty=1.2), engine=real_bf16).run(pf.main, args)
+    res = Runner("native", SamplingParams(repetition_penalty=1.2), engine=real_auto).run(pf.main, args)
     names = ir.names(pf.main.ir().body)
     assert names and all(isinstance(res.variables[n], str) and res.variables[n] for n in names), res.variables
     assert res.completion_tokens > 0
@@ -156,3 +156,20 @@ def test_cli_run_json_reports_parallel_and_serial():
     assert not par["serial"] and ser["serial"]
     assert set(par["variables"]) == {"topic", "tip0", "tip1", "tip2", "summary"}
     assert par["completion_tokens"] > 0 and ser["completion_tokens"] > 0
+
+
+def test_int4_layers_are_the_ggufs_q4_1_blocks():
+    """Every int4 layer of the embedded model, through the fp32 kernel, is gguf's own dequantization
+    of the shipped Q4_1 tensors (q/k rows in transformers' order)."""
+    from bench.formats import gguf_exactness
+
+    assert gguf_exactness() == 0.0
+
+
+def test_auto_format_with_the_shipped_adapter_keeps_its_lora_apart(real_auto):
+    from runtime.quant import LoRA
+
+    runner = real_auto.runner
+    assert runner.weights in (runner.weights.BFLOAT16, runner.weights.INT8, runner.weights.INT4)
+    if runner.weights.quantized and real_auto.loaded.lora:
+        assert isinstance(runner.fast.layers[0][1], LoRA)

@@ -12,7 +12,7 @@ import torch
 from runtime import autotune, gguf_weights
 from runtime.engine import Engine
 from runtime.fast_decoder import FastDecoder
-from runtime.quant import GROUP, Dense, Int4, Int8, dequantize, linear
+from runtime.quant import GROUP, Dense, Int4, Int8, LoRA, dequantize, linear
 from runtime.weight_format import WeightFormat
 
 gguf = pytest.importorskip("gguf")
@@ -133,16 +133,78 @@ def test_auto_choice_is_a_function_of_the_timings():
 def test_auto_format_is_measured_once_and_cached(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("ASPD_CACHE", str(tmp_path))
     calls = []
-    monkeypatch.setattr(autotune, "measure", lambda model, gguf: calls.append(1) or TIMES)
+    monkeypatch.setattr(autotune, "measure", lambda model, gguf, lora: calls.append(1) or TIMES)
     model = copy.deepcopy(tiny.model)
-    assert autotune.choose_format(model, None, key="tiny") is WeightFormat.INT4
-    assert autotune.choose_format(model, None, key="tiny") is WeightFormat.INT4
+    assert autotune.choose_format(model, None, None, "tiny") == (WeightFormat.INT4, None)
+    assert autotune.choose_format(model, None, None, "tiny", WeightFormat.INT8) == (WeightFormat.INT8, None)
     assert len(calls) == 1
     entry = autotune.cached_entry("tiny")
     assert entry["choice"] == "int4" and entry["timings_ms"] == TIMES
 
 
 def test_measure_times_every_candidate_on_the_real_decoder(tiny):
-    t = autotune.measure(copy.deepcopy(tiny.model), None, repeats=1, context=8)
+    t = autotune.measure(copy.deepcopy(tiny.model), None, None, repeats=1, context=8)
     assert set(t) == {f.value for f in autotune.CANDIDATES}
-    assert all(set(v) == {"1", "4"} and min(v.values()) > 0 for v in t.values())
+    assert all(set(v) == {"1", "4", "64"} and min(v.values()) > 0 for v in t.values())
+
+
+@pytest.fixture(scope="module")
+def adapted(tiny, tmp_path_factory):
+    """The tiny model with a random (non-zero) LoRA on every projection, saved and merged by the loader."""
+    from peft import LoraConfig, get_peft_model
+
+    from runtime.model_loader import apply_adapter
+
+    torch.manual_seed(3)
+    cfg = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    path = tmp_path_factory.mktemp("adapter")
+    get_peft_model(copy.deepcopy(tiny.model), cfg).save_pretrained(path)
+    return apply_adapter(copy.deepcopy(tiny.model), str(path))
+
+
+def test_quantized_formats_keep_an_adapter_beside_the_base_weights(tiny, adapted):
+    """int4 + LoRA computes the merged weight up to the base weight's own quantization error; the
+    adapter is not rounded away, and float formats run the merged weights."""
+    merged, factors = adapted
+    assert len(factors) == 7 * len(merged.model.layers)
+    dec = FastDecoder(copy.deepcopy(merged), WeightFormat.INT4, None, factors)
+    qkv = dec.layers[0][1]
+    assert isinstance(qkv, LoRA) and qkv.a.shape[0] == 12  # three rank-4 adapters stacked
+    a = merged.model.layers[0].self_attn
+    want = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).float()
+    delta = qkv.b.float() @ qkv.a.float()
+    base = want - delta
+    step = (base.view(base.shape[0], -1, GROUP).amax(-1) - base.view(base.shape[0], -1, GROUP).amin(-1)) / 15
+    err = (dequantize(qkv).float() - want).abs().view(base.shape[0], -1, GROUP).amax(-1)
+    assert (err <= step / 2 + 0.02 * want.abs().max()).all()
+    assert delta.abs().max() > step.max()  # large enough that requantizing the merged weight would lose it
+    assert isinstance(FastDecoder(copy.deepcopy(merged), WeightFormat.BFLOAT16, None, factors).layers[0][1], Dense)
+
+
+def test_dense_rows_only_where_bf16_prefills_faster():
+    fast_bf16 = {"bfloat16": {"64": 70.0}, "int4": {"64": 106.0}}
+    assert autotune.dense_rows(fast_bf16, WeightFormat.INT4) == autotune.DENSE_ROWS
+    assert autotune.dense_rows({"bfloat16": {"64": 300.0}, "int4": {"64": 106.0}}, WeightFormat.INT4) is None
+    assert autotune.dense_rows(fast_bf16, WeightFormat.BFLOAT16) is None
+
+
+def test_prefill_on_dense_weights_then_decode_quantized(tiny):
+    """With dense_rows, a long pass writes exactly the bf16 decoder's KV, and a decode step is exactly
+    the plain int4 decoder's step over that cache."""
+    model = copy.deepcopy(tiny.model)
+    dec = FastDecoder(model, WeightFormat.INT4, dense_rows=4)
+    bf16, int4 = FastDecoder(model, WeightFormat.BFLOAT16), FastDecoder(model, WeightFormat.INT4)
+    assert dec.dense_layers and isinstance(dec.dense_layers[0][1], Dense)
+    ids, causal = torch.tensor([3, 9, 14, 20, 7]), torch.ones(1, 1, 5, 5, dtype=torch.bool).tril()
+
+    def run(prefill, step):
+        kv = prefill.new_cache()
+        prefill.forward_many([kv], [ids], [torch.arange(5)], [causal], [torch.tensor([4])])
+        keys = kv.k[:, :, :5].clone()
+        out = step.forward_many([kv], [torch.tensor([11])], [torch.tensor([5])], [None], [torch.tensor([0])])[0]
+        return keys, out
+
+    got, want = run(dec, dec), run(bf16, int4)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert not torch.equal(got[0], run(int4, int4)[0])

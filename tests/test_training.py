@@ -74,7 +74,7 @@ def test_saved_adapter_merges_to_the_trained_model(tiny, sample, tmp_path):
         trained = pm(input_ids=ids).logits
     save_adapter(pm, tmp_path / "adapter", hist, cfg, {"samples": 1, "parallel_samples": 1})
     assert "1 parallel" in write(tmp_path / "adapter").read_text()
-    merged = apply_adapter(copy.deepcopy(tiny.model), str(tmp_path / "adapter"))
+    merged, _ = apply_adapter(copy.deepcopy(tiny.model), str(tmp_path / "adapter"))
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=ids).logits, trained, atol=1e-5, rtol=0)
     rows = sorted(tiny.ids.markup)
