@@ -17,6 +17,18 @@ def threads() -> int:
     return os.cpu_count() or 1
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM, where Linux has it: ru_maxrss survives fork and
+    exec, so a benchmark's subprocess would report its parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def environment() -> dict:
     from runtime.autotune import cpu_flags, cpu_name
 
@@ -25,7 +37,7 @@ def environment() -> dict:
                     "cores": os.cpu_count(), "threads": torch.get_num_threads(),
                     "python": platform.python_version()},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_rss_mb(),
         "date": time.strftime("%Y-%m-%d"),
     }
 
@@ -50,4 +62,4 @@ def engine(args: argparse.Namespace):
 
     torch.set_num_threads(threads())
     transformers.utils.logging.disable_progress_bar()
-    return Engine(load(args.model, dtype=args.dtype))
+    return Engine(load(args.model, dtype=args.dtype, adapter=getattr(args, "adapter", None)))

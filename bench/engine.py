@@ -30,6 +30,7 @@ PROMPT = "Give some tips for staying healthy."
 OUT = Path(__file__).resolve().parent / "results" / "engine.json"
 FORMATS = ("bfloat16", "int8", "int4", "float32")
 BRANCHES = (1, 2, 4, 8, 16)
+STEP_TOKENS = 64  # per branch: enough steps that a fork's first pass (its seeds' tokens) weighs little
 console = Console()
 
 
@@ -94,7 +95,7 @@ def measure(args) -> dict:
     prompt = eng.chat_prompt(PROMPT)
     step_ms(eng, prompt, 2, 4)  # warm up
     hf_serial(eng, prompt, 4)
-    steps = {k: min(step_ms(eng, prompt, k, 32) for _ in range(args.repeats)) for k in BRANCHES}
+    steps = {k: min(step_ms(eng, prompt, k, STEP_TOKENS) for _ in range(args.repeats)) for k in BRANCHES}
     eng_hf = Engine(eng.loaded, fast=False) if args.transformers_forward else None
     ours, hf, ours_hf = [], [], []
     for _ in range(args.repeats):  # interleaved so machine drift hits all alike
@@ -126,6 +127,7 @@ def measure(args) -> dict:
 def main() -> None:
     ap = common.parser(OUT, repeats=5)
     ap.add_argument("--serial-tokens", type=int, default=128)
+    ap.add_argument("--adapter", default="none", help="none (default: the base model), auto or a directory")
     ap.add_argument("--formats", default=",".join(FORMATS), help="comma-separated; each runs in its own process")
     ap.add_argument("--transformers-forward", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # internal: one format, JSON to stdout
@@ -135,13 +137,15 @@ def main() -> None:
         return
     torch.set_num_threads(common.threads())
     from runtime import autotune
-    from runtime.model_loader import load
+    from runtime.model_loader import load, resolve_adapter
 
-    load(args.model, dtype="auto", adapter="none")  # makes sure the auto choice is measured and cached
-    auto = autotune.cached_entry(f"{args.model}+")
+    auto_loaded = load(args.model, dtype="auto", adapter=args.adapter)  # measures and caches the auto choice
+    auto = autotune.cached_entry(f"{args.model}+{resolve_adapter(args.model, args.adapter) or ''}")
+    del auto_loaded
     formats = {}
     for fmt in args.formats.split(","):
-        cmd = [sys.executable, __file__, "--one", "--model", args.model, "--dtype", fmt, "--repeats",
+        cmd = [sys.executable, __file__, "--one", "--model", args.model, "--adapter", args.adapter, "--dtype", fmt,
+               "--repeats",
                str(args.repeats), "--serial-tokens", str(args.serial_tokens)]
         if fmt == "bfloat16":
             cmd.append("--transformers-forward")
@@ -150,12 +154,13 @@ def main() -> None:
     env = common.environment()
     env.pop("peak_rss_mb")
     res = {
-        "model": args.model, "prompt_tokens": len(load(args.model, dtype="bfloat16").tokenizer.apply_chat_template(
+        "model": args.model, "adapter": args.adapter,
+        "prompt_tokens": len(load(args.model, dtype="bfloat16").tokenizer.apply_chat_template(
             [{"role": "user", "content": PROMPT}], add_generation_prompt=True)),
         "auto": auto and {"choice": auto["choice"], "timings_ms": auto["timings_ms"]},
         "formats": formats,
         "settings": {"repeats": args.repeats, "serial_tokens": args.serial_tokens, "fork": "4 branches x 64 tokens",
-                     "step_tokens_per_branch": 32, "repetition_penalty": 1.2, "greedy": True,
+                     "step_tokens_per_branch": STEP_TOKENS, "repetition_penalty": 1.2, "greedy": True,
                      "hf": "transformers generate, bfloat16 float weights, same process as each format"},
         **env,
     }

@@ -116,7 +116,9 @@ def main() -> None:
     chosen = [WeightFormat.FLOAT32] + [WeightFormat(f) for f in args.formats.split(",") if f != "float32"]
     for fmt in chosen:
         t = time.perf_counter()
-        eng = Engine(load(args.model, dtype=fmt.value, adapter=args.adapter))
+        loaded = load(args.model, dtype=fmt.value, adapter=args.adapter)
+        loaded.dense_rows = None  # every pass on the format's own weights (batched steps would go dense)
+        eng = Engine(loaded)
         prompts = [eng.chat_prompt(q.text) for q in qs]
         toks = greedy(eng, prompts, args.tokens)
         total, count = 0.0, 0

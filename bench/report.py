@@ -43,6 +43,21 @@ def engine_table(r: dict) -> str:
     return "\n".join(rows) + "\n" + note
 
 
+def engine_adapter_table(r: dict) -> str:
+    fs = r["formats"]
+    rows = ["| with the shipped adapter | " + " | ".join(f"`{n}`" for n in fs) + " |", "|---" * (len(fs) + 1) + "|"]
+    for label, key, fmt in (("decode step, 1 / 4 live branches", None, None),
+                            ("serial decoding vs transformers bf16", "serial_vs_hf", "{:.2f}x"),
+                            ("4-branch fork vs one after another", "fork4_speedup", "{:.2f}x")):
+        if key is None:
+            cells = [f"{f['step_ms']['1']:.1f} / {f['step_ms']['4']:.1f} ms ({f['step_4_vs_1']:.2f}x)"
+                     for f in fs.values()]
+        else:
+            cells = [fmt.format(f[key]) for f in fs.values()]
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + f"\n\n`bench/engine.py --adapter auto --formats {','.join(fs)}`, {r['date']}."
+
+
 def formats_table(base: dict, adapted: dict | None) -> str:
     rows = ["| model | format | weights read per step | greedy identical to float32 (128 tokens) | "
             "mean tokens before the first difference | loss on the base model's answers | delta |",
@@ -170,6 +185,9 @@ def main() -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
     text = replace(text, "engine", engine_table(json.loads((results / "engine.json").read_text())))
+    if (results / "engine_adapter.json").exists():
+        adapted_engine = json.loads((results / "engine_adapter.json").read_text())
+        text = replace(text, "engine-adapter", engine_adapter_table(adapted_engine))
     if (results / "formats.json").exists():
         adapted = results / "formats_adapter.json"
         text = replace(text, "formats", formats_table(json.loads((results / "formats.json").read_text()),

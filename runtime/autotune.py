@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import statistics
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ ROWS = (1, 4)  # a serial step and a 4-branch step: what the choice weighs
 PREFILL_ROWS = 64  # a prefill-sized pass: decides DENSE_ROWS
 DENSE_ROWS = 32
 CACHE_FILE = "autotune.json"
-MEASURE_VERSION = 1  # bump when what `measure` times changes: older cached entries are then ignored
+MEASURE_VERSION = 2  # bump when what `measure` times changes: older cached entries are then ignored
 
 
 def cpu_flags() -> list[str]:
@@ -87,33 +86,32 @@ def dense_rows(timings: dict[str, dict[str, float]], fmt: WeightFormat) -> int |
     return DENSE_ROWS if fmt.quantized and ms and dense and dense < ms else None
 
 
-def measure(model, gguf: Path | None, lora: dict | None = None, repeats: int = 5,
+def measure(model, gguf: Path | None, lora: dict | None = None, repeats: int = 7,
             context: int = 64) -> dict[str, dict[str, float]]:
-    """Median step time (ms) per candidate format and row count, on the real model's decoder."""
+    """Fastest step time (ms) per candidate format and row count on the real model's decoder, the
+    formats interleaved round by round (this machine's noise only ever adds time)."""
     from .fast_decoder import FastDecoder
 
     vocab = model.get_input_embeddings().weight.shape[0]
-    out = {}
+    decoders, caches = {}, {}
     for fmt in CANDIDATES:
-        dec = FastDecoder(model, fmt, gguf, lora)
-        times = {}
-        for rows in (*ROWS, PREFILL_ROWS):
-            samples = []
-            for r in range(repeats + 2):  # two warm-up steps
-                kv = dec.new_cache()
-                ids = torch.arange(context) * 7 % vocab
-                dec.forward_many([kv], [ids], [torch.arange(context)], [None], [torch.tensor([context - 1])])
-                step = torch.arange(rows) * 11 % vocab
+        dec = decoders[fmt] = FastDecoder(model, fmt, gguf, lora)
+        kv = caches[fmt] = dec.new_cache()
+        dec.forward_many([kv], [torch.arange(context) * 7 % vocab], [torch.arange(context)], [None],
+                         [torch.tensor([context - 1])])
+    samples: dict[WeightFormat, dict[int, list[float]]] = {f: {r: [] for r in (*ROWS, PREFILL_ROWS)} for f in decoders}
+    for round_ in range(repeats + 1):  # round 0 warms up
+        for fmt, dec in decoders.items():
+            for rows in samples[fmt]:
+                kv = caches[fmt]
+                kv.length = context  # every sample appends to the same 64-token prefix
+                mask = torch.ones(1, 1, rows, context + rows, dtype=torch.bool)
                 t = time.perf_counter()
-                dec.forward_many([kv], [step], [torch.full((rows,), context)],
-                                 [torch.ones(1, 1, rows, context + rows, dtype=torch.bool)],
-                                 [torch.arange(rows)])
-                if r >= 2:
-                    samples.append((time.perf_counter() - t) * 1000)
-            times[str(rows)] = round(statistics.median(samples), 3)
-        out[fmt.value] = times
-        del dec
-    return out
+                dec.forward_many([kv], [torch.arange(rows) * 11 % vocab], [torch.full((rows,), context)], [mask],
+                                 [torch.arange(min(rows, 4))])
+                if round_:
+                    samples[fmt][rows].append((time.perf_counter() - t) * 1000)
+    return {f.value: {str(r): round(min(v), 3) for r, v in by_rows.items()} for f, by_rows in samples.items()}
 
 
 def choose_format(model, gguf: Path | None, lora: dict | None, key: str,

@@ -18,7 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .protocol import SPECIAL_TOKENS, SpecialIds
-from .weight_format import WeightFormat
+from .weight_format import DTYPES, WeightFormat
 
 DEFAULT_MODEL = "embedded:smollm2-135m"
 # module name ("model.layers.0.self_attn.q_proj") -> (A [rank, in], B [out, rank] * scaling), float32
@@ -122,7 +122,12 @@ def load(name: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto", adapter: 
     `dtype`: a weight format (`DTYPES`, or a torch float dtype); "auto" picks the fastest on this
     machine (`autotune`). `adapter`: a PEFT directory, "auto" (the shipped ASPD adapter for the
     embedded model, if present) or None / "none"."""
-    fmt = None if dtype == "auto" else WeightFormat(str(dtype).removeprefix("torch."))
+    try:
+        fmt = None if dtype == "auto" else WeightFormat(str(dtype).removeprefix("torch."))
+    except ValueError:
+        raise ModelLoadError(f"unknown dtype {str(dtype)!r}: one of {', '.join(DTYPES)}") from None
+    if fmt is not None and fmt.quantized and device != "cpu":
+        raise ModelLoadError(f"{fmt.value} weights run on the CPU's kernels only; use bfloat16 on {device}")
     dtype = torch.float32 if fmt is WeightFormat.FLOAT32 else torch.bfloat16  # the float model's
     adapter = resolve_adapter(name, adapter)
     # With an adapter, merge in float32 and round once to `dtype`: a LoRA delta added to bf16

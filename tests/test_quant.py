@@ -39,9 +39,18 @@ def test_int4_holds_exact_codes():
     torch.testing.assert_close(dequantize(lin), want.view(32, 64), atol=1e-6, rtol=0)
 
 
-def test_int4_falls_back_to_int8_for_shapes_its_kernel_cannot_take():
-    assert isinstance(linear(torch.randn(54, 64), WeightFormat.INT4), Int8)
-    assert isinstance(linear(torch.randn(64, 64), WeightFormat.INT4), Int4)
+@pytest.mark.parametrize("fmt", list(WeightFormat))
+def test_every_format_takes_zero_rows(fmt):
+    """A pass that wants no logits (a prefill without log-probs) hands the head zero rows."""
+    lin = linear(torch.randn(64, 64), fmt)
+    x = torch.zeros(0, 64, dtype=torch.float32 if fmt is WeightFormat.FLOAT32 else torch.bfloat16)
+    assert lin(x).shape == (0, 64)
+
+
+def test_int4_pads_outputs_and_falls_back_to_int8_for_inputs_its_kernel_cannot_take():
+    assert isinstance(linear(torch.randn(64, 48), WeightFormat.INT4), Int8)
+    padded = linear(torch.randn(54, 64), WeightFormat.INT4)  # outputs padded to 16, sliced off again
+    assert isinstance(padded, Int4) and padded(torch.randn(3, 64, dtype=torch.bfloat16)).shape == (3, 54)
     assert isinstance(linear(torch.randn(64, 64), WeightFormat.BFLOAT16), Dense)
 
 
@@ -208,3 +217,12 @@ def test_prefill_on_dense_weights_then_decode_quantized(tiny):
     got, want = run(dec, dec), run(bf16, int4)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     assert not torch.equal(got[0], run(int4, int4)[0])
+
+
+@pytest.mark.parametrize("dtype,device,msg", [("float16", "cpu", "unknown dtype 'float16'"),
+                                              ("int4", "cuda", "CPU's kernels only")])
+def test_load_rejects_a_dtype_it_cannot_run_in_one_line(dtype, device, msg):
+    from runtime.model_loader import ModelLoadError, load
+
+    with pytest.raises(ModelLoadError, match=msg):
+        load("/no/such/model", dtype=dtype, device=device)
