@@ -166,9 +166,13 @@ def speed(rows: list[dict]) -> None:
 def quality(rows: list[dict], questions: dict[str, Question], eng: Engine, grader=None,
             log: Callable[[str], None] = print) -> None:
     """Per answer, against the reference system's answer to the same question: MiniLM cosine, the
-    base model's (`eng`'s) per-token loss on the answer, repetition rate, length ratio, and the judge's grade."""
+    base model's (`eng`'s) per-token loss on the answer, repetition rate, degenerate-text rate, length
+    ratio, and the judge's grade."""
     from .quality import answer_loss, cosine
 
+    for r in rows:  # answers scored before the degenerate-text rate existed get it from their text
+        if "quality" in r and "degenerate" not in r["quality"]:
+            r["quality"]["degenerate"] = metrics.degenerate_rate(r["text"])
     ref_name = REFERENCE if any(r["system"] == REFERENCE for r in rows) else FALLBACK_REFERENCE
     refs = _by(rows, ref_name)
     todo = [r for r in rows if not r.get("error") and str(r["question_id"]) in refs
@@ -181,6 +185,7 @@ def quality(rows: list[dict], questions: dict[str, Question], eng: Engine, grade
         q = questions[str(r["question_id"])]
         ref = refs[q.key]
         qual = {"reference": ref_name, "cosine": sim, "repetition": metrics.repetition_rate(r["text"]),
+                "degenerate": metrics.degenerate_rate(r["text"]),
                 "length_ratio": metrics.length_ratio(r["completion_tokens"], ref["completion_tokens"]),
                 "loss": answer_loss(eng.loaded.model, eng.chat_prompt(q.text), eng.encode(r["text"]))}
         if grader is not None:

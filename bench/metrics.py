@@ -31,6 +31,35 @@ def repetition_rate(text: str, n: int = 4) -> float:
     return repeats / len(grams)
 
 
+_CODE = re.compile(r"```.*?(```|$)|`[^`\n]*`|https?://\S+", re.S)
+_TEXT_PUNCT = set(".,;:!?'\"()[]{}-/%&*+=<>$°…–—‘’“”^~≈≤≥≠±×÷√∑∏∆∞")  # prose, Markdown and math
+
+
+def degenerate_words(text: str) -> list[str]:
+    """The words of an answer that are broken text, the way a small model's text degrades under a
+    harsh repetition penalty: run-on words glued from several (two or more lower-to-upper case
+    changes: 'ThisOneIs', 'NotABoutMe'; 'JavaScript' and 'McDonald' have one), letter runs of 25 or
+    more, and stray symbols ('#tag', '_x', '@', '|', '~', emoji) outside code and URLs. Markdown's
+    own marks (headings, bold, bullets) are text."""
+    out = []
+    for word in _CODE.sub(" ", text).split():
+        core = word.strip(".,;:!?()[]\"'*")
+        if not core or set(core) <= {"#"} or set(core) <= {"|"}:  # Markdown heading and table marks
+            continue
+        run_on = len(re.findall(r"[a-z][A-Z]", core)) >= 2
+        too_long = re.search(r"[^\W\d_]{25,}", core) is not None
+        stray = any(not (c.isalnum() or c in _TEXT_PUNCT) for c in core)
+        if run_on or too_long or stray:
+            out.append(word)
+    return out
+
+
+def degenerate_rate(text: str) -> float:
+    """Share of an answer's words that `degenerate_words` flags (0 for clean prose)."""
+    words = _CODE.sub(" ", text).split()
+    return len(degenerate_words(text)) / len(words) if words else 0.0
+
+
 def length_ratio(tokens: int, reference_tokens: int) -> float:
     return tokens / reference_tokens if reference_tokens else math.nan
 

@@ -12,12 +12,13 @@ from rich.table import Table
 
 from . import metrics
 
-QUALITY = ("cosine", "loss", "repetition", "length_ratio", "judge")
+QUALITY = ("cosine", "loss", "repetition", "degenerate", "length_ratio", "judge")
 # which way is better, for the quality delta against the reference (cosine has no delta: the
 # reference's own cosine is 1 by definition). Loss and grade deltas are relative; the repetition
-# rate is itself a share (often 0 for the reference), so its delta is the difference.
-HIGHER_IS_BETTER = {"loss": False, "repetition": False, "judge": True}
-ABSOLUTE = frozenset({"repetition"})
+# and degenerate-text rates are themselves shares (often 0 for the reference), so their deltas are
+# differences.
+HIGHER_IS_BETTER = {"loss": False, "repetition": False, "degenerate": False, "judge": True}
+ABSOLUTE = frozenset({"repetition", "degenerate"})
 TOLERANCE = 0.01  # the paper's "within 1%" line
 
 
@@ -95,8 +96,8 @@ def speed_rows(summary: dict) -> list[list[str]]:
 
 SPEED_HEAD = ["system", "answers", "latency s", "TTFT s", "tok/s", "vs ar mean", "median", "max", "vs hf mean",
               "forked", "ideal", "of ideal"]
-QUALITY_HEAD = ["system", "cosine to ref", "base loss", "loss delta", "repetition", "rep. delta", "length ratio",
-                "judge", "judge delta"]
+QUALITY_HEAD = ["system", "cosine to ref", "base loss", "loss delta", "repetition", "rep. delta", "degenerate",
+                "degen. delta", "length ratio", "judge", "judge delta"]
 
 
 def quality_rows(summary: dict) -> list[list[tuple[str, str]]]:
@@ -105,7 +106,9 @@ def quality_rows(summary: dict) -> list[list[tuple[str, str]]]:
         q, d = e["quality"], e.get("quality_delta", {})
         rows.append([(s, ""), (_f(q["cosine"], "{:.3f}"), ""), (_f(q["loss"], "{:.3f}"), ""),
                      _delta(d.get("loss", math.nan), False), (_f(q["repetition"], "{:.3f}"), ""),
-                     _delta(d.get("repetition", math.nan), False, points=True), (_f(q["length_ratio"]), ""),
+                     _delta(d.get("repetition", math.nan), False, points=True),
+                     (_f(q.get("degenerate", math.nan), "{:.3f}"), ""),
+                     _delta(d.get("degenerate", math.nan), False, points=True), (_f(q["length_ratio"]), ""),
                      (_f(q["judge"]), ""), _delta(d.get("judge", math.nan), True)])
     return rows
 

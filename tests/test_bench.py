@@ -34,6 +34,18 @@ def test_ideal_speedup_of_a_known_structure():
     assert metrics.ideal_speedup(50, 50) == 1.0  # a serial answer
 
 
+def test_degenerate_text_detector():
+    """Run-on words, endless letter runs and stray symbols count; prose, Markdown, code and URLs do not."""
+    broken = "_jenkins-375x689ThisOneIs NotABoutMe #languagelearning 🌍 withoutanypausesorbreaksinbetweenwords ok"
+    assert metrics.degenerate_words(broken) == broken.split()[:-1]
+    assert metrics.degenerate_rate(broken) == 5 / 6
+    clean = ("## Tips\n\n1. **Start Small**: learn 10 words a day (e.g. \"hola\"), see https://x.org/a_b#c.\n"
+             "2. **Speak**: YouTube and JavaScript tutorials, McDonald's menus — it's fun! x ≈ 2^3 ≥ 7.\n"
+             "| a | b |\n- use `my_var`:\n```python\nx_y = {'a': 1}  # note\n```\n")
+    assert metrics.degenerate_words(clean) == [] and metrics.degenerate_rate(clean) == 0.0
+    assert metrics.degenerate_rate("") == 0.0
+
+
 def test_repetition_length_and_stats():
     assert metrics.repetition_rate("one two three four five six") == 0.0
     looping = " ".join(["the cat sat on the mat"] * 10)
