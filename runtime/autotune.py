@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -139,7 +140,7 @@ def choose_format(model, gguf: Path | None, lora: dict | None, key: str,
         entry["choice"] = choose(entry["timings_ms"]).value
         cache[entry_key] = entry
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # several processes may measure at once
         tmp.write_text(json.dumps(cache, indent=1))
         tmp.replace(path)
     fmt = fmt or WeightFormat(entry["choice"])
