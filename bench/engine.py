@@ -108,6 +108,7 @@ def measure(args) -> dict:
     ser = min(f[1] for f in forks)
     res = {
         "format": eng.runner.weights.value, "weight_mb": round(eng.runner.fast.weight_bytes / 1e6, 1),
+        "prompt_tokens": len(prompt),
         "step_ms": {str(k): round(v, 2) for k, v in steps.items()},
         "step_4_vs_1": round(steps[4] / steps[1], 3),
         # Best of N: this shared 2-core machine only ever adds time (runs spread by +-10%), so the
@@ -121,7 +122,7 @@ def measure(args) -> dict:
     }
     if ours_hf:
         res["serial_tok_s_transformers_forward"] = round(max(ours_hf), 2)
-    return res | {"peak_rss_mb": common.environment()["peak_rss_mb"]}
+    return res | {"peak_rss_mb": common.peak_rss_mb()}
 
 
 def main() -> None:
@@ -140,7 +141,7 @@ def main() -> None:
     from runtime.model_loader import load, resolve_adapter
 
     auto_loaded = load(args.model, dtype="auto", adapter=args.adapter)  # measures and caches the auto choice
-    auto = autotune.cached_entry(f"{args.model}+{resolve_adapter(args.model, args.adapter) or ''}")
+    auto = autotune.cached_entry(autotune.model_key(args.model, resolve_adapter(args.model, args.adapter)))
     del auto_loaded
     formats = {}
     for fmt in args.formats.split(","):
@@ -155,8 +156,7 @@ def main() -> None:
     env.pop("peak_rss_mb")
     res = {
         "model": args.model, "adapter": args.adapter,
-        "prompt_tokens": len(load(args.model, dtype="bfloat16").tokenizer.apply_chat_template(
-            [{"role": "user", "content": PROMPT}], add_generation_prompt=True)),
+        "prompt_tokens": next(iter(formats.values()))["prompt_tokens"],
         "auto": auto and {"choice": auto["choice"], "timings_ms": auto["timings_ms"]},
         "formats": formats,
         "settings": {"repeats": args.repeats, "serial_tokens": args.serial_tokens, "fork": "4 branches x 64 tokens",

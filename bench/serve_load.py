@@ -207,10 +207,10 @@ def weights(dtype: str) -> str:
     """The weight format the server ran: `--dtype`, or what auto chose (the choice is cached)."""
     if dtype != "auto":
         return dtype
-    from runtime.autotune import cached_entry
+    from runtime.autotune import cached_entry, model_key
     from runtime.model_loader import DEFAULT_MODEL
 
-    entry = cached_entry(f"{DEFAULT_MODEL}+")
+    entry = cached_entry(model_key(DEFAULT_MODEL, None))
     return f"auto: {entry['choice']}" if entry else "auto"
 
 

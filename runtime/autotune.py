@@ -58,6 +58,11 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def model_key(name: str, adapter: str | None) -> str:
+    """What a cached choice is for: the model and its adapter (the machine is added by the cache)."""
+    return f"{name}+{adapter or ''}"
+
+
 def machine_key() -> str:
     raw = json.dumps([MEASURE_VERSION, cpu_name(), cpu_flags(), torch.__version__, torch.get_num_threads()])
     return hashlib.sha1(raw.encode()).hexdigest()[:16]

@@ -169,10 +169,13 @@ def _fuse(*linears: torch.nn.Linear) -> torch.Tensor:
     """Concatenate the weights of linears that read the same input into one matrix, and make the
     modules' own weights views of it, so the model holds one copy and transformers still runs.
     Idempotent: linears fused before give back the same matrix (several decoders, one copy)."""
-    fused = getattr(linears[0], "_aspd_fused", None)
-    if fused is not None and fused.shape[0] == sum(lin.weight.shape[0] for lin in linears):
-        rows = torch.cumsum(torch.tensor([0] + [lin.weight.shape[0] for lin in linears[:-1]]), 0).tolist()
-        if all(lin.weight.data_ptr() == fused[r].data_ptr() for lin, r in zip(linears, rows)):
+    fused, row = getattr(linears[0], "_aspd_fused", None), 0
+    if fused is not None:
+        for lin in linears:  # still the views this function made?
+            if row >= fused.shape[0] or lin.weight.data_ptr() != fused[row].data_ptr():
+                break
+            row += lin.weight.shape[0]
+        if row == fused.shape[0]:
             return fused
     fused = torch.cat([lin.weight.detach() for lin in linears])
     row = 0

@@ -18,6 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .protocol import SPECIAL_TOKENS, SpecialIds
+from .quant import activations
 from .weight_format import DTYPES, WeightFormat
 
 DEFAULT_MODEL = "embedded:smollm2-135m"
@@ -84,8 +85,12 @@ def embedded_checkpoint(dtype: torch.dtype = torch.bfloat16) -> Path:
     return out
 
 
+def is_embedded(name: str | None) -> bool:
+    return name in (DEFAULT_MODEL, "", None)
+
+
 def resolve(name: str, dtype: torch.dtype) -> str:
-    if name in (DEFAULT_MODEL, "", None):
+    if is_embedded(name):
         return str(embedded_checkpoint(dtype))
     if os.path.isdir(name) or "/" not in name or name.count("/") == 1:
         return name
@@ -128,7 +133,7 @@ def load(name: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto", adapter: 
         raise ModelLoadError(f"unknown dtype {str(dtype)!r}: one of {', '.join(DTYPES)}") from None
     if fmt is not None and fmt.quantized and device != "cpu":
         raise ModelLoadError(f"{fmt.value} weights run on the CPU's kernels only; use bfloat16 on {device}")
-    dtype = torch.float32 if fmt is WeightFormat.FLOAT32 else torch.bfloat16  # the float model's
+    dtype = activations(fmt or WeightFormat.BFLOAT16)  # the float model's
     adapter = resolve_adapter(name, adapter)
     # With an adapter, merge in float32 and round once to `dtype`: a LoRA delta added to bf16
     # weights in bf16 loses much of itself.
@@ -145,11 +150,12 @@ def load(name: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto", adapter: 
         model, lora = apply_adapter(model, adapter)
         model = model.to(dtype)
     model.to(device).eval()
-    gguf = embedded_gguf() if name in (DEFAULT_MODEL, "", None) else None
+    gguf = embedded_gguf() if is_embedded(name) else None
     dense_rows = None
     if fmt is None or fmt.quantized:
         from . import autotune
-        fmt, dense_rows = autotune.choose_format(model, gguf, lora, f"{name or DEFAULT_MODEL}+{adapter or ''}", fmt)
+        fmt, dense_rows = autotune.choose_format(model, gguf, lora, autotune.model_key(name or DEFAULT_MODEL, adapter),
+                                                 fmt)
     return LoadedModel(model=model, tokenizer=tok, ids=ids, name=name or DEFAULT_MODEL,
                        fork_bias=read_fork_bias(adapter) if adapter else 0.0, weights=fmt, gguf=gguf, lora=lora,
                        dense_rows=dense_rows)

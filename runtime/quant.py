@@ -76,11 +76,13 @@ class Int4:
     out_features: int
 
     @staticmethod
-    def from_codes(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, dtype: torch.dtype) -> Int4:
-        """q: int codes 0..15 [out, in]; scales, zeros: [out, in / 32] (float32)."""
+    def from_codes(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, dtype: torch.dtype,
+                   out_features: int | None = None) -> Int4:
+        """q: int codes 0..15 [out, in]; scales, zeros: [out, in / 32] (float32). `out_features`:
+        fewer than q's rows when q was padded to the kernel's multiple of 16."""
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 1)
         sz = torch.stack([scales.t(), zeros.t()], -1).to(dtype).contiguous()
-        return Int4(packed, sz, q.shape[0])
+        return Int4(packed, sz, out_features or q.shape[0])
 
     @staticmethod
     def quantize(w: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> Int4:
@@ -92,8 +94,7 @@ class Int4:
         lo, hi = g.amin(-1), g.amax(-1)
         scales = ((hi - lo) / 15).clamp(min=1e-10)
         q = torch.round((g - lo[..., None]) / scales[..., None]).clamp(0, 15).view(out + pad, k)
-        lin = Int4.from_codes(q, scales, lo + 8 * scales, dtype)
-        return Int4(lin.packed, lin.scales_zeros, out)
+        return Int4.from_codes(q, scales, lo + 8 * scales, dtype, out)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
@@ -131,7 +132,7 @@ class LoRA:
 Linear = Dense | Int8 | Int4 | LoRA
 
 
-def int4_fits(out_features: int, in_features: int) -> bool:
+def int4_fits(in_features: int) -> bool:
     """The int4 kernel's shape rule: inputs in whole groups (outputs are padded to 16)."""
     return in_features % GROUP == 0
 
@@ -139,7 +140,7 @@ def int4_fits(out_features: int, in_features: int) -> bool:
 def linear(w: torch.Tensor, fmt: WeightFormat) -> Linear:
     """A float weight in `fmt` (quantized from it for the int formats; int4 falls back to int8 for
     a shape its kernel cannot take)."""
-    if fmt is WeightFormat.INT4 and int4_fits(*w.shape):
+    if fmt is WeightFormat.INT4 and int4_fits(w.shape[1]):
         return Int4.quantize(w)
     if fmt.quantized:
         return Int8.quantize(w)
