@@ -20,9 +20,11 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.table import Table
+from transformers import LogitsProcessorList
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import common  # noqa: E402
+from runtime.anti_loop import processors  # noqa: E402
 from runtime.engine import Engine  # noqa: E402
 from runtime.sampling import SamplingParams  # noqa: E402
 
@@ -36,7 +38,7 @@ console = Console()
 
 def fixed(n: int, **kw) -> SamplingParams:
     """Fixed-length decoding (EOS ignored) so every system does exactly the same amount of work."""
-    return SamplingParams(max_new_tokens=n, ignore_eos=True, repetition_penalty=1.2, **kw)
+    return SamplingParams(max_new_tokens=n, ignore_eos=True, **kw)
 
 
 def step_ms(eng: Engine, prompt: list[int], branches: int, tokens: int) -> float:
@@ -60,10 +62,12 @@ def engine_serial(eng: Engine, prompt: list[int], n: int) -> float:
 
 def hf_serial(eng: Engine, prompt: list[int], n: int) -> float:
     ids = torch.tensor([prompt])
+    p = fixed(n)
+    rule = LogitsProcessorList(processors(eng.words, len(prompt), p.repetition_penalty, p.no_repeat_ngram_size))
     t = time.perf_counter()
     with torch.inference_mode():
         out = eng.loaded.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
-                                        min_new_tokens=n, do_sample=False, repetition_penalty=1.2)
+                                        min_new_tokens=n, do_sample=False, logits_processor=rule)
     assert out.shape[1] - ids.shape[1] == n
     return n / (time.perf_counter() - t)
 
@@ -160,7 +164,7 @@ def main() -> None:
         "auto": auto and {"choice": auto["choice"], "timings_ms": auto["timings_ms"]},
         "formats": formats,
         "settings": {"repeats": args.repeats, "serial_tokens": args.serial_tokens, "fork": "4 branches x 64 tokens",
-                     "step_tokens_per_branch": STEP_TOKENS, "repetition_penalty": 1.2, "greedy": True,
+                     "step_tokens_per_branch": STEP_TOKENS, "anti_loop": fixed(1).anti_loop, "greedy": True,
                      "hf": "transformers generate, bfloat16 float weights, same process as each format"},
         **env,
     }

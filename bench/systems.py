@@ -21,8 +21,9 @@ from typing import Protocol
 import httpx
 import torch
 from pydantic import BaseModel
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
+from runtime.anti_loop import processors
 from runtime.engine import Engine
 from runtime.sampling import SamplingParams
 
@@ -81,9 +82,8 @@ class HFSystem:
         self.model, self.params = engine.loaded.model, params
         self.engine = engine  # for its chat template and ids only: generation is transformers'
         ids = engine.ids
-        self.kwargs = dict(max_new_tokens=params.max_new_tokens, repetition_penalty=params.repetition_penalty,
-                           eos_token_id=sorted(ids.eos), pad_token_id=min(ids.eos),
-                           suppress_tokens=sorted(ids.markup), do_sample=not params.greedy)
+        self.kwargs = dict(max_new_tokens=params.max_new_tokens, eos_token_id=sorted(ids.eos),
+                           pad_token_id=min(ids.eos), suppress_tokens=sorted(ids.markup), do_sample=not params.greedy)
         if not params.greedy:
             self.kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
 
@@ -92,11 +92,14 @@ class HFSystem:
         prompt = self.engine.chat_prompt(q.text)
         ids = torch.tensor([prompt], device=self.model.device)
         first = _FirstToken()
+        p = self.params
+        rule = processors(self.engine.words, len(prompt), p.repetition_penalty, p.no_repeat_ngram_size)
         if self.params.seed is not None:
             torch.manual_seed(self.params.seed)
         t0 = time.perf_counter()
         out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                  stopping_criteria=StoppingCriteriaList([first]), **self.kwargs)
+                                  stopping_criteria=StoppingCriteriaList([first]),
+                                  logits_processor=LogitsProcessorList(rule), **self.kwargs)
         latency = time.perf_counter() - t0
         new = out[0, len(prompt):].tolist()
         while new and new[-1] in self.engine.ids.eos:

@@ -22,6 +22,7 @@ from typing import Literal, TypeVar
 import torch
 from pydantic import BaseModel
 
+from .anti_loop import History, word_mask
 from .model_loader import LoadedModel
 from .model_runner import Forward, KVSlice, KVState, ModelRunner
 from .protocol import (
@@ -38,7 +39,7 @@ from .protocol import (
     block_header,
     branch_seed,
 )
-from .sampler import Sampler, SeenTokens
+from .sampler import Sampler
 from .sampling import SamplingParams
 
 Mode = Literal["aspd", "ar"]
@@ -58,7 +59,7 @@ class Stream:
     """The serial stream of a sequence, or one branch."""
 
     tag: Tag
-    seen: SeenTokens
+    history: History  # what this stream wrote (the anti-loop rule's view)
     pending: list[int] = field(default_factory=list)  # to feed at the next forward
     written: list[tuple[int, int]] = field(default_factory=list)  # branch tokens fed: (token, cache index)
     generated: list[int] = field(default_factory=list)  # sampled by this call (seed excluded)
@@ -150,6 +151,7 @@ class Engine:
                                   weights=loaded.weights, gguf=loaded.gguf, lora=loaded.lora,
                                   dense_rows=loaded.dense_rows)
         self.max_len = self.runner.max_positions
+        self.words = word_mask(self.tok, self.runner.vocab_size, self.runner.device, exclude=self.ids.markup)
         self._live: weakref.WeakSet[Sequence] = weakref.WeakSet()
 
     # ----------------------------------------------------------------- text helpers
@@ -185,7 +187,6 @@ class Engine:
             seq.kv.load(prefix)
             seq.written = [Written(t, SERIAL_TAG, i) for i, t in enumerate(ids[:n])]
             seq.positions.next_serial = n
-            seq.serial.seen.add(ids[:n])
         self._push(seq.serial, ids[n:])
         return seq
 
@@ -240,7 +241,7 @@ class Engine:
         end. Its later tokens can be grafted back onto the original as a branch (`graft`)."""
         self._check_serial(seq)
         out = Sequence(kv=seq.kv.copy_into(self.runner.new_kv()),
-                       serial=self._stream(SERIAL_TAG, seq.serial.seen.copy()),
+                       serial=self._stream(SERIAL_TAG, seq.serial.history.copy()),
                        positions=dataclasses.replace(seq.positions, _lengths={}),
                        written=list(seq.written), next_block=seq.next_block)
         out.serial.pending = list(seq.serial.pending)
@@ -279,7 +280,7 @@ class Engine:
                 dst.positions.take(tag)
             dst.kv.append(b.kv.gather([w.index for w in tail]), [tag] * len(tail))
             dst.written.extend(Written(w.token, tag, start + i) for i, w in enumerate(tail))
-            dst.serial.seen.merge(b.serial.seen)
+            dst.serial.history.merge(b.serial.history)
         dst.positions.close_block()
 
     def release(self, seq: Sequence) -> None:
@@ -309,13 +310,12 @@ class Engine:
         """The sequence's token ids in written order (pending serial tokens included)."""
         return [w.token for w in seq.written] + seq.serial.pending
 
-    def _stream(self, tag: Tag, seen: SeenTokens | None = None) -> Stream:
-        return Stream(tag=tag, seen=seen or SeenTokens(self.runner.vocab_size, self.runner.device))
+    def _stream(self, tag: Tag, history: History | None = None) -> Stream:
+        return Stream(tag=tag, history=history or History(self.words))
 
     @staticmethod
     def _push(stream: Stream, ids: Seq[int]) -> None:
         stream.pending.extend(ids)
-        stream.seen.add(ids)
 
     def _check_room(self, total: int, extra: int) -> None:
         if total + extra > self.max_len:
@@ -487,7 +487,7 @@ class Engine:
         if not seq.block_open:
             raise EngineError("no parallel block is open")
         j = len(seq.open_branches) + 1
-        br = self._stream(Tag(seq.next_block - 1, j), seq.serial.seen.copy())
+        br = self._stream(Tag(seq.next_block - 1, j), seq.serial.history.copy())
         br.finish = "idle"
         seq.open_branches.append(br)
         self.branch_extend(seq, j - 1, text)
@@ -513,6 +513,7 @@ class Engine:
             # Each branch samples with its own generator: seeded branches give the same text
             # whether they decode alone or together.
             b.finish, b.generated, b.max_tokens = None, [], p.max_new_tokens
+            b.history = History(self.words)
             b.sampler, b.stops, b.stop_ids = Sampler(p, self.runner.device), _stops(p), _stop_ids(p, self.ids.eos)
         self._drive(run.steps())
         return run.output(only=list(requests))
@@ -551,7 +552,7 @@ class Engine:
                 self._close_block(seq)
         if not discard:
             for b in brs:
-                seq.serial.seen.merge(b.seen)
+                seq.serial.history.merge(b.history)
         seq.open_branches, seq.block_open = [], False
 
     def _ensure_pending(self, seq: Sequence, b: Stream) -> None:
@@ -680,6 +681,7 @@ class _Run:
         self.logprobs: list[tuple[float, int, list[tuple[float, int]]]] | None = None
         self.top_k = 0
         seq.serial.generated = []
+        seq.serial.history = History(eng.words)  # the anti-loop rule sees what this call writes, as in SGLang
 
     # ----------------------------------------------------------------- main loop
 
@@ -705,7 +707,8 @@ class _Run:
 
     def _serial_token(self, logits: torch.Tensor) -> None:
         s = self.seq.serial
-        tok = self.sampler(logits[None], [s.seen], [self.constraint.allowed()])[0]
+        allowed = self.constraint.allowed()
+        tok = self.sampler(logits[None], [s.history], [allowed])[0]
         self._sampled()
         if tok in self.stop_ids:
             self.finish, self.done, self.stop_token = "stop", True, tok
@@ -715,6 +718,8 @@ class _Run:
         self.left -= 1
         self.serial_count += 1
         s.generated.append(tok)
+        if allowed.anti_loop and tok not in self.ids.markup:
+            s.history.add(tok)
         self._track_title(tok)
         self.constraint.advance(tok)
         self.eng._push(s, [tok])
@@ -788,7 +793,7 @@ class _Run:
         seq.serial.want_logits = False
         seq.open_branches = []
         for j, title in enumerate(titles, start=1):
-            br = self.eng._stream(Tag(block, j), seq.serial.seen.copy())
+            br = self.eng._stream(Tag(block, j), seq.serial.history.copy())
             br.title, br.max_tokens = title, self.params.max_branch_tokens
             self.eng._push(br, seeds[j - 1] if seeds is not None else self.eng.encode(branch_seed(title)))
             seq.open_branches.append(br)
@@ -831,8 +836,8 @@ class _Run:
         """One token per branch: in one call where the branches share a sampler, else each its own."""
         allowed = [self._branch_allowed(b) for b in rows]
         if all(b.sampler is None for b in rows):
-            return self.sampler(torch.stack([logits[b] for b in rows]), [b.seen for b in rows], allowed)
-        return [b.sampler(logits[b][None], [b.seen], [a])[0] for b, a in zip(rows, allowed)]
+            return self.sampler(torch.stack([logits[b] for b in rows]), [b.history for b in rows], allowed)
+        return [b.sampler(logits[b][None], [b.history], [a])[0] for b, a in zip(rows, allowed)]
 
     def _branch_allowed(self, b: Stream) -> Allowed:
         if self.markup:
@@ -852,6 +857,7 @@ class _Run:
             b.finish = "stop"  # EOS is not part of the text: nothing more to feed
             return
         b.generated.append(tok)
+        b.history.add(tok)
         self.eng._push(b, [tok])
         if self.markup:
             return
@@ -864,7 +870,7 @@ class _Run:
     def _join(self) -> None:
         seq = self.seq
         for b in seq.open_branches:
-            seq.serial.seen.merge(b.seen)
+            seq.serial.history.merge(b.history)
         self._record_block()
         seq.open_branches = []
         if self.markup and not self.explicit:

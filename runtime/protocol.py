@@ -314,6 +314,7 @@ class Allowed:
     only: frozenset[int] | None = None
     banned: frozenset[int] = frozenset()
     bias: tuple[tuple[int, float], ...] = ()  # (token, logit offset) pairs, applied before `only`/`banned`
+    anti_loop: bool = True  # False while a title is written: titles are never penalised
 
 
 @dataclass
@@ -343,7 +344,7 @@ class Constraint:
             if self.title_tokens >= self.max_title_tokens:
                 return Allowed(only=frozenset({ids.end_title}))
             closing = {ids.end_title} if self.title_tokens > 0 else set()
-            return Allowed(banned=(markup - closing) | ids.eos)
+            return Allowed(banned=(markup - closing) | ids.eos, anti_loop=False)
         if self.phase is Phase.TITLES_CLOSED:
             opts = set()
             if self.titles < self.max_branches:

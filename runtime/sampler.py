@@ -1,4 +1,4 @@
-"""Turn logits into tokens: repetition penalty, the protocol constraint, then greedy or sampled."""
+"""Turn logits into tokens: the anti-loop rule, the protocol constraint, then greedy or sampled."""
 
 from __future__ import annotations
 
@@ -7,25 +7,9 @@ from collections.abc import Sequence
 
 import torch
 
+from .anti_loop import History, apply
 from .protocol import Allowed
 from .sampling import SamplingParams
-
-
-class SeenTokens:
-    """Token ids a stream has seen (prompt included), for the repetition penalty, as in transformers."""
-
-    def __init__(self, vocab_size: int, device: torch.device, bits: torch.Tensor | None = None):
-        self.bits = bits if bits is not None else torch.zeros(vocab_size, dtype=torch.bool, device=device)
-
-    def add(self, tokens: Sequence[int]) -> None:
-        if tokens:
-            self.bits[torch.tensor(list(tokens), device=self.bits.device)] = True
-
-    def copy(self) -> SeenTokens:
-        return SeenTokens(0, self.bits.device, self.bits.clone())
-
-    def merge(self, other: SeenTokens) -> None:
-        self.bits |= other.bits
 
 
 class Sampler:
@@ -36,14 +20,11 @@ class Sampler:
             self.generator = torch.Generator(device=device)
             self.generator.manual_seed(params.seed if params.seed is not None else torch.seed())
 
-    def __call__(self, logits: torch.Tensor, seen: Sequence[SeenTokens], allowed: Sequence[Allowed]) -> list[int]:
+    def __call__(self, logits: torch.Tensor, history: Sequence[History], allowed: Sequence[Allowed]) -> list[int]:
         """logits [rows, vocab] float32 -> one token per row."""
         p = self.params
         logits = logits.clone()
-        if p.repetition_penalty != 1.0:
-            bits = torch.stack([s.bits for s in seen])
-            penalised = torch.where(logits < 0, logits * p.repetition_penalty, logits / p.repetition_penalty)
-            logits = torch.where(bits, penalised, logits)
+        apply(logits, history, p.repetition_penalty, p.no_repeat_ngram_size, [a.anti_loop for a in allowed])
         for row, a in enumerate(allowed):
             _constrain(logits[row], a)
         if p.greedy:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+REPETITION_PENALTY = 1.0
+NO_REPEAT_NGRAM_SIZE = 0
+
 
 class SamplingParams(BaseModel):
     """How to pick the next token and when to stop. Greedy when temperature == 0."""
@@ -15,7 +18,10 @@ class SamplingParams(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, description="0 disables top-k")
     min_p: float = Field(0.0, ge=0.0, le=1.0)
-    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    # Anti-loop decoding (runtime/anti_loop.py): on the answer's own words, never on whitespace,
+    # punctuation, digits, markup or titles. Defaults: measured by bench/decoding.py.
+    repetition_penalty: float = Field(REPETITION_PENALTY, gt=0.0, le=10.0)
+    no_repeat_ngram_size: int = Field(NO_REPEAT_NGRAM_SIZE, ge=0, le=64, description="0 or 1: off")
     seed: int | None = None
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
@@ -36,6 +42,11 @@ class SamplingParams(BaseModel):
             if isinstance(data.get("stop"), str):
                 data["stop"] = (data["stop"],)
         return data
+
+    @property
+    def anti_loop(self) -> dict:
+        """The anti-loop settings, as benchmarks record them."""
+        return {"repetition_penalty": self.repetition_penalty, "no_repeat_ngram_size": self.no_repeat_ngram_size}
 
     @property
     def greedy(self) -> bool:

@@ -1,0 +1,131 @@
+"""Anti-loop decoding, defined once: a repetition penalty on words and n-gram blocking.
+
+A small model decoded greedily loops; the classic cure (a repetition penalty on every earlier
+token, prompt included) also penalises spaces, digits, newlines, `**` and list numbers, and the
+text drifts into run-on words while lists lose their numbering. So:
+
+- the history is what the model wrote in this answer (the prompt and text fed by a program are
+  not in it, nor markup, nor titles: a branch must be free to repeat its own title);
+- `repetition_penalty` applies only to *word* tokens (a letter in them) already in the history;
+- `no_repeat_ngram_size` n: a token that would repeat an n-gram of the history is banned;
+- nothing applies while a title is written.
+
+The engine's sampler (`History`, `apply`) and the transformers baseline (`AntiLoopProcessor`)
+run this same code, so every system compared decodes under the same rule.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import torch
+from transformers import LogitsProcessor
+
+
+@functools.lru_cache(maxsize=4)
+def _word_mask(tokenizer, vocab_size: int, device: torch.device, exclude: frozenset[int]) -> torch.Tensor:
+    n = min(len(tokenizer), vocab_size)
+    texts = tokenizer.batch_decode([[i] for i in range(n)])
+    mask = torch.zeros(vocab_size, dtype=torch.bool)
+    mask[:n] = torch.tensor([any(c.isalpha() for c in t) for t in texts])
+    mask[[i for i in (*tokenizer.all_special_ids, *exclude) if i < vocab_size]] = False
+    return mask.to(device)
+
+
+def word_mask(tokenizer, vocab_size: int, device: torch.device | str = "cpu",
+              exclude: frozenset[int] = frozenset()) -> torch.Tensor:
+    """[vocab] bool: tokens holding a letter (the only ones the repetition penalty touches),
+    special tokens and `exclude` (markup) left out."""
+    return _word_mask(tokenizer, vocab_size, torch.device(device), frozenset(exclude))
+
+
+class History:
+    """The tokens a stream wrote (answer text only), its words as a bit set, and its n-grams.
+
+    A branch starts as a `copy()` of the serial history; at the join the serial history takes
+    each branch's own tokens back with `merge()`."""
+
+    def __init__(self, words: torch.Tensor):
+        self.words = words
+        self.tokens: list[int] = []
+        self.bits = torch.zeros_like(words)
+        self.n = 0  # the n of `next`, built at the first `banned(n)`
+        self.next: dict[tuple[int, ...], set[int]] = {}  # (n-1)-gram -> tokens that followed it
+        self.base = 0  # length when copied: merge() takes what came after
+
+    def add(self, token: int) -> None:
+        self.tokens.append(token)
+        if self.words[token]:
+            self.bits[token] = True
+        n = self.n
+        if n and len(self.tokens) >= n:
+            self.next.setdefault(tuple(self.tokens[-n:-1]), set()).add(token)
+
+    def extend(self, tokens: Sequence[int]) -> None:
+        for t in tokens:
+            self.add(t)
+
+    def copy(self) -> History:
+        out = History(self.words)
+        out.tokens, out.bits, out.n = list(self.tokens), self.bits.clone(), self.n
+        out.next = {k: set(v) for k, v in self.next.items()}
+        out.base = len(self.tokens)
+        return out
+
+    def merge(self, branch: History) -> None:
+        self.extend(branch.tokens[branch.base:])
+
+    def banned(self, n: int) -> list[int]:
+        """Tokens that would repeat an n-gram already written (n < 2: none)."""
+        if n < 2 or len(self.tokens) < n - 1:
+            return []
+        if n != self.n:
+            self.n, self.next = n, {}
+            for i in range(n - 1, len(self.tokens)):
+                self.next.setdefault(tuple(self.tokens[i - n + 1:i]), set()).add(self.tokens[i])
+        return list(self.next.get(tuple(self.tokens[len(self.tokens) - n + 1:]), ()))
+
+
+def apply(logits: torch.Tensor, histories: Sequence[History], penalty: float, n: int,
+          rows: Sequence[bool]) -> None:
+    """In place, on [rows, vocab] logits: the word penalty and the n-gram bans, on the rows where
+    `rows[i]` (False while a title is written)."""
+    on = [i for i, r in enumerate(rows) if r]
+    if not on:
+        return
+    if penalty != 1.0:
+        idx = torch.tensor(on, device=logits.device)
+        sub = logits[idx]
+        bits = torch.stack([histories[i].bits for i in on])
+        penalised = torch.where(sub < 0, sub * penalty, sub / penalty)
+        logits[idx] = torch.where(bits, penalised, sub)
+    for i in on:
+        ban = histories[i].banned(n)
+        if ban:
+            logits[i, ban] = float("-inf")
+
+
+class AntiLoopProcessor(LogitsProcessor):
+    """The same rule as a transformers logits processor, for `model.generate` baselines: the history
+    of row i is what it generated after the prompt (`prompt_len` tokens), kept across steps."""
+
+    def __init__(self, words: torch.Tensor, prompt_len: int, penalty: float, n: int):
+        self.words, self.prompt_len, self.penalty, self.n = words, prompt_len, penalty, n
+        self.hist: list[History] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if len(self.hist) != input_ids.shape[0]:
+            self.hist = [History(self.words.to(scores.device)) for _ in range(input_ids.shape[0])]
+        for h, row in zip(self.hist, input_ids):
+            h.extend(row[self.prompt_len + len(h.tokens):].tolist())
+        scores = scores.clone()
+        apply(scores, self.hist, self.penalty, self.n, [True] * len(self.hist))
+        return scores
+
+
+def processors(words: torch.Tensor, prompt_len: int, penalty: float, n: int) -> list[LogitsProcessor]:
+    """`logits_processor=` for `generate` (`words`: `word_mask`): the rule, or nothing when it is off."""
+    if penalty == 1.0 and n < 2:
+        return []
+    return [AntiLoopProcessor(words, prompt_len, penalty, n)]

@@ -1,0 +1,102 @@
+"""The anti-loop rule (runtime/anti_loop.py): what it looks at, what it spares, and that the engine
+and the transformers baseline decode under exactly the same rule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_model
+from test_engine import _markup_heavy_model
+from transformers import LogitsProcessorList
+
+from runtime import protocol as P
+from runtime.anti_loop import History, apply, processors, word_mask
+from runtime.engine import Engine
+from runtime.protocol import Allowed
+from runtime.sampler import Sampler
+from runtime.sampling import SamplingParams
+
+
+def test_word_mask_spares_whitespace_punctuation_digits_and_markup(tiny):
+    words = word_mask(tiny.tokenizer, len(tiny.tokenizer), exclude=tiny.ids.markup)
+    enc = tiny.tokenizer.convert_tokens_to_ids
+    assert all(words[enc(c)] for c in "az")
+    assert not any(words[enc(c)] for c in " \n.,:!-09")
+    assert not any(words[t] for t in tiny.ids.markup | tiny.ids.eos)
+
+
+def test_ngram_ban_and_word_penalty():
+    words = torch.tensor([True, True, False, True])
+    h = History(words)
+    h.extend([0, 1, 2, 0, 1])
+    assert h.banned(3) == [2]  # "0 1" was followed by 2
+    assert sorted(h.banned(2)) == [2]  # after "1" came 2
+    assert h.banned(4) == []
+    assert h.bits.tolist() == [True, True, False, False]  # token 2 is not a word
+    logits = torch.tensor([[2.0, -2.0, 1.0, 1.0]])
+    apply(logits, [h], 2.0, 3, [True])
+    assert logits.tolist() == [[1.0, -4.0, float("-inf"), 1.0]]
+    untouched = torch.tensor([[2.0, -2.0, 1.0, 1.0]])
+    apply(untouched, [h], 2.0, 3, [False])  # a title row: never penalised
+    assert untouched.tolist() == [[2.0, -2.0, 1.0, 1.0]]
+
+
+def test_branch_history_copies_then_merges_at_the_join():
+    h = History(torch.ones(10, dtype=torch.bool))
+    h.extend([1, 2])
+    a, b = h.copy(), h.copy()
+    a.extend([3, 4])
+    b.extend([5])
+    h.merge(a)
+    h.merge(b)
+    assert h.tokens == [1, 2, 3, 4, 5]
+    h.add(3)
+    assert h.banned(2) == [4] and h.copy().banned(2) == [4]
+
+
+def test_sampler_skips_title_rows():
+    s = Sampler(SamplingParams(repetition_penalty=10.0, no_repeat_ngram_size=2), torch.device("cpu"))
+    h = History(torch.ones(4, dtype=torch.bool))
+    h.extend([3, 3])
+    logits = torch.tensor([[0.0, 0.0, 0.0, 5.0]] * 2)
+    assert s(logits, [h, h], [Allowed(), Allowed(anti_loop=False)]) == [0, 3]
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_engine_decodes_exactly_like_transformers_generate_with_the_processor(fast):
+    """The `hf` baseline's LogitsProcessor and the engine's sampler are one rule: same tokens."""
+    lm = tiny_model(seed=3)
+    eng = Engine(lm, fast=fast)
+    prompt = eng.encode("list: a, b, c. ")
+    for penalty, n in ((1.0, 3), (1.5, 0), (1.3, 4)):
+        p = SamplingParams(max_new_tokens=60, repetition_penalty=penalty, no_repeat_ngram_size=n)
+        seq = eng.new_sequence(prompt)
+        eng.generate(seq, p, "ar")
+        ours = eng.tokens(seq)[len(prompt):]
+        ids = torch.tensor([prompt])
+        with torch.inference_mode():
+            out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=60, do_sample=False,
+                                    suppress_tokens=sorted(lm.ids.markup),
+                                    logits_processor=LogitsProcessorList(processors(eng.words, len(prompt),
+                                                                                    penalty, n)))
+        theirs = out[0, len(prompt):].tolist()
+        assert ours == theirs[:len(theirs) - (theirs[-1] in lm.ids.eos)], (penalty, n)
+        assert len(ours) >= 10
+        if n:
+            grams = [tuple(ours[i:i + n]) for i in range(len(ours) - n + 1)]
+            assert len(grams) == len(set(grams))  # no n-gram twice
+
+
+def test_aspd_history_is_the_answer_text_without_titles_or_markup():
+    eng = _markup_heavy_model(2)
+    checked = 0
+    for seed in range(30):
+        seq = eng.new_sequence("q: ")
+        out = eng.generate(seq, SamplingParams(max_new_tokens=200, max_branch_tokens=5, max_title_tokens=3,
+                                               temperature=1.0, seed=seed, no_repeat_ngram_size=3), "aspd")
+        if out.finish_reason != "stop" or not out.blocks:
+            continue
+        resp = P.parse(eng.text(seq).removeprefix("q: "))
+        assert seq.serial.history.tokens == eng.encode(resp.plain_text())  # branches in order, titles left out
+        checked += 1
+    assert checked >= 3
