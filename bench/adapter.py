@@ -76,7 +76,7 @@ def main() -> None:
     summary_path = VICUNA / "summary.json"
     if not summary_path.exists():
         raise SystemExit(f"no {summary_path}: run `aspd bench` first (Vicuna-80, hf,ar,aspd,sot)")
-    params = SamplingParams(max_new_tokens=args.max_new_tokens, repetition_penalty=1.2)
+    params = SamplingParams(max_new_tokens=args.max_new_tokens)
     loaded = load(adapter=adapter)
     merged = Engine(loaded)
 
@@ -90,7 +90,7 @@ def main() -> None:
     wf = sum(wellformed(o) for o in outs) / len(outs)
     result = {
         "adapter": str(Path(adapter).relative_to(ROOT)) if Path(adapter).is_relative_to(ROOT) else adapter,
-        "fork_bias": loaded.fork_bias, "max_new_tokens": args.max_new_tokens, "repetition_penalty": 1.2,
+        "fork_bias": loaded.fork_bias, "max_new_tokens": args.max_new_tokens, **params.anti_loop,
         "decoding": "greedy", "fork_rate_listlike": round(rate["listlike"], 3),
         "fork_rate_other": round(rate["other"], 3), "wellformed_rate": round(wf, 3), "eval_prompts": len(evals),
         **vicuna_figures(json.loads(summary_path.read_text())), "environment": environment(),

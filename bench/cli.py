@@ -12,6 +12,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from runtime.sampling import anti_loop_args, anti_loop_from
 from runtime.weight_format import DTYPES
 
 from .questions import VICUNA80
@@ -33,7 +34,7 @@ def add_parser(sub) -> None:
     b.add_argument("--adapter", default="auto", help="ASPD adapter for ar/aspd: auto, none, or a directory")
     b.add_argument("--dtype", default="auto", choices=DTYPES,
                    help="the engine's weight format (ar, aspd, sot); hf always runs bfloat16")
-    b.add_argument("--repetition-penalty", type=float, default=1.2)
+    anti_loop_args(b)
     b.add_argument("--temperature", type=float, default=0.0)
     b.add_argument("--seed", type=int, default=None, help="sampling seed (recorded; greedy ignores it)")
 
@@ -61,15 +62,16 @@ def cmd_bench(args: argparse.Namespace, console) -> int:
     name = args.questions.resolve().parent.name
     # a partial run never overwrites the full run's report
     out = args.out or RESULTS / (name if args.limit is None else f"{name}-first{args.limit}")
-    params = SamplingParams(max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty,
-                            temperature=args.temperature, seed=args.seed)
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
+                            **anti_loop_from(args))
     torch.set_num_threads(os.cpu_count() or 1)
     transformers.utils.logging.disable_progress_bar()
     model = args.model or DEFAULT_MODEL
     adapter = resolve_adapter(model, args.adapter)
     base = load(model, dtype=args.dtype, adapter="none")
     tuned = load(model, dtype=args.dtype, adapter=adapter) if adapter else base
-    sampling = params.model_dump(exclude_defaults=True) | {"decoding": "greedy" if params.greedy else "sampled"}
+    sampling = (params.model_dump(exclude_defaults=True) | params.anti_loop
+                | {"decoding": "greedy" if params.greedy else "sampled"})
     meta = {"questions": _in_repo(args.questions), "command": "aspd " + shlex.join(sys.argv[1:]), "model": model,
             "adapter": adapter and _in_repo(Path(adapter)), "fork_bias": tuned.fork_bias, "sampling": sampling}
     base_engine = Engine(base)

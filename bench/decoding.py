@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import common, metrics  # noqa: E402
-from bench.questions import load as load_questions  # noqa: E402
 from bench.quality import answer_loss  # noqa: E402
+from bench.questions import load as load_questions  # noqa: E402
 from runtime.sampling import SamplingParams  # noqa: E402
 from runtime.serving import complete_all  # noqa: E402
 from training.extract import find_groups, loops  # noqa: E402

@@ -80,7 +80,7 @@ def engine_runs(backends: list[str], device: torch.device, max_new_tokens: int) 
         eng = Engine(load(adapter="auto", device=str(device)), fast=False, attention=b)  # only attention differs
         seq = eng.new_sequence(eng.chat_prompt(prompt))
         t0 = time.perf_counter()
-        o = eng.generate(seq, SamplingParams(max_new_tokens=max_new_tokens, repetition_penalty=1.2), "aspd")
+        o = eng.generate(seq, SamplingParams(max_new_tokens=max_new_tokens), "aspd")
         out[b] = {"seconds": time.perf_counter() - t0, "tokens": o.completion_tokens, "blocks": len(o.blocks),
                   "text": o.text}
         eng.release(seq)

@@ -167,8 +167,10 @@ def quality(rows: list[dict], questions: dict[str, Question], eng: Engine, grade
             log: Callable[[str], None] = print) -> None:
     """Per answer, against the reference system's answer to the same question: MiniLM cosine, the
     base model's (`eng`'s) per-token loss on the answer, repetition rate, degenerate-text rate, length
-    ratio, and the judge's grade."""
-    from .quality import answer_loss, cosine
+    ratio, cross-branch redundancy (answers with blocks), and the judge's grade."""
+    from runtime.protocol import parse
+
+    from .quality import answer_loss, cosine, sibling_similarity
 
     for r in rows:  # answers scored before the degenerate-text rate existed get it from their text
         if "quality" in r and "degenerate" not in r["quality"]:
@@ -188,6 +190,9 @@ def quality(rows: list[dict], questions: dict[str, Question], eng: Engine, grade
                 "degenerate": metrics.degenerate_rate(r["text"]),
                 "length_ratio": metrics.length_ratio(r["completion_tokens"], ref["completion_tokens"]),
                 "loss": answer_loss(eng.loaded.model, eng.chat_prompt(q.text), eng.encode(r["text"]))}
+        if r.get("markup") and r.get("blocks"):
+            blocks = [[b.body for b in blk.branches] for blk in parse(r["markup"]).blocks]
+            qual["redundancy"] = sibling_similarity(blocks)
         if grader is not None:
             qual["judge"] = grader.grade(q.key, q.category, q.text, r["text"])
         r["quality"] = qual

@@ -61,12 +61,12 @@ def main() -> None:
     ap = common.parser(OUT, repeats=5)
     args = ap.parse_args()
     eng = common.engine(args)
-    defaults = SamplingParams(repetition_penalty=1.2)
+    defaults = SamplingParams()
     native, engine = Runner("native", defaults, engine=eng), Runner("engine", defaults, engine=eng)
     native.run(four_tips, {"topic": "warm up"})  # first-call allocations are not the program's
     res = {"model": args.model, "dtype": args.dtype, "program": "four_tips: 4 branches x 64 tokens + 16-token summary",
            **measure(native, args.repeats), "engine_backend": measure(engine, args.repeats),
-           "settings": {"repeats": args.repeats, "repetition_penalty": 1.2, "greedy": True, "ignore_eos": True,
+           "settings": {"repeats": args.repeats, **defaults.anti_loop, "greedy": True, "ignore_eos": True,
                         "backend": "native (SGLang interpreter on NativeBackend)"},
            **common.environment()}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ and a model's mean per-token loss on an answer given its question.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -18,14 +19,27 @@ def minilm_dir() -> Path:
     return Path(spec.submodule_search_locations[0]) / "model"
 
 
-def cosine(a: list[str], b: list[str]) -> list[float]:
-    """Cosine similarity of each pair (a[i], b[i]) under all-MiniLM-L6-v2."""
+@functools.cache
+def _minilm():
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(minilm_dir()), device="cpu")
-    ea = model.encode(a, convert_to_tensor=True, normalize_embeddings=True)
-    eb = model.encode(b, convert_to_tensor=True, normalize_embeddings=True)
+    return SentenceTransformer(str(minilm_dir()), device="cpu")
+
+
+def cosine(a: list[str], b: list[str]) -> list[float]:
+    """Cosine similarity of each pair (a[i], b[i]) under all-MiniLM-L6-v2."""
+    ea = _minilm().encode(a, convert_to_tensor=True, normalize_embeddings=True)
+    eb = _minilm().encode(b, convert_to_tensor=True, normalize_embeddings=True)
     return (ea * eb).sum(-1).tolist()
+
+
+def sibling_similarity(blocks: list[list[str]]) -> float:
+    """Cross-branch redundancy of one answer: the mean MiniLM cosine over every pair of sibling
+    branches (same block); NaN without a block of two or more branches."""
+    pairs = [(a, b) for bodies in blocks for i, a in enumerate(bodies) for b in bodies[i + 1:]]
+    if not pairs:
+        return float("nan")
+    return sum(cosine([a for a, _ in pairs], [b for _, b in pairs])) / len(pairs)
 
 
 @torch.inference_mode()

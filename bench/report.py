@@ -12,6 +12,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def anti_loop_text(d: dict) -> str:
+    """The decoding's anti-loop settings as a report says them (older records: a penalty only)."""
+    n = d.get("no_repeat_ngram_size", 0)
+    return f"repetition penalty {d.get('repetition_penalty', 1.0)}" + (f", no repeated {n}-grams" if n else "")
+
+
 def engine_table(r: dict) -> str:
     fs = r["formats"]
     auto = r.get("auto") or {}
@@ -147,7 +153,7 @@ def adapter_table(r: dict) -> str:
     ]
     e = r["environment"]
     note = (f"\n{r['eval_prompts']} held-out prompts (`bench/adapter.py`) and {r['vicuna_questions']} Vicuna questions "
-            f"(from {r['vicuna_source']}); greedy, repetition penalty {r['repetition_penalty']}, at most "
+            f"(from {r['vicuna_source']}); greedy, {anti_loop_text(r)}, at most "
             f"{r['max_new_tokens']} new tokens; {e['machine']['cores']} cores, torch {e['versions']['torch']}, "
             f"{e['date']}.")
     return "\n".join(rows) + "\n" + note
@@ -164,7 +170,7 @@ def vicuna_table(summary: dict) -> str:
     env = m["environment"]
     qual = [[txt + (" ⚠" if st == "red" else "") for txt, st in r] for r in reports.quality_rows(summary)]
     sp = m["sampling"]
-    decoding = (f"{sp.get('decoding')}, repetition penalty {sp.get('repetition_penalty', 1.0)}, at most "
+    decoding = (f"{sp.get('decoding')}, {anti_loop_text(sp)}, at most "
                 f"{sp.get('max_new_tokens')} new tokens")
     note = (f"\n`{m['command']}`: {m['question_count']} questions, {decoding}, one question at a time with "
             f"the systems interleaved; {env['machine']['cores']} cores, torch {env['versions']['torch']}, "

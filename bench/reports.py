@@ -12,7 +12,7 @@ from rich.table import Table
 
 from . import metrics
 
-QUALITY = ("cosine", "loss", "repetition", "degenerate", "length_ratio", "judge")
+QUALITY = ("cosine", "loss", "repetition", "degenerate", "length_ratio", "redundancy", "judge")
 # which way is better, for the quality delta against the reference (cosine has no delta: the
 # reference's own cosine is 1 by definition). Loss and grade deltas are relative; the repetition
 # and degenerate-text rates are themselves shares (often 0 for the reference), so their deltas are
@@ -97,7 +97,7 @@ def speed_rows(summary: dict) -> list[list[str]]:
 SPEED_HEAD = ["system", "answers", "latency s", "TTFT s", "tok/s", "vs ar mean", "median", "max", "vs hf mean",
               "forked", "ideal", "of ideal"]
 QUALITY_HEAD = ["system", "cosine to ref", "base loss", "loss delta", "repetition", "rep. delta", "degenerate",
-                "degen. delta", "length ratio", "judge", "judge delta"]
+                "degen. delta", "length ratio", "sibling cos", "judge", "judge delta"]
 
 
 def quality_rows(summary: dict) -> list[list[tuple[str, str]]]:
@@ -109,7 +109,8 @@ def quality_rows(summary: dict) -> list[list[tuple[str, str]]]:
                      _delta(d.get("repetition", math.nan), False, points=True),
                      (_f(q.get("degenerate", math.nan), "{:.3f}"), ""),
                      _delta(d.get("degenerate", math.nan), False, points=True), (_f(q["length_ratio"]), ""),
-                     (_f(q["judge"]), ""), _delta(d.get("judge", math.nan), True)])
+                     (_f(q.get("redundancy", math.nan), "{:.3f}"), ""), (_f(q["judge"]), ""),
+                     _delta(d.get("judge", math.nan), True)])
     return rows
 
 

@@ -130,7 +130,7 @@ def fork_heavy(s, document):
 def fork_prefill(url: str) -> dict:
     doc = "\n\n".join(json.loads((ROOT / "programs" / "data" / "documents.json").read_text()))
     before = stats(url)
-    res = Runner("sglang", SamplingParams(repetition_penalty=1.2), url=url).run(fork_heavy, {"document": doc})
+    res = Runner("sglang", SamplingParams(), url=url).run(fork_heavy, {"document": doc})
     after = stats(url)
     return {"prefill_tokens": after["prefill_tokens"] - before["prefill_tokens"],
             "cached_tokens": after["cached_tokens"] - before["cached_tokens"],

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .sampling import SamplingParams
+from .sampling import DEFAULTS, SamplingParams
 
 
 class BadRequest(ValueError):
@@ -35,6 +35,7 @@ class WireSampling(BaseModel):
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)  # None: the server's default
+    no_repeat_ngram_size: int | None = Field(None, ge=0, le=64)  # None: the server's default
     ignore_eos: bool = False
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
@@ -50,7 +51,8 @@ class WireSampling(BaseModel):
     max_branch_tokens: int | None = Field(None, ge=1)  # None: max_new_tokens
     fork_bias: float | None = Field(None, ge=-100.0, le=100.0)  # None: the adapter's calibrated value
 
-    def to_sampling(self, default_max: int, default_penalty: float = 1.0) -> SamplingParams:
+    def to_sampling(self, default_max: int, defaults: SamplingParams = DEFAULTS) -> SamplingParams:
+        """`defaults`: the server's anti-loop settings, for a request that sets none."""
         for name in ("regex", "json_schema", "ebnf", "structural_tag"):
             if getattr(self, name) is not None:
                 raise BadRequest(f"constrained decoding ({name}) is not supported by aspd serve")
@@ -67,7 +69,8 @@ class WireSampling(BaseModel):
         return SamplingParams(
             max_new_tokens=n, temperature=self.temperature, top_p=self.top_p, top_k=max(self.top_k, 0),
             min_p=self.min_p, seed=self.sampling_seed if self.seed is None else self.seed,
-            repetition_penalty=default_penalty if self.repetition_penalty is None else self.repetition_penalty,
+            repetition_penalty=_or(self.repetition_penalty, defaults.repetition_penalty),
+            no_repeat_ngram_size=_or(self.no_repeat_ngram_size, defaults.no_repeat_ngram_size),
             stop=stop, stop_token_ids=tuple(self.stop_token_ids or ()), ignore_eos=self.ignore_eos,
             max_branches=self.max_branches, max_branch_tokens=self.max_branch_tokens or max(1, n),
             fork_bias=self.fork_bias)
@@ -153,17 +156,19 @@ class _OpenAIBase(BaseModel):
     top_k: int = -1
     min_p: float = 0.0
     repetition_penalty: float | None = None
+    no_repeat_ngram_size: int | None = None
     ignore_eos: bool = False
     aspd: bool = False
 
-    def sampling(self, default_max: int, default_penalty: float = 1.0) -> SamplingParams:
+    def sampling(self, default_max: int, defaults: SamplingParams = DEFAULTS) -> SamplingParams:
         if self.logprobs:
             raise BadRequest("logprobs are not supported on the OpenAI endpoints; use /generate")
         return WireSampling(max_new_tokens=default_max if self.max_tokens is None else self.max_tokens,
                             n=self.n, stop=self.stop, temperature=self.temperature, top_p=self.top_p,
                             top_k=self.top_k, min_p=self.min_p, frequency_penalty=self.frequency_penalty,
                             presence_penalty=self.presence_penalty, repetition_penalty=self.repetition_penalty,
-                            ignore_eos=self.ignore_eos, seed=self.seed).to_sampling(default_max, default_penalty)
+                            no_repeat_ngram_size=self.no_repeat_ngram_size, ignore_eos=self.ignore_eos,
+                            seed=self.seed).to_sampling(default_max, defaults)
 
     @property
     def include_usage(self) -> bool:
@@ -204,7 +209,11 @@ class ChatRequest(_OpenAIBase):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=0)
 
-    def sampling(self, default_max: int, default_penalty: float = 1.0) -> SamplingParams:
+    def sampling(self, default_max: int, defaults: SamplingParams = DEFAULTS) -> SamplingParams:
         if self.max_tokens is None and self.max_completion_tokens is not None:
             self.max_tokens = self.max_completion_tokens
-        return super().sampling(default_max, default_penalty)
+        return super().sampling(default_max, defaults)
+
+
+def _or(value, default):
+    return default if value is None else value

@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .protocol import ParallelBlock, ProtocolError, Response
-from .sampling import SamplingParams
+from .sampling import SamplingParams, anti_loop_args, anti_loop_from
 
 console = Console()
 err = Console(stderr=True)
@@ -35,8 +35,7 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--repetition-penalty", type=float, default=1.2,
-                   help="default 1.2: the embedded model loops on greedy decoding without it")
+    anti_loop_args(p)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--model", default=None, help="HF causal-LM directory or id (default: the embedded SmolLM2-135M)")
     p.add_argument("--adapter", default="auto",
@@ -92,15 +91,13 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-queue", type=int, default=64, help="waiting requests beyond this get 429")
     sv.add_argument("--cache-tokens", type=int, default=32768, help="radix prefix cache budget; 0 turns it off")
     sv.add_argument("--max-sessions", type=int, default=256, help="held rid sessions (for joins), LRU")
-    sv.add_argument("--repetition-penalty", type=float, default=1.0,
-                    help="for requests that set none (SGLang's frontend never does); "
-                    "1.2 stops the embedded model's loops")
+    anti_loop_args(sv)  # for requests that set none (SGLang's frontend never does)
     return ap
 
 
 def sampling_from(args: argparse.Namespace, **extra) -> SamplingParams:
     return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                          top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed, **extra)
+                          top_k=args.top_k, seed=args.seed, **anti_loop_from(args), **extra)
 
 
 def load_engine(args: argparse.Namespace):
@@ -261,7 +258,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     err.print(f"aspd serve: {eng.loaded.name} on http://{args.host}:{args.port} "
               f"(max running {args.max_running}, queue {args.max_queue}, prefix cache {args.cache_tokens} tokens)")
     try:
-        app = create_app(loop, eng.loaded.name, repetition_penalty=args.repetition_penalty)
+        app = create_app(loop, eng.loaded.name, SamplingParams(**anti_loop_from(args)))
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
         loop.stop()

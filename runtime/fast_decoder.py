@@ -138,6 +138,18 @@ class FastDecoder:
         cos, sin = self.rotary(x, torch.cat(pos)[None])  # [1, T, head_dim], in x's dtype
         hq, hk, d = self.heads, self.kv_heads, self.head_dim
         layers = self.dense_layers if self.dense_rows and total >= self.dense_rows else self.layers
+        # Decode steps of several sequences (one query each, no mask) share one attention call over
+        # their caches padded to the longest: per-sequence calls cost more in overhead than in math.
+        group = [j for j, (t, m) in enumerate(zip(sizes, masks)) if t == 1 and m is None]
+        group = group if len(group) > 1 else []
+        if group:
+            ends = torch.tensor([spans[j][3] for j in group], device=x.device)
+            longest = int(ends.max())
+            keys = torch.zeros(len(group), hk, longest, d, dtype=self.dtype, device=x.device)
+            values = torch.zeros_like(keys)
+            visible = (torch.arange(longest, device=x.device) < ends[:, None])[:, None, None, :]  # [G, 1, 1, L]
+            rows = torch.tensor([spans[j][0] for j in group], device=x.device)
+        alone = [j for j in range(len(caches)) if j not in set(group)]
         for i, (ln1, wqkv, wo, ln2, wgu, wdown) in enumerate(layers):
             qkv = wqkv(self._rms(x, ln1))[0]  # [T, (hq + 2 hk) d]
             q = qkv[:, :hq * d].view(total, hq, d).transpose(0, 1)
@@ -145,13 +157,22 @@ class FastDecoder:
             v = qkv[:, (hq + hk) * d:].view(total, hk, d).transpose(0, 1)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
-            outs = []
-            for kv, mask, (a, b, start, end) in zip(caches, masks, spans):
+            outs: list[torch.Tensor | None] = [None] * len(caches)
+            for kv, (a, b, start, end) in zip(caches, spans):
                 kv.k[i, :, start:end] = k[:, a:b]
                 kv.v[i, :, start:end] = v[:, a:b]
-                outs.append(F.scaled_dot_product_attention(
+            if group:
+                for r, j in enumerate(group):
+                    end = spans[j][3]
+                    keys[r, :, :end], values[r, :, :end] = caches[j].k[i, :, :end], caches[j].v[i, :, :end]
+                o = _one_query_attention(q[:, rows].transpose(0, 1), keys, values, visible, self.scale)
+                for r, j in enumerate(group):
+                    outs[j] = o[r]  # [hq, 1, d]
+            for j in alone:
+                kv, (a, b, _, end) = caches[j], spans[j]
+                outs[j] = F.scaled_dot_product_attention(
                     q[None, :, a:b], kv.k[i, None, :, :end], kv.v[i, None, :, :end],
-                    attn_mask=mask, scale=self.scale, enable_gqa=hq != hk)[0])
+                    attn_mask=masks[j], scale=self.scale, enable_gqa=hq != hk)[0]
             o = outs[0] if len(outs) == 1 else torch.cat(outs, 1)  # [hq, T, d]
             x = x + wo(o.transpose(0, 1).reshape(1, total, hq * d))
             gate, up = wgu(self._rms(x, ln2)).chunk(2, dim=-1)
@@ -163,6 +184,18 @@ class FastDecoder:
         h = self._rms(x[0, torch.cat(rows)], self.norm_w)
         logits = self.lm_head(h)
         return list(logits.split([r.shape[0] for r in rows]))
+
+
+def _one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor,
+                         scale: float) -> torch.Tensor:
+    """q [G, hq, d] (one query per sequence), k and v [G, hk, L, d], visible [G, 1, 1, L] ->
+    [G, hq, 1, d]. Two batched matmuls with the query heads grouped per key head (no repeated K/V):
+    on the CPU about ten times faster than SDPA's path for a boolean mask with grouped heads."""
+    g, hq, d = q.shape
+    hk = k.shape[1]
+    scores = torch.matmul(q.view(g, hk, hq // hk, d), k.transpose(-1, -2)).float() * scale  # [G, hk, rep, L]
+    probs = torch.softmax(scores.masked_fill(~visible, float("-inf")), -1).to(v.dtype)
+    return torch.matmul(probs, v).view(g, hq, 1, d)
 
 
 def _fuse(*linears: torch.nn.Linear) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 REPETITION_PENALTY = 1.0
@@ -51,3 +53,20 @@ class SamplingParams(BaseModel):
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+
+DEFAULTS = SamplingParams()
+
+
+def anti_loop_args(p: argparse.ArgumentParser) -> None:
+    """The anti-loop rule's flags (runtime/anti_loop.py); unset: SamplingParams' measured defaults."""
+    p.add_argument("--repetition-penalty", type=float, default=None,
+                   help=f"on the answer's own words only (default {REPETITION_PENALTY})")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=None,
+                   help=f"ban repeating an n-gram of the answer; 0: off (default {NO_REPEAT_NGRAM_SIZE})")
+
+
+def anti_loop_from(args: argparse.Namespace) -> dict:
+    """The anti-loop flags that were set, as SamplingParams fields."""
+    return {k: v for k, v in (("repetition_penalty", args.repetition_penalty),
+                              ("no_repeat_ngram_size", args.no_repeat_ngram_size)) if v is not None}

@@ -21,7 +21,7 @@ from . import serving
 from .api import AbortRequest, BadRequest, ChatRequest, CompletionRequest, GenerateRequest, JoinRequest
 from .engine import EngineError
 from .roles import role_format
-from .sampling import SamplingParams
+from .sampling import DEFAULTS, SamplingParams
 from .serving import Event, LogprobSpec, Result, ServingLoop
 
 VERSION = "0.1.0"
@@ -45,9 +45,9 @@ class _Pending:
             pass
 
 
-def create_app(engine_loop: ServingLoop, model_name: str, repetition_penalty: float = 1.0) -> FastAPI:
-    """The app over a started serving loop; `repetition_penalty` applies where a request sets none
-    (SGLang's frontend never sends one)."""
+def create_app(engine_loop: ServingLoop, model_name: str, defaults: SamplingParams = DEFAULTS) -> FastAPI:
+    """The app over a started serving loop; `defaults`' anti-loop settings apply where a request sets
+    none (SGLang's frontend never sends them)."""
     app = FastAPI(title="aspd serve", version=VERSION)
     eng = engine_loop.engine
     vocab = eng.runner.vocab_size
@@ -188,7 +188,7 @@ def create_app(engine_loop: ServingLoop, model_name: str, repetition_penalty: fl
 
     @app.post("/generate")
     async def generate(body: GenerateRequest, http: Request):
-        params = body.sampling_params.to_sampling(DEFAULT_MAX_TOKENS, repetition_penalty)
+        params = body.sampling_params.to_sampling(DEFAULT_MAX_TOKENS, defaults)
         mode = "aspd" if body.aspd or body.sampling_params.aspd else "ar"
         prompts = body.prompts()
         rids = body.rids(len(prompts))
@@ -219,7 +219,7 @@ def create_app(engine_loop: ServingLoop, model_name: str, repetition_penalty: fl
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, http: Request):
-        params = body.sampling(16, repetition_penalty)
+        params = body.sampling(16, defaults)
         prompt = body.prompt
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
             if body.stream and len(prompt) > 1:
@@ -233,7 +233,7 @@ def create_app(engine_loop: ServingLoop, model_name: str, repetition_penalty: fl
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, http: Request):
-        params = body.sampling(DEFAULT_MAX_TOKENS, repetition_penalty)
+        params = body.sampling(DEFAULT_MAX_TOKENS, defaults)
         msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
         tok = eng.tok
         if getattr(tok, "chat_template", None):

@@ -15,8 +15,11 @@ import httpx
 import uvicorn
 
 from runtime.engine import Engine
+from runtime.sampling import SamplingParams
 from runtime.server import create_app
 from runtime.serving import ServeConfig, ServingLoop
+
+PLAIN = SamplingParams(repetition_penalty=1.0, no_repeat_ngram_size=0)  # the server's defaults in tests
 
 
 def free_port() -> int:
@@ -26,10 +29,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_in_thread(engine: Engine, repetition_penalty: float = 1.0, **config) -> Iterator[tuple[str, ServingLoop]]:
+def serve_in_thread(engine: Engine, defaults: SamplingParams = PLAIN, **config) -> Iterator[tuple[str, ServingLoop]]:
     loop = ServingLoop(engine, ServeConfig(**config)).start()
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(loop, "tiny", repetition_penalty), host="127.0.0.1", port=port,
+    server = uvicorn.Server(uvicorn.Config(create_app(loop, "tiny", defaults), host="127.0.0.1", port=port,
                                            log_level="warning"))
     th = threading.Thread(target=server.run, daemon=True)
     th.start()

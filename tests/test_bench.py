@@ -9,7 +9,7 @@ import math
 import pytest
 
 from bench import harness, metrics, questions, reports
-from bench.quality import answer_loss, cosine
+from bench.quality import answer_loss, cosine, sibling_similarity
 from runtime.engine import BlockStats, Engine, GenerationOutput
 from runtime.protocol import Response
 from runtime.sampling import SamplingParams
@@ -61,6 +61,13 @@ def test_cosine_of_identical_texts_is_one():
     same, other = cosine([a, a], [a, "The capital of France is Paris."])
     assert same == pytest.approx(1.0, abs=1e-5)
     assert other < 0.5
+
+
+def test_sibling_similarity_is_the_mean_over_sibling_pairs():
+    a, b = "Exercise regularly, sleep well.", "The capital of France is Paris."
+    assert sibling_similarity([[a, a, a]]) == pytest.approx(1.0, abs=1e-5)
+    assert sibling_similarity([[a, b]]) == pytest.approx(cosine([a], [b])[0], abs=1e-5)
+    assert sibling_similarity([[a]]) != sibling_similarity([[a]])  # NaN: no pair of siblings
 
 
 def test_answer_loss_is_the_mean_token_nll():

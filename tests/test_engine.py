@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from runtime import protocol as P
 from runtime.engine import Engine, EngineError
-from runtime.model_runner import KVState
+from runtime.model_runner import Forward, KVState
 from runtime.protocol import PositionCounter, Tag
 from runtime.sampling import SamplingParams
 from tests.conftest import tiny_model
@@ -77,6 +77,24 @@ def test_fast_decoder_equals_transformers_forward(tiny):
     out = fast.forward(kvs[0], [16], [counters[0].take(P.SERIAL_TAG)], [P.SERIAL_TAG], [0])
     ref_out = ref.forward(kvs[1], [16], [counters[1].take(P.SERIAL_TAG)], [P.SERIAL_TAG], [0])
     torch.testing.assert_close(out, ref_out, atol=ATOL, rtol=0)
+
+
+def test_decode_steps_of_several_sequences_equal_each_alone(tiny):
+    """Single-query steps of sequences of different lengths share one padded attention call: the
+    logits are each sequence's own."""
+    runner = Engine(tiny, fast=True).runner
+    prompts = [[5, 6, 7], list(range(5, 25)), [8, 9, 10, 11, 12, 13]]
+    together, alone = [runner.new_kv() for _ in prompts], [runner.new_kv() for _ in prompts]
+    serial = P.SERIAL_TAG
+    for kvs in (together, alone):
+        for kv, p in zip(kvs, prompts):
+            runner.forward(kv, p, list(range(len(p))), [serial] * len(p), [len(p) - 1])
+    for step in range(3):
+        batch = [Forward(kv, [30 + step], [len(p) + step], [serial], [0]) for kv, p in zip(together, prompts)]
+        outs = runner.forward_many(batch)
+        for kv, p, out in zip(alone, prompts, outs):
+            ref = runner.forward(kv, [30 + step], [len(p) + step], [serial], [0])
+            torch.testing.assert_close(out, ref, atol=ATOL, rtol=0)
 
 
 def test_engine_fork_texts_equal_branches_alone(engine):

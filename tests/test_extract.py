@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from runtime import protocol as P
-from training.extract import find_groups, loops, rewrite, trim_to_paragraph
+from training.extract import find_groups, loops, rewrite, trim_to_line
 
 NUMBERED = """Here are some tips:
 
@@ -22,6 +22,9 @@ Bring light clothes and a good pair of shoes.
 
 ## Money
 Carry a card and a little cash for small shops.
+
+## Health
+Pack your usual medicine and a small first-aid kit.
 
 Enjoy the trip."""
 
@@ -62,7 +65,7 @@ def test_numbered_list_with_nested_bullets_left_inside_their_item():
 
 def test_heading_sections():
     [block] = roundtrip(HEADINGS).blocks
-    assert block.titles == ("Packing", "Money")
+    assert block.titles == ("Packing", "Money", "Health")
 
 
 def test_code_blocks_are_left_alone():
@@ -86,5 +89,15 @@ def test_single_items_duplicate_titles_and_short_paragraphs_stay_serial():
 def test_loops_and_trimming():
     looped = "I like tea very much indeed. " * 4
     assert loops(looped) and not loops(ESSAY)
-    assert trim_to_paragraph("first para\n\nsecond para cut mid-sen") == "first para"
-    assert trim_to_paragraph("no paragraph break") == ""
+    assert trim_to_line("first para\n\nsecond para cut mid-sen") == "first para"
+    cut = "Tips:\n1. **A**: one.\n2. **B**: two.\n3. **C**: thr"
+    assert trim_to_line(cut) == "Tips:\n1. **A**: one.\n2. **B**: two."
+    assert trim_to_line("no line break") == ""
+
+
+def test_pairs_stay_serial_and_titles_are_short():
+    assert roundtrip("Two points:\n\n1. **Sleep**: get eight hours.\n2. **Water**: drink often.").blocks == []
+    long = "\n".join(f"{i}. **Remember to always keep your {w} very clean**: wash it every week." for i, w in
+                     enumerate(("desk", "room", "car"), start=1))
+    [block] = roundtrip("Tips:\n\n" + long).blocks
+    assert block.titles[0] == "1. Remember to always keep your desk"  # six words at most

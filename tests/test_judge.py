@@ -17,7 +17,8 @@ def test_all_three_questions_must_be_yes():
 
 
 def test_three_votes_over_http():
-    text = "tips:\n\n1. eat well: greens and beans every day.\n2. sleep: a lot at night, and naps too."
+    text = ("tips:\n\n1. eat well: greens and beans every day.\n2. sleep: a lot at night, and naps too.\n"
+            "3. walk: an hour outside.")
     [group] = find_groups(text)
     with serve_in_thread(Engine(tiny_model(max_positions=4096))) as (url, _):  # char-level: long prompts
         judge = Judge(url)

@@ -26,7 +26,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def server(model):
-    with serve_in_thread(Engine(model), repetition_penalty=DEFAULTS.repetition_penalty, max_running=8,
+    with serve_in_thread(Engine(model), defaults=DEFAULTS, max_running=8,
                          max_waiting=8) as (url, loop):
         yield url, loop
 
@@ -231,7 +231,7 @@ def test_a_client_that_disconnects_mid_stream_leaves_nothing(server):
 def test_without_the_prefix_cache_joins_still_work_and_prefill_more(model):
     counts = {}
     for budget in (0, 4096):
-        with serve_in_thread(Engine(model), repetition_penalty=DEFAULTS.repetition_penalty,
+        with serve_in_thread(Engine(model), defaults=DEFAULTS,
                              cache_tokens=budget) as (url, _):
             got = Runner("sglang", DEFAULTS, url=url).run(fork_join, {"topic": "tea"})
             counts[budget] = idle(url)["prefill_tokens"]

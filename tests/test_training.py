@@ -12,9 +12,10 @@ from runtime import protocol as P
 from runtime.engine import Engine
 from training.extract import find_groups, rewrite
 from training.samples import IGNORE, build
-from training.train import TrainConfig, lora, sample_loss, train
+from training.train import TrainConfig, batch_loss, lora, sample_loss, train
 
-TEXT = "tips:\n\n1. eat well: greens and beans every day.\n2. sleep: a lot at night, and naps too.\n\nbye"
+TEXT = ("tips:\n\n1. eat well: greens and beans every day.\n2. sleep: a lot at night, and naps too.\n"
+        "3. walk: an hour outside, rain or shine.\n\nbye")
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ def sample(tiny):
 def test_sample_uses_the_protocol_and_masks_what_the_engine_feeds(tiny, sample):
     assert sample.positions == P.layout(sample.tags)
     seeds = [i for i, t in enumerate(sample.ids) if t == tiny.ids.branch]
-    assert len(seeds) == 2 and all(sample.labels[i] == IGNORE for i in seeds)  # <|branch|>T: is fed, not learnt
+    assert len(seeds) == 3 and all(sample.labels[i] == IGNORE for i in seeds)  # <|branch|>T: is fed, not learnt
     end_para = sample.ids.index(tiny.ids.end_para)
     assert sample.labels[end_para] == IGNORE
     assert sample.labels[sample.ids.index(tiny.ids.para)] == tiny.ids.para  # the header is learnt
@@ -49,6 +50,21 @@ def test_training_loss_equals_the_loss_of_inference_logits(tiny, sample):
     with torch.no_grad():
         got = sample_loss(pm, sample)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_a_padded_batch_gives_each_sample_its_own_loss(tiny, sample):
+    def enc(t):
+        return tiny.tokenizer.encode(t, add_special_tokens=False)
+
+    short = build(enc("q: "), P.parse("just one line."), enc, tiny.ids, eos=0)
+    pm = lora(copy.deepcopy(tiny.model), tiny.ids, TrainConfig(rank=4))
+    vocab = tiny.model.get_output_embeddings().weight.shape[0]
+    w = torch.ones(vocab)
+    w[sorted(tiny.ids.markup)] = 3.0
+    with torch.no_grad():
+        for weights in (None, w):
+            want = (sample_loss(pm, sample, weights) + sample_loss(pm, short, weights)) / 2
+            torch.testing.assert_close(batch_loss(pm, [short, sample], weights), want, atol=1e-5, rtol=0)
 
 
 def test_training_steps_lower_the_loss_and_resume(tiny, sample, tmp_path):
@@ -90,3 +106,16 @@ def test_markup_weighting(tiny, sample):
         w = torch.ones(vocab)
         w[sorted(tiny.ids.markup)] = 5.0
         assert not torch.allclose(sample_loss(pm, sample, w), plain)
+
+
+def test_prompt_set_is_large_unique_and_clean():
+    from training.prompts import build
+
+    b = build(seed=0)
+    prompts = b["train"] + b["eval"]
+    kinds = [p.kind for p in prompts]
+    assert kinds.count("listlike") >= 2800 and kinds.count("other") >= 1300
+    assert len({p.id for p in prompts}) == len(prompts) == len({p.text for p in prompts})
+    for p in prompts:
+        if p.source != "seed":
+            assert "{" not in p.text and " a a " not in p.text and " a an " not in p.text, p.text

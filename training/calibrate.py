@@ -1,9 +1,9 @@
 """Calibrate the adapter's fork threshold: a logit offset on `<|title|>` (opening a parallel block).
 
 The trained model opens blocks on prompts that do not call for them (markup tokens were up-weighted
-in training so that it learns them at all). One scalar, fitted on prompts training never saw, trades
-that back: the largest offset (the least suppression) at which the model forks on at most `target` of
-the non-list prompts. The held-out evaluation split is never used here.
+in training so that it learns them at all). One scalar, fitted on the calibration split (prompts
+training never sees), trades that back: the largest offset (the least suppression) at which the
+model forks on at most `target` of the non-list prompts. The held-out evaluation split is never used here.
 
 Greedy decoding makes the search cheap and exact: lowering the offset cannot change an answer that
 did not fork (the offset only moves a logit that never won), so each grid value re-decodes only
@@ -71,7 +71,7 @@ def choose(points: list[Point], target: float, kind: str = "other") -> Point:
 
 
 def calibration_prompts(train: list[dict], trained_on: set[str], per_kind: int) -> tuple[list[str], list[str]]:
-    """Training-split prompts the adapter was not trained on, `per_kind` of each kind, in file order."""
+    """Calibration-split prompts (checked: never trained on), `per_kind` of each kind, in file order."""
     picked: dict[str, list[str]] = {"listlike": [], "other": []}
     for row in train:
         bucket = picked.get(row["kind"])

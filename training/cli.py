@@ -12,6 +12,8 @@ import json
 import random
 from pathlib import Path
 
+from runtime.sampling import anti_loop_args, anti_loop_from
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "aspd"
 ADAPTER = ROOT / "runtime" / "adapters" / "smollm2-135m-aspd"
@@ -42,14 +44,14 @@ def add_parsers(sub) -> None:
     t.add_argument("--token-lr", type=float, default=None, help="learning rate of the markup rows")
     t.add_argument("--markup-weight", type=float, default=1.0, help="loss weight of markup tokens")
     t.add_argument("--init", type=Path, default=None, help="start from this adapter's checkpoint (a second stage)")
-    c = sub.add_parser("calibrate", help="fit the adapter's fork threshold on unseen training prompts")
+    c = sub.add_parser("calibrate", help="fit the adapter's fork threshold on the calibration split")
     c.add_argument("--adapter", type=Path, default=ADAPTER)
     c.add_argument("--data", type=Path, default=DATA)
     c.add_argument("--model", default=None)
     c.add_argument("--per-kind", type=int, default=60, help="prompts of each kind (list-like, other)")
     c.add_argument("--target", type=float, default=0.15, help="highest fork rate allowed on non-list prompts")
     c.add_argument("--max-new-tokens", type=int, default=256)
-    c.add_argument("--repetition-penalty", type=float, default=1.2)
+    anti_loop_args(c)
 
 
 def _load(model: str | None, adapter: str = "none"):
@@ -147,16 +149,16 @@ def cmd_calibrate(args: argparse.Namespace, console) -> int:
     from .dataset import read
 
     trained_on = {r["prompt"] for r in read(args.data / "dataset.jsonl")}
-    train = [json.loads(x) for x in (args.data / "prompts_train.jsonl").read_text().splitlines()]
+    train = [json.loads(x) for x in (args.data / "prompts_calib.jsonl").read_text().splitlines()]
     texts, kinds = calibrate.calibration_prompts(train, trained_on, args.per_kind)
     eng = Engine(_load(args.model, adapter=str(args.adapter)))
-    params = SamplingParams(max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty)
-    console.print(f"calibrating the fork bias of {args.adapter} on {len(texts)} unseen training prompts")
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, **anti_loop_from(args))
+    console.print(f"calibrating the fork bias of {args.adapter} on {len(texts)} calibration prompts")
     points = calibrate.sweep(eng, texts, kinds, params, log=console.print)
     chosen = calibrate.choose(points, args.target)
     path = calibrate.write(args.adapter, chosen, points, {
         "target_other": args.target, "prompts_per_kind": args.per_kind, "max_new_tokens": args.max_new_tokens,
-        "repetition_penalty": args.repetition_penalty, "decoding": "greedy"})
+        **params.anti_loop, "decoding": "greedy"})
     console.print(f"fork bias {chosen.bias:+.1f} (list-like {chosen.fork_rate['listlike']:.0%}, "
                   f"other {chosen.fork_rate['other']:.0%}) -> {path}")
     return 0

@@ -1,7 +1,8 @@
 """From the base model's answers to the training set: filter, extract, validate, and count.
 
 Steps, each counted: answers -> no generation error -> not looping -> non-empty after trimming a
-capped answer to its last paragraph -> candidate groups (extraction) -> lossless round trip and
+capped answer to its last complete line -> candidate groups (extraction, list-like prompts only: an
+arithmetic or code answer stays serial even where it holds a list) -> lossless round trip and
 format identity (code) -> independence (the model's own losses) -> optional LLM judge. An answer
 keeps the groups that pass; one without any becomes a serial sample.
 """
@@ -16,7 +17,7 @@ from rich.table import Table
 
 from runtime import protocol as P
 
-from .extract import find_groups, loops, rewrite, trim_to_paragraph
+from .extract import find_groups, loops, rewrite, trim_to_line
 from .independence import THRESHOLD, independent, sibling_gains
 from .samples import build
 
@@ -43,14 +44,14 @@ def make(loaded, responses: Path, out: Path, threshold: float = THRESHOLD, judge
         c["generated"] += 1
         text, complete = row["response"], row["finish_reason"] == "stop"
         if not complete:
-            text = trim_to_paragraph(text)
+            text = trim_to_line(text)
         if not text.strip():
             continue
         c["non_empty"] += 1
         if loops(text):
             continue
         c["not_looping"] += 1
-        groups = find_groups(text)
+        groups = find_groups(text) if row["kind"] == "listlike" else []  # the others teach when not to fork
         c["candidate_groups"] += len(groups)
         c["answers_with_candidates"] += bool(groups)
         kept = []

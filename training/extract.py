@@ -3,8 +3,9 @@
 Candidates: numbered and bulleted lists (items at the list's own indentation; nested lists stay
 inside their item), bold-title paragraphs, heading sections, and runs of plain paragraphs (this
 model mostly writes essays whose middle paragraphs each make one point). Fenced code is never
-split. A group needs at least 2 and at most `MAX_BRANCHES` items, short unique titles, and
-bodies longer than their titles. `rewrite(...).plain_text()` is exactly the original answer.
+split. A group needs `MIN_BRANCHES` to `MAX_BRANCHES` items, short unique titles (at most
+`MAX_TITLE_WORDS` words, from the item's bold lead, heading or first words), and bodies longer than
+their titles. `rewrite(...).plain_text()` is exactly the original answer.
 
 Item numbers: a branch cannot see its siblings, so a numbered item's title carries its number
 ("3. Exercise"); the model writes all titles serially (it knows the count there) and each branch
@@ -20,8 +21,10 @@ from dataclasses import dataclass
 
 from runtime.protocol import Branch, ParallelBlock, Response, SerialSegment
 
+MIN_BRANCHES = 3  # a pair is rarely worth a fork: titles and a join for one saved branch
 MAX_BRANCHES = 8
 MAX_TITLE_CHARS = 40
+MAX_TITLE_WORDS = 6
 MIN_PARAGRAPHS = 3  # a run of plain paragraphs: at least this many, each at least MIN_PARAGRAPH_CHARS
 MIN_PARAGRAPH_CHARS = 80
 _NUM = re.compile(r"^(\d{1,2})[.)]\s+")
@@ -97,7 +100,7 @@ def _title_from(item: str, kind: str) -> str:
     else:
         first = re.split(r"[.:;!?\n]", body, maxsplit=1)[0]
         base = " ".join(first.split()[:4])
-    base = _clean(base)
+    base = " ".join(_clean(base).split()[:MAX_TITLE_WORDS])
     if len(base) > MAX_TITLE_CHARS:
         base = base[:MAX_TITLE_CHARS].rsplit(" ", 1)[0]
     return f"{num.group(1)}. {base}" if num and kind == "numbered" else base
@@ -139,7 +142,7 @@ def _list_groups(text: str, lines: list[_Line], code: set[int]) -> list[Group]:
                 break
             last_content = j
             j += 1
-        if len(starts) >= 2:
+        if len(starts) >= MIN_BRANCHES:
             spans = [(lines[a].start, lines[b].start) for a, b in zip(starts, starts[1:])]
             end = lines[last_content].start + len(lines[last_content].text)
             spans.append((lines[starts[-1]].start, end))
@@ -197,7 +200,7 @@ def _paragraph_groups(text: str, paras: list[tuple[int, int, str]], taken: list[
             if usable:
                 run.append((a, b))
                 continue
-            if len(run) >= (MIN_PARAGRAPHS if kind == "plain" else 2):
+            if len(run) >= (MIN_PARAGRAPHS if kind == "plain" else MIN_BRANCHES):
                 spans = [(s, n) for (s, _), (n, _) in zip(run, run[1:])] + [run[-1]]
                 name = {"plain": "paragraphs", "bold": "bold"}.get(kind, "heading")
                 g = _group(text, name, spans)
@@ -261,7 +264,8 @@ def loops(text: str) -> bool:
     return max(counts.values()) >= 3 or sum(c - 1 for c in counts.values()) / len(sents) > 0.3
 
 
-def trim_to_paragraph(text: str) -> str:
-    """An answer cut by the token cap, trimmed to its last complete paragraph ('' if none)."""
-    cut = text.rfind("\n\n")
+def trim_to_line(text: str) -> str:
+    """An answer cut by the token cap, trimmed to its last complete line ('' if none): a list keeps
+    its complete items (they are often one line each, with no blank line between them)."""
+    cut = text.rfind("\n")
     return text[:cut].rstrip() if cut > 0 else ""

@@ -2,9 +2,11 @@
 benchmark the project ships, split into train and a held-out evaluation set.
 
 Each prompt is labelled `listlike` (its natural answer is a set of independent parts: tips, steps,
-pros and cons, ideas, reasons, features, comparisons) or `other` (arithmetic, one-line facts, code,
-single-paragraph explanations, rewriting). Synthesised prompts carry the label of their template;
-seed prompts are labelled by their wording. Pure Python, deterministic for a seed.
+pros and cons, ideas, reasons, features, comparisons, how-it-works, causes and effects, advice, signs,
+role-play, what-ifs, sectioned writing) or `other` (arithmetic and word problems, Fermi estimates,
+one-line facts, code, single-paragraph explanations, rewriting). Synthesised prompts carry the label of
+their template; seed prompts are labelled by their wording. The filler word lists live in
+`prompt_words`. Pure Python, deterministic for a seed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,34 @@ import random
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from .prompt_words import (
+    ACTIVITIES,
+    ANIMALS,
+    BLOG_TOPICS,
+    CAUSES,
+    CHOICES,
+    CODE,
+    CONCEPTS,
+    COUNTERFACTUALS,
+    COUNTRIES,
+    EFFECTS,
+    EVENTS,
+    FACTORS,
+    FACTS,
+    FERMI,
+    GOALS,
+    GROUPS,
+    MATTERS,
+    MECHANISMS,
+    NEWS,
+    PAIRS,
+    PRODUCTS,
+    ROLES,
+    SENTENCES,
+    SIGNS,
+    THINGS,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -30,71 +60,6 @@ class Prompt:
 
 
 # ----------------------------------------------------------------- synthesis
-
-ACTIVITIES = ["learning to play the guitar", "starting a vegetable garden", "training a puppy",
-              "running a first marathon",
-              "writing a cover letter", "planning a road trip", "learning to swim as an adult", "baking bread at home",
-              "keeping a houseplant alive", "preparing for a job interview", "moving to a new city",
-              "hosting a dinner party",
-              "learning a second language", "saving for a house", "starting a small online shop",
-              "taking better photos",
-              "organising a closet", "studying for a math exam", "camping in the rain", "cycling to work",
-              "learning to draw", "reducing food waste", "writing a short story", "keeping a journal",
-              "teaching a child to read", "caring for an elderly parent", "choosing a laptop", "painting a room",
-              "making friends after college", "public speaking", "birdwatching", "brewing coffee at home",
-              "planning a wedding on a budget", "learning chess", "volunteering locally", "decluttering a garage",
-              "building a bookshelf", "hiking in the mountains", "managing a small team", "starting a podcast",
-              "learning to knit", "fixing a flat bicycle tyre", "raising chickens", "running a book club",
-              "learning to code in Python", "making pottery", "training for a triathlon", "writing a wedding speech",
-              "learning to ski", "growing tomatoes on a balcony", "renovating a kitchen", "learning to juggle",
-              "packing for a long flight", "starting a running club", "keeping bees", "learning sign language",
-              "sewing a simple dress", "planning a museum visit with kids", "learning to sail", "writing a blog"]
-THINGS = ["cycling", "reading fiction", "learning music", "owning a cat", "drinking tea", "meditation", "swimming",
-          "composting", "public libraries", "electric cars", "solar panels", "yoga", "gardening", "board games",
-          "walking meetings", "open-source software", "journaling", "cold showers", "city parks", "carpooling",
-          "learning history", "museums", "a standing desk", "bilingual education", "community gardens",
-          "rock climbing", "baking with kids", "learning to cook", "camping", "playing in a band", "pen pals",
-          "learning to dance", "a morning routine", "hiking clubs", "reading poetry", "second-hand clothes",
-          "a vegetable box subscription", "learning a craft", "chess clubs", "long walks"]
-CHOICES = ["renting an apartment", "buying a used car", "working part-time", "living in a small town",
-           "studying abroad", "freelancing", "homeschooling", "owning a dog", "taking a gap year",
-           "a four-day work week",
-           "online classes", "shared offices", "nuclear power", "tiny houses", "self-driving buses"]
-PAIRS = [("tea", "coffee"), ("trains", "planes"), ("e-books", "paper books"), ("cats", "dogs"), ("running", "cycling"),
-         ("renting", "buying a home"), ("city life", "country life"), ("laptops", "desktop computers"),
-         ("summer", "winter holidays"), ("walking", "driving to work"), ("chess", "checkers"), ("piano", "violin"),
-         ("Linux", "Windows"), ("SQL databases", "spreadsheets"), ("wool", "cotton")]
-EVENTS = ["a child's birthday party", "a rainy weekend", "a team-building day", "a school science fair",
-          "a small wedding", "a charity fundraiser", "a family reunion", "a book club meeting", "a picnic",
-          "a retirement party", "a neighbourhood clean-up", "a board game night", "a first date", "a holiday market"]
-PRODUCTS = ["a good pair of running shoes", "a reliable bicycle", "a kitchen knife", "a backpack for travel",
-            "a desk chair", "a smartphone for a grandparent", "a tent", "a coffee grinder", "a winter coat",
-            "a beginner's telescope", "a rice cooker", "a reading lamp"]
-CONCEPTS = ["inflation", "photosynthesis", "a leap year", "gravity", "a haiku", "compound interest", "an eclipse",
-            "a volcano", "recycling", "a democracy", "an ecosystem", "a vaccine", "a metaphor", "a prime number",
-            "the water cycle", "a rainbow", "an earthquake", "a hash table", "a noun", "friction", "erosion",
-            "a comet", "evaporation", "a tariff", "a glacier", "a simile", "a virus", "an atom", "a budget",
-            "a fossil", "a thermometer", "a tide", "a habitat", "an orbit", "a palindrome", "a fraction",
-            "a pulley", "a lens", "magnetism", "a fable"]
-COUNTRIES = ["France", "Japan", "Kenya", "Brazil", "Canada", "Egypt", "Norway", "India", "Mexico", "Australia", "Peru",
-             "Italy", "Vietnam", "Ghana", "Chile", "Poland", "Spain", "Thailand", "Greece", "Ireland"]
-SENTENCES = ["The cat chased the mouse across the kitchen.", "We will finish the report tomorrow.",
-             "The old bridge was closed after the storm.", "She plays the piano every evening.",
-             "The children planted three trees in the park.", "Our team won the final game.",
-             "He forgot his umbrella at the station.", "The museum opens at nine.",
-             "They painted the fence blue.", "I have never seen such a tall building.",
-             "The baker sold all the bread before noon.", "My brother fixed the broken chair.",
-             "The students wrote a letter to the mayor.", "The river flooded the small village.",
-             "A strong wind knocked over the sign.", "The chef tasted the soup twice.",
-             "Our neighbours adopted a kitten.", "The train arrived ten minutes late.",
-             "The artist finished the mural in a week.", "The committee approved the new plan."]
-ANIMALS = ["spider", "horse", "octopus", "ant", "penguin", "crab", "snake", "kangaroo", "bee", "starfish",
-           "frog", "owl", "dolphin", "camel", "butterfly", "lobster", "bat", "goat", "eagle", "squid"]
-CODE = ["reverses a string", "returns the largest number in a list", "checks whether a word is a palindrome",
-        "counts the vowels in a string", "converts Celsius to Fahrenheit", "returns the sum of a list of numbers",
-        "removes duplicates from a list while keeping the order", "returns the factorial of n",
-        "checks whether a year is a leap year", "returns the average of a list", "capitalises every word in a sentence",
-        "returns the second smallest number in a list", "counts how often each word appears in a text"]
 
 LISTLIKE = {
     "tips": (["Give {n} tips for {a}.", "What are some tips for {a}?", "How can I get better at {a}? Give a few tips.",
@@ -113,6 +78,34 @@ LISTLIKE = {
                "Plan the activities for {e}."], {"e": EVENTS}),
     "features": (["What features should I look for in {p}?", "Describe the key things to check before buying {p}.",
                   "How do I choose {p}? List what matters."], {"p": PRODUCTS}),
+    "explain": (["How does {x} work?", "Give a simple explanation of how {x} works.",
+                 "What are the key ideas behind how {x} works?"], {"x": MECHANISMS}),
+    "factors": (["What factors affect {x}?", "What determines {x}?",
+                 "Why does {x} vary so much? List the main factors."],
+                {"x": FACTORS}),
+    "matters": (["Why is {x} important?", "Why does {x} matter? Give a few reasons.",
+                 "Explain why {x} is worth caring about."], {"x": MATTERS}),
+    "causes": (["What are the main causes of {x}?", "What leads to {x}? Explain the main causes.",
+                "What can be done to tackle {x}?"], {"x": CAUSES}),
+    "effects": (["How does {x} affect people?", "What are the effects of {x} on everyday life?",
+                 "What are the short-term and long-term effects of {x}?"], {"x": EFFECTS}),
+    "advice": (["How can I {g}?", "What are some practical ways to {g}?", "I want to {g}. Where should I start?"],
+               {"g": GOALS}),
+    "signs": (["How can you tell whether {x}?", "What are the signs that {x}?", "How do I know if {x}?"],
+              {"x": SIGNS}),
+    "roleplay": (["You are {r}. Describe a typical day at work.",
+                  "Pretend you are {r} and give advice to someone new to the job.",
+                  "As {r}, what do you love most about your work?"], {"r": ROLES}),
+    "counterfactual": (["What would happen if {cf}?", "How would daily life be different if {cf}?",
+                        "If {cf}, what would change? Describe a few of the effects."], {"cf": COUNTERFACTUALS}),
+    "blog": (["Write a short blog post about {t}.",
+              "Write an informal blog post on {t}, split into a few short sections.",
+              "Outline a blog post about {t}, with a heading for each section."], {"t": BLOG_TOPICS}),
+    "welcome": (["Write a welcome guide for new members of {g}.",
+                 "Write a short welcome message for new members of {g}, covering the key things they should know."],
+                {"g": GROUPS}),
+    "newsletter": (["Write a newsletter announcing {e}.",
+                    "Write a short newsletter item announcing {e}, with the details readers need."], {"e": NEWS}),
 }
 OTHER = {
     "arith": (["What is {i} times {j}?", "What is {i} plus {j}?", "What is {i} minus {j}?",
@@ -129,6 +122,19 @@ OTHER = {
     "rewrite": (["Rewrite this sentence in the passive voice: {s}", "Translate into French: {s}",
                  "Make this sentence more formal: {s}", "Correct the grammar if needed: {s}",
                  "Rewrite this sentence in the past tense: {s}"], {"s": SENTENCES}),
+    "wordproblem": (["A baker makes {i} loaves a day. How many loaves does she make in {j} days?",
+                     "Tom has {i} marbles and gives {j} of them to a friend. How many marbles does he have left?",
+                     "A car travels at {i} kilometres per hour. How far does it go in {j} hours?",
+                     "Concert tickets cost {j} pounds each. How much do {i} tickets cost?",
+                     "A garden is {i} metres long and {j} metres wide. What is its area?",
+                     "A book has {i}0 pages. If I read {j} pages a day, how many days will it take me to finish it?",
+                     "{i} sweets are shared equally among {j} children. How many does each child get, and how many "
+                     "are left over?",
+                     "A jacket costs {i} dollars and is reduced by {j} percent in a sale. What is the sale price?"],
+                    {}),
+    "fermi": (["Estimate the number of {x}. Explain your estimate step by step.",
+               "Give a rough estimate of the number of {x}, showing each step of your reasoning."], {"x": FERMI}),
+    "fact": (["{q}"], {"q": FACTS}),
 }
 
 
@@ -145,6 +151,8 @@ def synthesise(rng: random.Random) -> list[Prompt]:
 def _fillers(name: str, slots: dict, rng: random.Random) -> list[dict]:
     if name == "arith":
         return [{"i": rng.randint(2, 99), "j": rng.randint(2, 99)} for _ in range(70)]
+    if name == "wordproblem":  # i > j, so subtractions and shares stay positive
+        return [{"i": rng.randint(20, 99), "j": rng.randint(2, 19)} for _ in range(15)]
     if name == "compare":
         return [{"x": x, "y": y} for x, y in slots["p"]]
     (key, values), = slots.items()
@@ -216,23 +224,26 @@ def dedup(prompts: list[Prompt], banned: list[str]) -> tuple[list[Prompt], int, 
     return kept, n_bench, n_dup
 
 
-def build(seed: int = 0, eval_per_kind: int = 100) -> dict:
-    """All prompts, deduplicated, split: `eval` holds eval_per_kind of each kind, `train` the rest."""
+def build(seed: int = 0, eval_per_kind: int = 100, calib_per_kind: int = 60) -> dict:
+    """All prompts, deduplicated, split: `eval` holds eval_per_kind of each kind (the held-out test),
+    `calib` calib_per_kind of each (the fork threshold's fit: never trained on), `train` the rest."""
     rng = random.Random(seed)
     prompts, n_bench, n_dup = dedup(seeds() + synthesise(rng), benchmark_questions())
     rng.shuffle(prompts)
-    evals = []
+    evals, calib = [], []
     for kind in ("listlike", "other"):
-        evals += [p for p in prompts if p.kind == kind][:eval_per_kind]
-    held = {p.id for p in evals}
+        mine = [p for p in prompts if p.kind == kind]
+        evals += mine[:eval_per_kind]
+        calib += mine[eval_per_kind:eval_per_kind + calib_per_kind]
+    held = {p.id for p in evals + calib}
     train = [p for p in prompts if p.id not in held]
-    return {"train": train, "eval": evals, "dropped_benchmark": n_bench, "dropped_duplicate": n_dup}
+    return {"train": train, "calib": calib, "eval": evals, "dropped_benchmark": n_bench, "dropped_duplicate": n_dup}
 
 
 def write(out: Path, seed: int = 0) -> dict:
     split = build(seed)
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("train", "eval"):
+    for name in ("train", "calib", "eval"):
         with open(out / f"prompts_{name}.jsonl", "w") as f:
             for p in split[name]:
                 f.write(json.dumps(asdict(p)) + "\n")

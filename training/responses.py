@@ -1,6 +1,7 @@
 """The base model's own answers to the training prompts, generated in batches by the serving loop
-(continuous batching, shared chat-template prefix computed once). Appends to a JSONL as answers
-finish, so an interrupted run resumes where it stopped.
+(continuous batching, shared chat-template prefix computed once), list-like prompts steered by a
+forced opening (`steering`). Appends to a JSONL as answers finish, so an interrupted run resumes
+where it stopped. `response` is the whole answer (opening included), `opening` the forced part.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from runtime.sampling import SamplingParams
 from runtime.serving import complete
 
 from .prompts import Prompt
+from .steering import opening
 
-# Greedy with a repetition penalty: plain greedy makes this model loop in over half its answers.
-PARAMS = SamplingParams(max_new_tokens=320, temperature=0.0, repetition_penalty=1.2)
+# Greedy under the default anti-loop rule (plain greedy makes this model loop in half its answers).
+PARAMS = SamplingParams(max_new_tokens=320, temperature=0.0)
 
 
 def done_ids(path: Path) -> set[str]:
@@ -38,14 +40,16 @@ def generate(engine: Engine, prompts: list[Prompt], out: Path, params: SamplingP
     with open(out, "a") as f, Progress(TextColumn("answers"), BarColumn(), MofNCompleteColumn(),
                                        TimeRemainingColumn()) as bar:
         task = bar.add_task("", total=len(todo))
-        for i, ev in complete(engine, [engine.chat_prompt(p.text) for p in todo], params, batch=batch):
+        starts = [opening(p) for p in todo]
+        prompts = [engine.chat_prompt(p.text) + engine.encode(o) for p, o in zip(todo, starts)]
+        for i, ev in complete(engine, prompts, params, batch=batch):
             p = todo[i]
-            row = {"id": p.id, "kind": p.kind, "prompt": p.text}
+            row = {"id": p.id, "kind": p.kind, "prompt": p.text, "opening": starts[i]}
             if ev.error:
                 row["error"] = ev.error
             else:
                 o = ev.result.output
-                row.update(response=o.text, finish_reason=o.finish_reason, tokens=o.completion_tokens)
+                row.update(response=starts[i] + o.text, finish_reason=o.finish_reason, tokens=o.completion_tokens)
             f.write(json.dumps(row) + "\n")
             f.flush()
             written += 1

@@ -33,6 +33,7 @@ class TrainConfig:
     lr: float = 3e-4
     epochs: float = 1.0
     accum: int = 8  # samples per optimizer step
+    batch: int = 4  # samples per forward (of similar length, padded): bigger matmuls for both cores
     max_len: int = 768  # longer samples are skipped
     seed: int = 0
     checkpoint_every: int = 20  # optimizer steps
@@ -62,18 +63,30 @@ def lora(model, ids: SpecialIds, cfg: TrainConfig):
 def sample_loss(model, s: Sample, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean next-token loss over the labelled tokens, with the protocol's mask and positions;
     `weights[token id]` scales each target's loss (None: all 1)."""
+    return batch_loss(model, [s], weights)
+
+
+def batch_loss(model, samples: list[Sample], weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The mean over `samples` of each one's `sample_loss`, in one padded forward. Each sample keeps
+    its own protocol mask and positions; a pad token sees only itself and is never a target."""
     dev = next(model.parameters()).device
-    ids = torch.tensor(s.ids, device=dev)[None]
-    out = model(input_ids=ids, position_ids=torch.tensor(s.positions, device=dev)[None],
-                attention_mask=sequence_mask(s.tags, dev), use_cache=False)
-    logits = out.logits[0, :-1].float()
-    labels = torch.tensor(s.labels[1:], device=dev)
-    if weights is None:
-        return torch.nn.functional.cross_entropy(logits, labels, ignore_index=IGNORE)
-    keep = labels != IGNORE
-    per = torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="none")
-    w = weights.to(dev)[labels[keep]]
-    return (per * w).sum() / w.sum()
+    n = max(len(s.ids) for s in samples)
+    ids = torch.zeros(len(samples), n, dtype=torch.long, device=dev)
+    pos = torch.zeros_like(ids)
+    labels = torch.full_like(ids, IGNORE)
+    mask = torch.eye(n, dtype=torch.bool, device=dev).repeat(len(samples), 1, 1, 1)
+    for i, s in enumerate(samples):
+        k = len(s.ids)
+        ids[i, :k], pos[i, :k] = torch.tensor(s.ids), torch.tensor(s.positions)
+        labels[i, :k - 1] = torch.tensor(s.labels[1:])
+        mask[i, :, :k, :k] = sequence_mask(s.tags, dev)
+    logits = model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False).logits.float()
+    per = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE,
+                                            reduction="none").view_as(labels)
+    w = (labels != IGNORE).float()
+    if weights is not None:
+        w = w * weights.to(dev)[labels.clamp(min=0)]
+    return ((per * w).sum(1) / w.sum(1)).mean()
 
 
 def train(model, ids: SpecialIds, samples: list[Sample], ckpt: Path, cfg: TrainConfig, log=print,
@@ -112,10 +125,11 @@ def train(model, ids: SpecialIds, samples: list[Sample], ckpt: Path, cfg: TrainC
     pm.train()
     t0 = time.perf_counter() - hist.seconds
     while hist.step < total:
-        batch = order[hist.step * cfg.accum:(hist.step + 1) * cfg.accum]
+        group = sorted(order[hist.step * cfg.accum:(hist.step + 1) * cfg.accum], key=lambda i: len(samples[i].ids))
         acc = 0.0
-        for i in batch:
-            loss = sample_loss(pm, samples[i], weights) / len(batch)
+        for k in range(0, len(group), cfg.batch):  # neighbours in length share a forward: little padding
+            part = group[k:k + cfg.batch]
+            loss = batch_loss(pm, [samples[i] for i in part], weights) * len(part) / len(group)
             loss.backward()
             acc += loss.item()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -1,0 +1,28 @@
+"""Steering the base model into parallel structure, in its own words.
+
+The base model's free answers hold little parallel structure (forking every list and paragraph run
+would give ~1.2-1.3x), and asking for a list in a system prompt is ignored. Starting the answer for
+it does work: after "Here are the key points:\\n\\n1. **" it writes a bold-title list. So list-like
+prompts get one of a few such openings; the model writes the rest, and the training sample is the
+plain prompt -> opening + answer (the steering is not in the prompt: the adapter learns to open
+that way itself). Other prompts are never steered: the adapter must also learn when not to fork.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from .prompts import Prompt
+
+INTROS = ("Here are the key points:", "Here are some ideas:", "Sure! Here are a few things to consider:",
+          "Here is what you need to know:", "Great question! Here are the main points:",
+          "Here are a few suggestions:", "Let's break it down:", "Here's an overview:")
+STYLES = ("\n\n1. **", "\n\n1. **", "\n\n1. **", "\n\n**")  # numbered bold titles 3:1 over bold paragraphs
+
+
+def opening(p: Prompt) -> str:
+    """The forced start of the answer ('' for prompts that stay unsteered), fixed per prompt id."""
+    if p.kind != "listlike":
+        return ""
+    h = int.from_bytes(hashlib.sha256(p.id.encode()).digest()[:8], "big")
+    return INTROS[h % len(INTROS)] + STYLES[(h // len(INTROS)) % len(STYLES)]
