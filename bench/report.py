@@ -9,13 +9,9 @@ import json
 import re
 from pathlib import Path
 
+from runtime.sampling import describe_anti_loop
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def anti_loop_text(d: dict) -> str:
-    """The decoding's anti-loop settings as a report says them (older records: a penalty only)."""
-    n = d.get("no_repeat_ngram_size", 0)
-    return f"repetition penalty {d.get('repetition_penalty', 1.0)}" + (f", no repeated {n}-grams" if n else "")
 
 
 def engine_table(r: dict) -> str:
@@ -153,7 +149,7 @@ def adapter_table(r: dict) -> str:
     ]
     e = r["environment"]
     note = (f"\n{r['eval_prompts']} held-out prompts (`bench/adapter.py`) and {r['vicuna_questions']} Vicuna questions "
-            f"(from {r['vicuna_source']}); greedy, {anti_loop_text(r)}, at most "
+            f"(from {r['vicuna_source']}); greedy, {describe_anti_loop(r)}, at most "
             f"{r['max_new_tokens']} new tokens; {e['machine']['cores']} cores, torch {e['versions']['torch']}, "
             f"{e['date']}.")
     return "\n".join(rows) + "\n" + note
@@ -170,7 +166,7 @@ def vicuna_table(summary: dict) -> str:
     env = m["environment"]
     qual = [[txt + (" ⚠" if st == "red" else "") for txt, st in r] for r in reports.quality_rows(summary)]
     sp = m["sampling"]
-    decoding = (f"{sp.get('decoding')}, {anti_loop_text(sp)}, at most "
+    decoding = (f"{sp.get('decoding')}, {describe_anti_loop(sp)}, at most "
                 f"{sp.get('max_new_tokens')} new tokens")
     note = (f"\n`{m['command']}`: {m['question_count']} questions, {decoding}, one question at a time with "
             f"the systems interleaved; {env['machine']['cores']} cores, torch {env['versions']['torch']}, "
@@ -178,6 +174,26 @@ def vicuna_table(summary: dict) -> str:
             f"[bench/results/vicuna80/report.md](bench/results/vicuna80/report.md).")
     return (reports.md_table(reports.SPEED_HEAD, reports.speed_rows(summary)) + "\n\n"
             + reports.md_table(reports.QUALITY_HEAD, qual) + "\n" + note)
+
+
+def decoding_table(r: dict) -> str:
+    """The anti-loop settings measured on the base model's Vicuna-80 answers (bench/decoding.py)."""
+    chosen = (r["chosen"]["repetition_penalty"], r["chosen"]["no_repeat_ngram_size"])
+    rows = ["| repetition penalty (words only) | no repeated n-grams | loops | 4-gram repetition | degenerate words "
+            "| answers with parallel groups | ceiling: mean / max | base model's loss |",
+            "|---|---|---|---|---|---|---|---|"]
+    for x in ([r["before"]] if r.get("before") else []) + r["settings"]:
+        key = (x["repetition_penalty"], x["no_repeat_ngram_size"])
+        mark = " **(default)**" if key == chosen else ""
+        rows.append(f"| {x['repetition_penalty']}{mark} | {x['no_repeat_ngram_size'] or 'off'} | {x['loops']:.1%} | "
+                    f"{x['repetition_4gram']:.3f} | {x['degenerate']:.2%} | {x['with_groups']:.0%} | "
+                    f"{x['ceiling_mean']:.2f}x / {x['ceiling_max']:.2f}x | {x['loss']:.3f} |")
+    e = r["environment"]
+    note = (f"\nThe base model's greedy answers to the {r['settings'][0]['questions']} Vicuna-80 questions "
+            f"(at most {r['max_new_tokens']} tokens, {r['weights']}); the first row is the committed `hf` answers of "
+            f"the earlier default. Ceiling: the speedup if every parallel group the data pipeline finds forked. "
+            f"{e['machine']['cores']} cores, torch {e['versions']['torch']}, {e['date']}.")
+    return "\n".join(rows) + "\n" + note
 
 
 def replace(text: str, name: str, table: str) -> str:
@@ -198,6 +214,8 @@ def main() -> None:
         adapted = results / "formats_adapter.json"
         text = replace(text, "formats", formats_table(json.loads((results / "formats.json").read_text()),
                                                       json.loads(adapted.read_text()) if adapted.exists() else None))
+    if (results / "decoding.json").exists():
+        text = replace(text, "decoding", decoding_table(json.loads((results / "decoding.json").read_text())))
     text = replace(text, "programs", programs_table(json.loads((results / "programs.json").read_text())))
     if (results / "serve_load.json").exists():
         text = replace(text, "serve", serve_table(json.loads((results / "serve_load.json").read_text())))

@@ -6,8 +6,8 @@ import argparse
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-REPETITION_PENALTY = 1.0
-NO_REPEAT_NGRAM_SIZE = 0
+REPETITION_PENALTY = 1.0  # bench/decoding.py: 5-gram blocking alone never loops and keeps the text most natural
+NO_REPEAT_NGRAM_SIZE = 5
 
 
 class SamplingParams(BaseModel):
@@ -70,3 +70,9 @@ def anti_loop_from(args: argparse.Namespace) -> dict:
     """The anti-loop flags that were set, as SamplingParams fields."""
     return {k: v for k, v in (("repetition_penalty", args.repetition_penalty),
                               ("no_repeat_ngram_size", args.no_repeat_ngram_size)) if v is not None}
+
+
+def describe_anti_loop(d: dict) -> str:
+    """Anti-loop settings as reports say them, from a record's fields (older records: a penalty only)."""
+    n = d.get("no_repeat_ngram_size", 0)
+    return f"repetition penalty {d.get('repetition_penalty', 1.0)}" + (f", no repeated {n}-grams" if n else "")

@@ -227,3 +227,16 @@ def test_sglang_system_over_a_real_server(tmp_path):
         g = Grader(url).grade("1", "math", "what is 2+2?", "4")
         assert g is None or 1 <= g <= 10  # the tiny model rarely writes "[[n]]": None is the honest answer
     assert rating("The answer is fine. Rating: [[7]]") == 7.0 and rating("no verdict") is None
+
+
+def test_decoding_default_is_the_most_natural_setting_that_never_loops():
+    from bench.decoding import choose
+
+    def row(p, n, loops, degenerate, loss):
+        return {"repetition_penalty": p, "no_repeat_ngram_size": n, "loops": loops, "degenerate": degenerate,
+                "loss": loss}
+
+    plain = row(1.0, 0, 0.3, 0.006, 0.4)  # loops: most natural by loss, never chosen
+    rows = [plain, row(1.2, 0, 0.0, 0.002, 1.2), row(1.0, 5, 0.0, 0.002, 0.77), row(1.0, 6, 0.0125, 0.006, 0.74),
+            row(1.05, 5, 0.0, 0.02, 0.6)]  # the last writes broken words
+    assert choose(rows)["no_repeat_ngram_size"] == 5

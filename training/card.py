@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from runtime.sampling import describe_anti_loop
+
 
 def write(adapter: Path, evaluation: dict | None = None) -> Path:
     rec = json.loads((adapter / "training.json").read_text())
@@ -59,9 +61,9 @@ def write(adapter: Path, evaluation: dict | None = None) -> Path:
         e = evaluation
         lines += [
             "",
-            "## Evaluation (`bench/adapter.py`, greedy, repetition penalty 1.2)",
+            f"## Evaluation (`bench/adapter.py`, greedy, {describe_anti_loop(e)})",
             f"- fork threshold: `<|title|>` logit offset {e.get('fork_bias', 0.0):+.2f}, fitted by `aspd calibrate` "
-            "on training prompts the adapter never saw (`aspd_calibration.json`)",
+            "on prompts the adapter never saw (`aspd_calibration.json`)",
             f"- held-out split: forks on {e['fork_rate_listlike']:.0%} of list-like prompts and "
             f"{e['fork_rate_other']:.0%} of the others; {e['wellformed_rate']:.0%} of outputs well-formed",
             f"- Vicuna-80 ({e['vicuna_questions']} questions, `aspd bench`): {e['vicuna_fork_share']:.0%} of answers "
@@ -78,3 +80,4 @@ def write(adapter: Path, evaluation: dict | None = None) -> Path:
     path = adapter / "README.md"
     path.write_text("\n".join(lines))
     return path
+

@@ -26,7 +26,7 @@ def add_parsers(sub) -> None:
     d.add_argument("--model", default=None, help="HF causal-LM directory (default: the embedded model)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--limit", type=int, default=None, help="answer only the first N training prompts")
-    d.add_argument("--batch", type=int, default=16, help="answers decoded together")
+    d.add_argument("--batch", type=int, default=32, help="answers decoded together")
     d.add_argument("--threshold", type=float, default=None, help="independence threshold (nats/token)")
     d.add_argument("--judge-url", default=None, help="optional LLM judge: an OpenAI-compatible server")
     d.add_argument("--judge-model", default="default")
@@ -37,7 +37,8 @@ def add_parsers(sub) -> None:
     t.add_argument("--epochs", type=float, default=1.0)
     t.add_argument("--rank", type=int, default=8)
     t.add_argument("--lr", type=float, default=3e-4)
-    t.add_argument("--accum", type=int, default=8)
+    t.add_argument("--accum", type=int, default=8, help="samples per optimizer step")
+    t.add_argument("--batch", type=int, default=4, help="samples per forward (padded, similar lengths)")
     t.add_argument("--serial-ratio", type=float, default=1.0, help="serial samples per parallel sample")
     t.add_argument("--max-samples", type=int, default=None)
     t.add_argument("--seed", type=int, default=0)
@@ -54,13 +55,17 @@ def add_parsers(sub) -> None:
     anti_loop_args(c)
 
 
-def _load(model: str | None, adapter: str = "none"):
+def _load(model: str | None, adapter: str = "none", dtype: str = "bfloat16"):
+    """bfloat16 where the float model is what runs (training, the independence check); `auto` where
+    the engine decodes (answers, calibration)."""
+    import os
+
     import torch
 
     from runtime.model_loader import DEFAULT_MODEL, load
 
-    torch.set_num_threads(max(1, __import__("os").cpu_count() or 1))
-    return load(model or DEFAULT_MODEL, dtype=torch.bfloat16, adapter=adapter)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    return load(model or DEFAULT_MODEL, dtype=dtype, adapter=adapter)
 
 
 def cmd_data(args: argparse.Namespace, console) -> int:
@@ -76,7 +81,7 @@ def cmd_data(args: argparse.Namespace, console) -> int:
         from .responses import generate
 
         todo = prompts.read(out / "prompts_train.jsonl")[:args.limit]
-        generate(Engine(_load(args.model)), todo, out / "responses.jsonl", batch=args.batch)
+        generate(Engine(_load(args.model, dtype="auto")), todo, out / "responses.jsonl", batch=args.batch)
     if args.step in ("build", "all"):
         from .dataset import make, stats_table
         from .independence import THRESHOLD
@@ -115,8 +120,8 @@ def cmd_train(args: argparse.Namespace, console) -> int:
 
     samples = [build(chat_ids(tok, r["prompt"]), P.parse(r["markup"]), enc, loaded.ids, eos if r["complete"] else None)
                for r in chosen]
-    cfg = TrainConfig(rank=args.rank, lr=args.lr, epochs=args.epochs, accum=args.accum, seed=args.seed,
-                      token_lr=args.token_lr, markup_weight=args.markup_weight)
+    cfg = TrainConfig(rank=args.rank, lr=args.lr, epochs=args.epochs, accum=args.accum, batch=args.batch,
+                      seed=args.seed, token_lr=args.token_lr, markup_weight=args.markup_weight)
     init = None
     if args.init is not None:
         import torch
@@ -151,7 +156,7 @@ def cmd_calibrate(args: argparse.Namespace, console) -> int:
     trained_on = {r["prompt"] for r in read(args.data / "dataset.jsonl")}
     train = [json.loads(x) for x in (args.data / "prompts_calib.jsonl").read_text().splitlines()]
     texts, kinds = calibrate.calibration_prompts(train, trained_on, args.per_kind)
-    eng = Engine(_load(args.model, adapter=str(args.adapter)))
+    eng = Engine(_load(args.model, adapter=str(args.adapter), dtype="auto"))
     params = SamplingParams(max_new_tokens=args.max_new_tokens, **anti_loop_from(args))
     console.print(f"calibrating the fork bias of {args.adapter} on {len(texts)} calibration prompts")
     points = calibrate.sweep(eng, texts, kinds, params, log=console.print)

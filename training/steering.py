@@ -14,9 +14,8 @@ import hashlib
 
 from .prompts import Prompt
 
-INTROS = ("Here are the key points:", "Here are some ideas:", "Sure! Here are a few things to consider:",
-          "Here is what you need to know:", "Great question! Here are the main points:",
-          "Here are a few suggestions:", "Let's break it down:", "Here's an overview:")
+INTROS = ("Here are the key points:", "Sure! Here are a few things to consider:", "Here is what you need to know:",
+          "Great question! Here are the main points:", "Let's break it down:", "Here's an overview:")
 STYLES = ("\n\n1. **", "\n\n1. **", "\n\n1. **", "\n\n**")  # numbered bold titles 3:1 over bold paragraphs
 
 
