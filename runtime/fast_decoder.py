@@ -88,6 +88,7 @@ class FastDecoder:
         self.layers: list[tuple] = []
         self.dense_layers: list[tuple] = []
         self.dense_rows = dense_rows if fmt.quantized else None
+        self.dense_head = Dense(head.to(self.dtype)) if self.dense_rows else None  # a view in bf16
         for i, layer in enumerate(core.layers):
             lins, floats = [], []
             for g, (part, names) in enumerate(GROUPS):
@@ -140,15 +141,24 @@ class FastDecoder:
         layers = self.dense_layers if self.dense_rows and total >= self.dense_rows else self.layers
         # Decode steps of several sequences (one query each, no mask) share one attention call over
         # their caches padded to the longest: per-sequence calls cost more in overhead than in math.
+        # Their caches are copied once per pass into one padded buffer (one copy per sequence, all
+        # layers); each layer then writes its new keys there in one indexed store, and the new
+        # token's K/V go back to each cache after the last layer.
         group = [j for j, (t, m) in enumerate(zip(sizes, masks)) if t == 1 and m is None]
         group = group if len(group) > 1 else []
         if group:
             ends = torch.tensor([spans[j][3] for j in group], device=x.device)
-            longest = int(ends.max())
-            keys = torch.zeros(len(group), hk, longest, d, dtype=self.dtype, device=x.device)
-            values = torch.zeros_like(keys)
+            longest, n_layers = int(ends.max()), len(layers)
+            keys = x.new_empty(n_layers, len(group), hk, longest, d)  # [layers, G, hk, L, d]
+            values = torch.empty_like(keys)
+            for r, j in enumerate(group):
+                past = spans[j][2]
+                keys[:, r, :, :past] = caches[j].k[:, :, :past]
+                values[:, r, :, :past] = caches[j].v[:, :, :past]
+                values[:, r, :, past + 1:] = 0  # padding: masked, but 0 * NaN would still be NaN
             visible = (torch.arange(longest, device=x.device) < ends[:, None])[:, None, None, :]  # [G, 1, 1, L]
             rows = torch.tensor([spans[j][0] for j in group], device=x.device)
+            members, at_end = torch.arange(len(group), device=x.device), ends - 1
         alone = [j for j in range(len(caches)) if j not in set(group)]
         for i, (ln1, wqkv, wo, ln2, wgu, wdown) in enumerate(layers):
             qkv = wqkv(self._rms(x, ln1))[0]  # [T, (hq + 2 hk) d]
@@ -158,18 +168,16 @@ class FastDecoder:
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             outs: list[torch.Tensor | None] = [None] * len(caches)
-            for kv, (a, b, start, end) in zip(caches, spans):
-                kv.k[i, :, start:end] = k[:, a:b]
-                kv.v[i, :, start:end] = v[:, a:b]
             if group:
-                for r, j in enumerate(group):
-                    end = spans[j][3]
-                    keys[r, :, :end], values[r, :, :end] = caches[j].k[i, :, :end], caches[j].v[i, :, :end]
-                o = _one_query_attention(q[:, rows].transpose(0, 1), keys, values, visible, self.scale)
+                keys[i, members, :, at_end] = k[:, rows].transpose(0, 1)
+                values[i, members, :, at_end] = v[:, rows].transpose(0, 1)
+                o = _one_query_attention(q[:, rows].transpose(0, 1), keys[i], values[i], visible, self.scale)
                 for r, j in enumerate(group):
                     outs[j] = o[r]  # [hq, 1, d]
             for j in alone:
-                kv, (a, b, _, end) = caches[j], spans[j]
+                kv, (a, b, start, end) = caches[j], spans[j]
+                kv.k[i, :, start:end] = k[:, a:b]
+                kv.v[i, :, start:end] = v[:, a:b]
                 outs[j] = F.scaled_dot_product_attention(
                     q[None, :, a:b], kv.k[i, None, :, :end], kv.v[i, None, :, :end],
                     attn_mask=masks[j], scale=self.scale, enable_gqa=hq != hk)[0]
@@ -177,12 +185,16 @@ class FastDecoder:
             x = x + wo(o.transpose(0, 1).reshape(1, total, hq * d))
             gate, up = wgu(self._rms(x, ln2)).chunk(2, dim=-1)
             x = x + wdown(F.silu(gate) * up)
+        for r, j in enumerate(group):
+            start = spans[j][2]
+            caches[j].k[:, :, start] = keys[:, r, :, start]
+            caches[j].v[:, :, start] = values[:, r, :, start]
         rows = []
         for kv, (a, _, _, end), at_rows in zip(caches, spans, logits_at):
             kv.length = end
             rows.append(at_rows + a)
         h = self._rms(x[0, torch.cat(rows)], self.norm_w)
-        logits = self.lm_head(h)
+        logits = (self.dense_head if self.dense_rows and h.shape[0] >= self.dense_rows else self.lm_head)(h)
         return list(logits.split([r.shape[0] for r in rows]))
 
 

@@ -218,6 +218,15 @@ def test_prefill_on_dense_weights_then_decode_quantized(tiny):
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     assert not torch.equal(got[0], run(int4, int4)[0])
 
+    def batch_step(d):  # four sequences' decode steps: four logits rows, the dense head too
+        kvs = [d.new_cache() for _ in range(4)]
+        for kv in kvs:
+            d.forward_many([kv], [ids], [torch.arange(5)], [causal], [torch.tensor([4])])
+        return d.forward_many(kvs, [torch.tensor([11 + j]) for j in range(4)], [torch.tensor([5])] * 4,
+                              [None] * 4, [torch.tensor([0])] * 4)
+
+    assert all(torch.equal(a, b) for a, b in zip(batch_step(dec), batch_step(bf16)))
+
 
 @pytest.mark.parametrize("dtype,device,msg", [("float16", "cpu", "unknown dtype 'float16'"),
                                               ("int4", "cuda", "CPU's kernels only")])
