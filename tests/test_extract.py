@@ -101,3 +101,13 @@ def test_pairs_stay_serial_and_titles_are_short():
                      enumerate(("desk", "room", "car"), start=1))
     [block] = roundtrip("Tips:\n\n" + long).blocks
     assert block.titles[0] == "1. Remember to always keep your desk"  # six words at most
+
+
+def test_a_long_list_becomes_consecutive_blocks_with_a_serial_newline_between():
+    items = "\n".join(f"{i}. **Point {i}**: something worth saying about it." for i in range(1, 13))
+    resp = roundtrip("Twelve points:\n\n" + items + "\n\nDone.")
+    assert [len(b.branches) for b in resp.blocks] == [6, 6]
+    assert resp.blocks[1].titles[0] == "7. Point 7"
+    between = resp.segments[resp.segments.index(resp.blocks[0]) + 1]
+    assert between.text == "\n"  # a block may not open right after a join
+    P.parse(resp.markup())  # well-formed

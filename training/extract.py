@@ -3,9 +3,9 @@
 Candidates: numbered and bulleted lists (items at the list's own indentation; nested lists stay
 inside their item), bold-title paragraphs, heading sections, and runs of plain paragraphs (this
 model mostly writes essays whose middle paragraphs each make one point). Fenced code is never
-split. A group needs `MIN_BRANCHES` to `MAX_BRANCHES` items, short unique titles (at most
-`MAX_TITLE_WORDS` words, from the item's bold lead, heading or first words), and bodies longer than
-their titles. `rewrite(...).plain_text()` is exactly the original answer.
+split. A group needs `MIN_BRANCHES` to `MAX_BRANCHES` items (a longer list becomes consecutive
+groups), short unique titles (at most `MAX_TITLE_WORDS` words, from the item's bold lead, heading or
+first words), and bodies longer than their titles. `rewrite(...).plain_text()` is exactly the original answer.
 
 Item numbers: a branch cannot see its siblings, so a numbered item's title carries its number
 ("3. Exercise"); the model writes all titles serially (it knows the count there) and each branch
@@ -146,9 +146,7 @@ def _list_groups(text: str, lines: list[_Line], code: set[int]) -> list[Group]:
             spans = [(lines[a].start, lines[b].start) for a, b in zip(starts, starts[1:])]
             end = lines[last_content].start + len(lines[last_content].text)
             spans.append((lines[starts[-1]].start, end))
-            g = _group(text, kind, spans)
-            if g is not None:
-                groups.append(g)
+            groups += _groups(text, kind, spans)
         i = max(j, i + 1)
     return groups
 
@@ -203,21 +201,32 @@ def _paragraph_groups(text: str, paras: list[tuple[int, int, str]], taken: list[
             if len(run) >= (MIN_PARAGRAPHS if kind == "plain" else MIN_BRANCHES):
                 spans = [(s, n) for (s, _), (n, _) in zip(run, run[1:])] + [run[-1]]
                 name = {"plain": "paragraphs", "bold": "bold"}.get(kind, "heading")
-                g = _group(text, name, spans)
-                if g is not None:
+                for g in _groups(text, name, spans):
                     groups.append(g)
                     taken.append((g.start, g.end))
             run = []
     return groups
 
 
-def _group(text: str, kind: str, spans: list[tuple[int, int]]) -> Group | None:
-    if len(spans) > MAX_BRANCHES:
-        spans = spans[:MAX_BRANCHES - 1] + [(spans[MAX_BRANCHES - 1][0], spans[-1][1])]  # the tail stays one item
+def _groups(text: str, kind: str, spans: list[tuple[int, int]]) -> list[Group]:
+    """The items as one group, or, past MAX_BRANCHES items, as consecutive groups of near-equal
+    size: each but the last gives its final newline back to the serial text, because a block may
+    not open right after a join."""
     titles = _titles([text[a:b] for a, b in spans], kind)
     if titles is None:
-        return None
-    return Group(kind, spans[0][0], spans[-1][1], tuple(spans), titles)
+        return []
+    parts = -(-len(spans) // MAX_BRANCHES)
+    size = -(-len(spans) // parts)
+    out = []
+    for k in range(0, len(spans), size):
+        chunk, names = list(spans[k:k + size]), titles[k:k + size]
+        if k + size < len(spans):
+            a, b = chunk[-1]
+            if not text[a:b].endswith("\n") or len(chunk) < MIN_BRANCHES:
+                return []
+            chunk[-1] = (a, b - 1)
+        out.append(Group(kind, chunk[0][0], chunk[-1][1], tuple(chunk), names))
+    return out if all(len(g.items) >= MIN_BRANCHES for g in out) else []
 
 
 def find_groups(text: str) -> list[Group]:
