@@ -54,6 +54,9 @@ def vicuna_figures(summary: dict) -> dict:
         "vicuna_mean_speedup": aspd["speedup_vs_ar"]["mean"], "vicuna_median_speedup": aspd["speedup_vs_ar"]["median"],
         "vicuna_max_speedup": aspd["speedup_vs_ar"]["max"], "vicuna_fork_share": aspd["fork_share"],
         "vicuna_mean_ideal_speedup": aspd["ideal_speedup"]["mean"],
+        "vicuna_branches_per_block": aspd.get("branches_per_block"),
+        "vicuna_fork_share_by_category": {c: v["aspd"].get("fork_share") for c, v in summary["categories"].items()
+                                          if "aspd" in v},
         "quality_reference": summary["meta"]["reference"],
         "cosine_aspd_vs_base_ar": aspd["quality"]["cosine"], "cosine_ar_vs_base_ar": ar["quality"]["cosine"],
         "loss_base_on_aspd": aspd["quality"]["loss"], "loss_base_on_ar": ar["quality"]["loss"],
@@ -87,12 +90,14 @@ def main() -> None:
     for kind in ("listlike", "other"):
         sel = [o for e, o in zip(evals, outs) if e["kind"] == kind]
         rate[kind] = sum(bool(o.blocks) for o in sel) / len(sel)
+    blocks = [len(b.branches) for o in outs for b in o.response.blocks]
     wf = sum(wellformed(o) for o in outs) / len(outs)
     result = {
         "adapter": str(Path(adapter).relative_to(ROOT)) if Path(adapter).is_relative_to(ROOT) else adapter,
         "fork_bias": loaded.fork_bias, "max_new_tokens": args.max_new_tokens, **params.anti_loop,
         "decoding": "greedy", "fork_rate_listlike": round(rate["listlike"], 3),
         "fork_rate_other": round(rate["other"], 3), "wellformed_rate": round(wf, 3), "eval_prompts": len(evals),
+        "branches_per_block": round(sum(blocks) / len(blocks), 2) if blocks else None,
         **vicuna_figures(json.loads(summary_path.read_text())), "environment": environment(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

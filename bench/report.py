@@ -129,6 +129,10 @@ def data_table(st: dict) -> str:
     return "\n".join(rows)
 
 
+def _opt(x, fmt: str = "{:.2f}") -> str:
+    return "n/a" if x is None or x != x else fmt.format(x)
+
+
 def adapter_table(r: dict) -> str:
     rows = [
         "| metric | value |",
@@ -137,7 +141,9 @@ def adapter_table(r: dict) -> str:
         f"| held-out split: forks on list-like prompts | {r['fork_rate_listlike']:.0%} |",
         f"| held-out split: forks on other prompts | {r['fork_rate_other']:.0%} |",
         f"| held-out split: outputs that parse as well-formed markup | {r['wellformed_rate']:.0%} |",
+        f"| held-out split: branches per block | {_opt(r.get('branches_per_block'))} |",
         f"| Vicuna-80: answers that forked | {r['vicuna_fork_share']:.0%} |",
+        f"| Vicuna-80: branches per block | {_opt(r.get('vicuna_branches_per_block'))} |",
         f"| Vicuna-80: latency speedup ASPD / AR, mean (median) | **{r['vicuna_mean_speedup']:.2f}x** "
         f"({r['vicuna_median_speedup']:.2f}x) |",
         f"| Vicuna-80: max speedup | {r['vicuna_max_speedup']:.2f}x |",

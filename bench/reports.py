@@ -40,6 +40,8 @@ def summarize(rows: list[dict], systems: list[str], meta: dict) -> dict:
             "ttft_s": metrics.stats(r["ttft_s"] for r in mine),
             "completion_tokens": metrics.stats(r["completion_tokens"] for r in mine),
             "fork_share": sum(r["blocks"] > 0 for r in mine) / len(mine) if mine else math.nan,
+            "branches_per_block": (sum(r["branches"] for r in mine) / sum(r["blocks"] for r in mine)
+                                   if any(r["blocks"] for r in mine) else math.nan),
             "parallel_degree": metrics.stats(r["parallel_tokens"] / r["completion_tokens"]
                                              for r in mine if r["completion_tokens"]),
         }
@@ -63,7 +65,8 @@ def summarize(rows: list[dict], systems: list[str], meta: dict) -> dict:
             sel = [r for r in ok if r["system"] == s and r["category"] == cat]
             by_cat[cat][s] = {"speedup_vs_ar": metrics.stats(_get(r, "speed", "speedup_vs_ar") for r in sel)["mean"],
                               "speedup_vs_hf": metrics.stats(_get(r, "speed", "speedup_vs_hf") for r in sel)["mean"],
-                              "cosine": metrics.stats(_get(r, "quality", "cosine") for r in sel)["mean"]}
+                              "cosine": metrics.stats(_get(r, "quality", "cosine") for r in sel)["mean"],
+                              "fork_share": sum(r["blocks"] > 0 for r in sel) / len(sel) if sel else math.nan}
     out["categories"] = dict(by_cat)
     return out
 
