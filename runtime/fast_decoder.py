@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from . import gguf_weights
+from .decode_group import DecodeGroup
 from .quant import Dense, Linear, LoRA, activations, linear
 from .weight_format import WeightFormat
 
@@ -89,6 +90,7 @@ class FastDecoder:
         self.dense_layers: list[tuple] = []
         self.dense_rows = dense_rows if fmt.quantized else None
         self.dense_head = Dense(head.to(self.dtype)) if self.dense_rows else None  # a view in bf16
+        self.group = DecodeGroup()
         for i, layer in enumerate(core.layers):
             lins, floats = [], []
             for g, (part, names) in enumerate(GROUPS):
@@ -139,26 +141,14 @@ class FastDecoder:
         cos, sin = self.rotary(x, torch.cat(pos)[None])  # [1, T, head_dim], in x's dtype
         hq, hk, d = self.heads, self.kv_heads, self.head_dim
         layers = self.dense_layers if self.dense_rows and total >= self.dense_rows else self.layers
-        # Decode steps of several sequences (one query each, no mask) share one attention call over
-        # their caches padded to the longest: per-sequence calls cost more in overhead than in math.
-        # Their caches are copied once per pass into one padded buffer (one copy per sequence, all
-        # layers); each layer then writes its new keys there in one indexed store, and the new
-        # token's K/V go back to each cache after the last layer.
+        # Decode steps of several sequences (one query each, no mask): one attention call (DecodeGroup).
         group = [j for j, (t, m) in enumerate(zip(sizes, masks)) if t == 1 and m is None]
         group = group if len(group) > 1 else []
         if group:
-            ends = torch.tensor([spans[j][3] for j in group], device=x.device)
-            longest, n_layers = int(ends.max()), len(layers)
-            keys = x.new_empty(n_layers, len(group), hk, longest, d)  # [layers, G, hk, L, d]
-            values = torch.empty_like(keys)
-            for r, j in enumerate(group):
-                past = spans[j][2]
-                keys[:, r, :, :past] = caches[j].k[:, :, :past]
-                values[:, r, :, :past] = caches[j].v[:, :, :past]
-                values[:, r, :, past + 1:] = 0  # padding: masked, but 0 * NaN would still be NaN
-            visible = (torch.arange(longest, device=x.device) < ends[:, None])[:, None, None, :]  # [G, 1, 1, L]
-            rows = torch.tensor([spans[j][0] for j in group], device=x.device)
-            members, at_end = torch.arange(len(group), device=x.device), ends - 1
+            self.group.prepare([caches[j] for j in group], [spans[j][2] for j in group])
+            qrows = torch.tensor([spans[j][0] for j in group], device=x.device)
+        else:
+            self.group = DecodeGroup()  # nothing to keep: free the buffer
         alone = [j for j in range(len(caches)) if j not in set(group)]
         for i, (ln1, wqkv, wo, ln2, wgu, wdown) in enumerate(layers):
             qkv = wqkv(self._rms(x, ln1))[0]  # [T, (hq + 2 hk) d]
@@ -169,9 +159,8 @@ class FastDecoder:
             k = k * cos + _rotate_half(k) * sin
             outs: list[torch.Tensor | None] = [None] * len(caches)
             if group:
-                keys[i, members, :, at_end] = k[:, rows].transpose(0, 1)
-                values[i, members, :, at_end] = v[:, rows].transpose(0, 1)
-                o = _one_query_attention(q[:, rows].transpose(0, 1), keys[i], values[i], visible, self.scale)
+                o = self.group.attend(i, q[:, qrows].transpose(0, 1), k[:, qrows].transpose(0, 1),
+                                      v[:, qrows].transpose(0, 1), self.scale)
                 for r, j in enumerate(group):
                     outs[j] = o[r]  # [hq, 1, d]
             for j in alone:
@@ -185,10 +174,8 @@ class FastDecoder:
             x = x + wo(o.transpose(0, 1).reshape(1, total, hq * d))
             gate, up = wgu(self._rms(x, ln2)).chunk(2, dim=-1)
             x = x + wdown(F.silu(gate) * up)
-        for r, j in enumerate(group):
-            start = spans[j][2]
-            caches[j].k[:, :, start] = keys[:, r, :, start]
-            caches[j].v[:, :, start] = values[:, r, :, start]
+        if group:
+            self.group.write_back()
         rows = []
         for kv, (a, _, _, end), at_rows in zip(caches, spans, logits_at):
             kv.length = end
@@ -196,18 +183,6 @@ class FastDecoder:
         h = self._rms(x[0, torch.cat(rows)], self.norm_w)
         logits = (self.dense_head if self.dense_rows and h.shape[0] >= self.dense_rows else self.lm_head)(h)
         return list(logits.split([r.shape[0] for r in rows]))
-
-
-def _one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor,
-                         scale: float) -> torch.Tensor:
-    """q [G, hq, d] (one query per sequence), k and v [G, hk, L, d], visible [G, 1, 1, L] ->
-    [G, hq, 1, d]. Two batched matmuls with the query heads grouped per key head (no repeated K/V):
-    on the CPU about ten times faster than SDPA's path for a boolean mask with grouped heads."""
-    g, hq, d = q.shape
-    hk = k.shape[1]
-    scores = torch.matmul(q.view(g, hk, hq // hk, d), k.transpose(-1, -2)).float() * scale  # [G, hk, rep, L]
-    probs = torch.softmax(scores.masked_fill(~visible, float("-inf")), -1).to(v.dtype)
-    return torch.matmul(probs, v).view(g, hq, 1, d)
 
 
 def _fuse(*linears: torch.nn.Linear) -> torch.Tensor:

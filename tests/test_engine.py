@@ -82,19 +82,23 @@ def test_fast_decoder_equals_transformers_forward(tiny):
 def test_decode_steps_of_several_sequences_equal_each_alone(tiny):
     """Single-query steps of sequences of different lengths share one padded attention call: the
     logits are each sequence's own."""
-    runner = Engine(tiny, fast=True).runner
+    runner, solo = Engine(tiny, fast=True).runner, Engine(tiny, fast=True).runner  # a group buffer each
     prompts = [[5, 6, 7], list(range(5, 25)), [8, 9, 10, 11, 12, 13]]
-    together, alone = [runner.new_kv() for _ in prompts], [runner.new_kv() for _ in prompts]
+    together, alone = [runner.new_kv() for _ in prompts], [solo.new_kv() for _ in prompts]
     serial = P.SERIAL_TAG
-    for kvs in (together, alone):
+    for r, kvs in ((runner, together), (solo, alone)):
         for kv, p in zip(kvs, prompts):
-            runner.forward(kv, p, list(range(len(p))), [serial] * len(p), [len(p) - 1])
-    for step in range(3):
-        batch = [Forward(kv, [30 + step], [len(p) + step], [serial], [0]) for kv, p in zip(together, prompts)]
+            r.forward(kv, p, list(range(len(p))), [serial] * len(p), [len(p) - 1])
+    for step in range(100):  # the group's buffer is kept, rebuilt when a member leaves and when it fills
+        live = range(3) if step < 30 else range(1, 3)
+        tok = [2 + (step * 7 + j) % 40 for j in live]
+        batch = [Forward(together[j], [t], [len(prompts[j]) + step], [serial], [0]) for j, t in zip(live, tok)]
         outs = runner.forward_many(batch)
-        for kv, p, out in zip(alone, prompts, outs):
-            ref = runner.forward(kv, [30 + step], [len(p) + step], [serial], [0])
+        for j, t, out in zip(live, tok, outs):
+            ref = solo.forward(alone[j], [t], [len(prompts[j]) + step], [serial], [0])
             torch.testing.assert_close(out, ref, atol=ATOL, rtol=0)
+    torch.testing.assert_close(together[2].cache.k[:, :, :together[2].cache.length],
+                               alone[2].cache.k[:, :, :alone[2].cache.length], atol=ATOL, rtol=0)
 
 
 def test_engine_fork_texts_equal_branches_alone(engine):
