@@ -54,6 +54,9 @@ def degenerate_words(text: str) -> list[str]:
     return out
 
 
+DEGENERATE_MAX = 0.01  # an answer with more flagged words than this is broken text (the base model: ~0.2%)
+
+
 def degenerate_rate(text: str) -> float:
     """Share of an answer's words that `degenerate_words` flags (0 for clean prose)."""
     words = _CODE.sub(" ", text).split()

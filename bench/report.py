@@ -125,7 +125,8 @@ def data_table(st: dict) -> str:
              f"| PPD (answers with a parallel group) | {st['ppd']:.1%} |",
              f"| parallel degree (branch tokens / all tokens) | {st['parallel_degree']:.1%} |",
              f"| mean branches per group | {st['mean_branches_per_group']} |",
-             f"| independence threshold (sibling loss gain, nats/token) | {st['threshold_nats_per_token']} |"]
+             "| independence threshold (sibling loss gain, nats/token) | "
+             f"{st['threshold_nats_per_token'] or 'not checked'} |"]
     return "\n".join(rows)
 
 

@@ -31,7 +31,8 @@ def write(adapter: Path, evaluation: dict | None = None) -> Path:
             f"- answers generated: {steps.get('generated')}; not looping: {steps.get('not_looping')}; "
             f"with candidate groups: {steps.get('answers_with_candidates')}",
             f"- groups: {steps.get('candidate_groups')} candidates, {steps.get('roundtrip_groups')} lossless, "
-            f"{steps.get('independent_groups')} independent (threshold {data['threshold_nats_per_token']} nats/token)",
+            + (f"{steps.get('independent_groups')} independent (threshold {data['threshold_nats_per_token']} "
+               "nats/token)" if data["threshold_nats_per_token"] is not None else "independence check skipped"),
             f"- PPD {data['ppd']:.1%}, parallel degree {data['parallel_degree']:.1%}, "
             f"{data['mean_branches_per_group']} branches per group",
         ]

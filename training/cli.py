@@ -2,7 +2,7 @@
 
     aspd data all              # prompts -> the base model's answers -> extraction + validation
     aspd train                 # LoRA + markup rows on data/aspd/dataset.jsonl -> the shipped adapter
-    aspd calibrate             # the adapter's fork threshold, on training prompts it was not trained on
+    aspd calibrate             # the adapter's fork threshold, on the calibration split
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def add_parsers(sub) -> None:
     d.add_argument("--limit", type=int, default=None, help="answer only the first N training prompts")
     d.add_argument("--batch", type=int, default=32, help="answers decoded together")
     d.add_argument("--threshold", type=float, default=None, help="independence threshold (nats/token)")
+    d.add_argument("--no-independence", action="store_true", help="skip the model's independence check")
     d.add_argument("--judge-url", default=None, help="optional LLM judge: an OpenAI-compatible server")
     d.add_argument("--judge-model", default="default")
     t = sub.add_parser("train", help="fine-tune the ASPD adapter (LoRA + the six markup token rows)")
@@ -88,7 +89,8 @@ def cmd_data(args: argparse.Namespace, console) -> int:
         from .judge import Judge
 
         judge = Judge(args.judge_url, args.judge_model) if args.judge_url else None
-        stats = make(_load(args.model), out / "responses.jsonl", out, threshold=args.threshold or THRESHOLD,
+        threshold = None if args.no_independence else args.threshold or THRESHOLD
+        stats = make(_load(args.model), out / "responses.jsonl", out, threshold=threshold,
                      judge=judge, log=console.print)
         console.print(stats_table(stats))
         console.print(f"wrote {out / 'dataset.jsonl'} and {out / 'data_stats.json'}")
