@@ -49,8 +49,8 @@ def test_explicit_three_branch_fork_equals_each_branch_alone(real_fp32):
     eng = real_fp32
     prompt = eng.chat_prompt("Give three tips for staying healthy.")
     intro = "Here are three tips:\n\n"
-    seeds = ["1. Exercise:", "\n\n2. Sleep:", "\n\n3. Diet:"]
-    params = SamplingParams(max_new_tokens=200, max_branch_tokens=40, repetition_penalty=1.2, stop=("\n\n",))
+    seeds = ["1. **Exercise**:", "2. **Sleep**:", "3. **Diet**:"]
+    params = SamplingParams(max_new_tokens=200, max_branch_tokens=40, stop=("\n",))
     seq = eng.new_sequence(prompt)
     eng.extend(seq, intro)
     out = eng.fork(seq, seeds, params)
@@ -67,7 +67,7 @@ def test_explicit_three_branch_fork_equals_each_branch_alone(real_fp32):
     tail = eng.generate(seq, SamplingParams(max_new_tokens=30, repetition_penalty=1.2), "ar")
     text = eng.text(seq)
     assert all(s + b in text for s, b in zip(seeds, bodies))
-    assert text.index("3. Diet:") < text.index("In summary,")
+    assert text.index("3. **Diet**:") < text.index("In summary,")
     assert len(tail.text.split()) >= 5 and "<|" not in tail.text
     # The join reused the branch KV: next-token logits equal a full forward of the written sequence.
     got = eng.next_logits(seq)  # feeds what is pending first
