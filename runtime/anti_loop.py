@@ -8,7 +8,8 @@ text drifts into run-on words while lists lose their numbering. So:
   not in it, nor markup, nor titles: a branch must be free to repeat its own title);
 - `repetition_penalty` applies only to *word* tokens (a letter in them) already in the history;
 - `no_repeat_ngram_size` n: a token that would repeat an n-gram of the history is banned;
-- nothing applies while a title is written.
+- nothing of the above applies while a title is written; instead no title may repeat an earlier
+  title of its block (`title_bans`).
 
 The engine's sampler (`History`, `apply`) and the transformers baseline (`AntiLoopProcessor`)
 run this same code, so every system compared decodes under the same rule.
@@ -104,6 +105,26 @@ def apply(logits: torch.Tensor, histories: Sequence[History], penalty: float, n:
         ban = histories[i].banned(n)
         if ban:
             logits[i, ban] = float("-inf")
+
+
+def title_bans(titles: Sequence[Sequence[int]], words: torch.Tensor, end_title: int) -> frozenset[int]:
+    """While the last of a block's titles is written: the tokens that would repeat an earlier one.
+    A title's content starts at its first word (its number and marks are not compared); a token
+    that would repeat a 3-gram of an earlier title's content is banned, and so is closing a title
+    whose content equals an earlier one. Greedy decoding otherwise writes the same title again and
+    again, and equal titles give equal branches."""
+    def content(t: Sequence[int]) -> list[int]:
+        first = next((k for k, x in enumerate(t) if words[x]), len(t))
+        return list(t[first:])
+
+    *done, cur = [content(t) for t in titles]
+    out = set()
+    if len(cur) >= 2:
+        key = cur[-2:]
+        out |= {t[i + 2] for t in done for i in range(len(t) - 2) if t[i:i + 2] == key}
+    if cur and cur in done:
+        out.add(end_title)
+    return frozenset(out)
 
 
 class AntiLoopProcessor(LogitsProcessor):

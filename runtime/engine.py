@@ -22,7 +22,7 @@ from typing import Literal, TypeVar
 import torch
 from pydantic import BaseModel
 
-from .anti_loop import History, word_mask
+from .anti_loop import History, title_bans, word_mask
 from .model_loader import LoadedModel
 from .model_runner import Forward, KVSlice, KVState, ModelRunner
 from .protocol import (
@@ -708,6 +708,10 @@ class _Run:
     def _serial_token(self, logits: torch.Tensor) -> None:
         s = self.seq.serial
         allowed = self.constraint.allowed()
+        if self.constraint.phase is Phase.TITLE and allowed.only is None and len(self.title_ids) > 1:
+            ban = title_bans(self.title_ids, self.eng.words, self.ids.end_title)
+            if ban:
+                allowed = dataclasses.replace(allowed, banned=allowed.banned | ban)
         tok = self.sampler(logits[None], [s.history], [allowed])[0]
         self._sampled()
         if tok in self.stop_ids:

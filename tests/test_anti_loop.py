@@ -10,7 +10,7 @@ from test_engine import _markup_heavy_model
 from transformers import LogitsProcessorList
 
 from runtime import protocol as P
-from runtime.anti_loop import History, apply, processors, word_mask
+from runtime.anti_loop import History, apply, processors, title_bans, word_mask
 from runtime.engine import Engine
 from runtime.protocol import Allowed
 from runtime.sampler import Sampler
@@ -100,3 +100,27 @@ def test_aspd_history_is_the_answer_text_without_titles_or_markup():
         assert seq.serial.history.tokens == eng.encode(resp.plain_text())  # branches in order, titles left out
         checked += 1
     assert checked >= 3
+
+
+def test_a_title_may_not_repeat_an_earlier_title_of_its_block():
+    words = torch.tensor([False, False, True, True, True, True, False])  # 0 "1", 1 ".", 2-5 words, 6 "**"
+    end = 9
+    # "1. **A B**" then "2. **A B": the 3-gram (A, B, **) is taken, and so is closing on "A B**"
+    assert title_bans([[0, 1, 6, 2, 3, 6], [0, 1, 6, 2, 3]], words, end) == {6}
+    assert title_bans([[0, 1, 6, 2, 3, 6], [0, 1, 6, 2, 3, 6]], words, end) == {end}
+    assert title_bans([[0, 1, 6, 2, 3, 6], [0, 1, 6, 2, 4]], words, end) == frozenset()  # a new title
+    assert title_bans([[0, 1, 2], [0, 1, 2]], words, end) == {end}  # a one-word title, repeated
+
+
+def test_aspd_titles_of_a_block_are_all_different():
+    """Greedy on this markup-heavy model repeats titles in nearly every block without the rule."""
+    eng = _markup_heavy_model(1)
+    blocks = 0
+    for k in range(20):
+        seq = eng.new_sequence("q: " + "abcdefghijklmnopqrst"[k] * 3)
+        out = eng.generate(seq, SamplingParams(max_new_tokens=200, max_branch_tokens=5, max_title_tokens=6), "aspd")
+        for b in out.blocks:  # titles cut by the token cap, or without a word (nothing to compare): left out
+            contents = [c for t in b.titles if len(eng.encode(t)) < 6 and (c := t.lstrip(" .,:;!?0123456789-"))]
+            assert len(set(contents)) == len(contents), b.titles
+            blocks += len(contents) > 1
+    assert blocks >= 10
