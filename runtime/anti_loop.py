@@ -109,9 +109,9 @@ def apply(logits: torch.Tensor, histories: Sequence[History], penalty: float, n:
 
 def title_bans(titles: Sequence[Sequence[int]], words: torch.Tensor, end_title: int) -> frozenset[int]:
     """While the last of a block's titles is written: the tokens that would repeat an earlier one.
-    A title's content starts at its first word (its number and marks are not compared); a token
-    that would repeat a 3-gram of an earlier title's content is banned, and so is closing a title
-    whose content equals an earlier one. Greedy decoding otherwise writes the same title again and
+    A title's content starts at its first word (its number and marks are not compared); it may not
+    start with an earlier title's first word, nor repeat a 3-gram of an earlier title's content, nor
+    close equal to an earlier one. Greedy decoding otherwise writes the same title again and
     again, and equal titles give equal branches."""
     def content(t: Sequence[int]) -> list[int]:
         first = next((k for k, x in enumerate(t) if words[x]), len(t))
@@ -119,6 +119,8 @@ def title_bans(titles: Sequence[Sequence[int]], words: torch.Tensor, end_title: 
 
     *done, cur = [content(t) for t in titles]
     out = set()
+    if not cur:  # a title opens with a word no earlier title opened with: near-copies start alike
+        out |= {t[0] for t in done if t}
     if len(cur) >= 2:
         key = cur[-2:]
         out |= {t[i + 2] for t in done for i in range(len(t) - 2) if t[i:i + 2] == key}

@@ -110,6 +110,7 @@ def test_a_title_may_not_repeat_an_earlier_title_of_its_block():
     assert title_bans([[0, 1, 6, 2, 3, 6], [0, 1, 6, 2, 3, 6]], words, end) == {end}
     assert title_bans([[0, 1, 6, 2, 3, 6], [0, 1, 6, 2, 4]], words, end) == frozenset()  # a new title
     assert title_bans([[0, 1, 2], [0, 1, 2]], words, end) == {end}  # a one-word title, repeated
+    assert title_bans([[0, 1, 6, 2, 3, 6], [0, 1, 6]], words, end) == {2}  # nor may it open with "A"
 
 
 def test_aspd_titles_of_a_block_are_all_different():
