@@ -130,6 +130,11 @@ def data_table(st: dict) -> str:
     return "\n".join(rows)
 
 
+def _machine(e: dict) -> str:
+    """Where and when a benchmark ran, as its table's note says it."""
+    return f"{e['machine']['cores']} cores, torch {e['versions']['torch']}, {e['date']}"
+
+
 def _opt(x, fmt: str = "{:.2f}") -> str:
     return "n/a" if x is None or x != x else fmt.format(x)
 
@@ -157,8 +162,7 @@ def adapter_table(r: dict) -> str:
     e = r["environment"]
     note = (f"\n{r['eval_prompts']} held-out prompts (`bench/adapter.py`) and {r['vicuna_questions']} Vicuna questions "
             f"(from {r['vicuna_source']}); greedy, {describe_anti_loop(r)}, at most "
-            f"{r['max_new_tokens']} new tokens; {e['machine']['cores']} cores, torch {e['versions']['torch']}, "
-            f"{e['date']}.")
+            f"{r['max_new_tokens']} new tokens; {_machine(e)}.")
     return "\n".join(rows) + "\n" + note
 
 
@@ -199,7 +203,7 @@ def decoding_table(r: dict) -> str:
     note = (f"\nThe base model's greedy answers to the {r['settings'][0]['questions']} Vicuna-80 questions "
             f"(at most {r['max_new_tokens']} tokens, {r['weights']}); the first row is the committed `hf` answers of "
             f"the earlier default. Ceiling: the speedup if every parallel group the data pipeline finds forked. "
-            f"{e['machine']['cores']} cores, torch {e['versions']['torch']}, {e['date']}.")
+            f"{_machine(e)}.")
     return "\n".join(rows) + "\n" + note
 
 
