@@ -23,11 +23,16 @@ from collections.abc import Sequence
 import torch
 from transformers import LogitsProcessor
 
+from .vocab import token_texts
+
+_START = -1  # stands for a title's start in `title_bans`
+TITLE_NGRAM = 4  # with the start counted, no title opens with an earlier one's first three tokens
+
 
 @functools.lru_cache(maxsize=4)
 def _word_mask(tokenizer, vocab_size: int, device: torch.device, exclude: frozenset[int]) -> torch.Tensor:
     n = min(len(tokenizer), vocab_size)
-    texts = tokenizer.batch_decode([[i] for i in range(n)])
+    texts = token_texts(tokenizer)[:n]
     mask = torch.zeros(vocab_size, dtype=torch.bool)
     mask[:n] = torch.tensor([any(c.isalpha() for c in t) for t in texts])
     mask[[i for i in (*tokenizer.all_special_ids, *exclude) if i < vocab_size]] = False
@@ -109,24 +114,33 @@ def apply(logits: torch.Tensor, histories: Sequence[History], penalty: float, n:
 
 def title_bans(titles: Sequence[Sequence[int]], words: torch.Tensor, end_title: int) -> frozenset[int]:
     """While the last of a block's titles is written: the tokens that would repeat an earlier one.
-    A title's content starts at its first word (its number and marks are not compared); it may not
-    start with an earlier title's first word, nor repeat a 3-gram of an earlier title's content, nor
-    close equal to an earlier one. Greedy decoding otherwise writes the same title again and
-    again, and equal titles give equal branches."""
+    A title's content starts at its first word (its number and marks are not compared) and counts
+    that start as a token: no title may repeat a 3-gram of an earlier title's content (so none opens
+    with an earlier one's first two tokens), nor close equal to an earlier one. Greedy decoding
+    otherwise writes the same title again and again, and equal titles give equal branches."""
     def content(t: Sequence[int]) -> list[int]:
         first = next((k for k, x in enumerate(t) if words[x]), len(t))
-        return list(t[first:])
+        return [_START, *t[first:]]
 
     *done, cur = [content(t) for t in titles]
     out = set()
-    if not cur:  # a title opens with a word no earlier title opened with: near-copies start alike
-        out |= {t[0] for t in done if t}
-    if len(cur) >= 2:
-        key = cur[-2:]
-        out |= {t[i + 2] for t in done for i in range(len(t) - 2) if t[i:i + 2] == key}
-    if cur and cur in done:
+    k = TITLE_NGRAM - 1
+    if len(cur) >= k:
+        key = cur[-k:]
+        out |= {t[i + k] for t in done for i in range(len(t) - k) if t[i:i + k] == key}
+    if len(cur) > 1 and cur in done:
         out.add(end_title)
     return frozenset(out)
+
+
+def breaks_title_rule(titles: Sequence[Sequence[int]], words: torch.Tensor, end_title: int) -> bool:
+    """Whether a block's titles (token ids) hold a token `title_bans` would have banned: training
+    titles must be writable under the rule the decoder enforces."""
+    for k, t in enumerate(titles):
+        for j, x in enumerate([*t, end_title]):
+            if x in title_bans([*titles[:k], t[:j]], words, end_title):
+                return True
+    return False
 
 
 class AntiLoopProcessor(LogitsProcessor):

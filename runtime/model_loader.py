@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .protocol import SPECIAL_TOKENS, SpecialIds
+from .protocol import SPECIAL_TOKENS, TITLE_BANNED_CHARS, SpecialIds
 from .quant import activations
+from .vocab import tokens_with
 from .weight_format import DTYPES, WeightFormat
 
 DEFAULT_MODEL = "embedded:smollm2-135m"
@@ -114,7 +115,8 @@ def add_special_tokens(model: PreTrainedModel, tok: PreTrainedTokenizerBase) -> 
     conv = tok.convert_tokens_to_ids
     eos = {tok.eos_token_id} if tok.eos_token_id is not None else set()
     eos |= set(_as_list(getattr(model.generation_config, "eos_token_id", None)))
-    return SpecialIds(*(conv(t) for t in SPECIAL_TOKENS), eos=frozenset(eos))
+    return SpecialIds(*(conv(t) for t in SPECIAL_TOKENS), eos=frozenset(eos),
+                      not_in_title=tokens_with(tok, TITLE_BANNED_CHARS))
 
 
 def _as_list(x) -> list[int]:

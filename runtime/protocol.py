@@ -23,6 +23,9 @@ TITLE, END_TITLE = "<|title|>", "<|/title|>"
 PARA, BRANCH, END_BRANCH, END_PARA = "<|para|>", "<|branch|>", "<|/branch|>", "<|/para|>"
 SPECIAL_TOKENS: tuple[str, ...] = (TITLE, END_TITLE, PARA, BRANCH, END_BRANCH, END_PARA)
 TITLE_SEP = ":"  # a branch opens with "<|branch|>" + title + ":"; its body follows (usually " ...").
+# A title is one plain line: the model may not write these in one (training titles never hold them),
+# or titles run on into the item's body and drift between numbering and emphasis styles.
+TITLE_BANNED_CHARS = "\n*_`#[]"
 
 
 class ProtocolError(ValueError):
@@ -261,6 +264,7 @@ class SpecialIds:
     end_branch: int
     end_para: int
     eos: frozenset[int]
+    not_in_title: frozenset[int] = frozenset()  # tokens holding a TITLE_BANNED_CHARS character
 
     @property
     def markup(self) -> frozenset[int]:
@@ -344,7 +348,7 @@ class Constraint:
             if self.title_tokens >= self.max_title_tokens:
                 return Allowed(only=frozenset({ids.end_title}))
             closing = {ids.end_title} if self.title_tokens > 0 else set()
-            return Allowed(banned=(markup - closing) | ids.eos, anti_loop=False)
+            return Allowed(banned=(markup - closing) | ids.eos | ids.not_in_title, anti_loop=False)
         if self.phase is Phase.TITLES_CLOSED:
             opts = set()
             if self.titles < self.max_branches:

@@ -10,11 +10,12 @@ from test_engine import _markup_heavy_model
 from transformers import LogitsProcessorList
 
 from runtime import protocol as P
-from runtime.anti_loop import History, apply, processors, title_bans, word_mask
+from runtime.anti_loop import History, apply, breaks_title_rule, processors, title_bans, word_mask
 from runtime.engine import Engine
 from runtime.protocol import Allowed
 from runtime.sampler import Sampler
 from runtime.sampling import SamplingParams
+from runtime.vocab import token_texts, tokens_with
 
 
 def test_word_mask_spares_whitespace_punctuation_digits_and_markup(tiny):
@@ -110,7 +111,18 @@ def test_a_title_may_not_repeat_an_earlier_title_of_its_block():
     assert title_bans([[0, 1, 6, 2, 3, 6], [0, 1, 6, 2, 3, 6]], words, end) == {end}
     assert title_bans([[0, 1, 6, 2, 3, 6], [0, 1, 6, 2, 4]], words, end) == frozenset()  # a new title
     assert title_bans([[0, 1, 2], [0, 1, 2]], words, end) == {end}  # a one-word title, repeated
-    assert title_bans([[0, 1, 6, 2, 3, 6], [0, 1, 6]], words, end) == {2}  # nor may it open with "A"
+    assert title_bans([[0, 1, 2, 3, 4], [0, 1, 2]], words, end) == frozenset()  # it may open with "A"
+    assert title_bans([[0, 1, 2, 3, 4], [0, 1, 2, 3]], words, end) == {4}  # but not with "A B C"
+    assert title_bans([[0, 1, 2, 3], [0, 1, 4], [0, 1, 4]], words, end) == {end}  # against every title
+
+
+def test_training_titles_follow_the_decoders_title_rule():
+    words = torch.tensor([False, False, True, True, True, True, False])
+    end = 9
+    assert not breaks_title_rule([[0, 1, 2, 3], [0, 1, 2, 4], [0, 1, 5]], words, end)
+    assert breaks_title_rule([[0, 1, 2, 3, 4], [0, 1, 5], [0, 1, 2, 3, 4, 5]], words, end)  # opens like the 1st
+    assert breaks_title_rule([[0, 1, 5], [0, 1, 2], [0, 1, 5]], words, end)  # closes equal to the first
+    assert not breaks_title_rule([[0, 1, 5]], words, end)
 
 
 def test_aspd_titles_of_a_block_are_all_different():
@@ -121,7 +133,15 @@ def test_aspd_titles_of_a_block_are_all_different():
         seq = eng.new_sequence("q: " + "abcdefghijklmnopqrst"[k] * 3)
         out = eng.generate(seq, SamplingParams(max_new_tokens=200, max_branch_tokens=5, max_title_tokens=6), "aspd")
         for b in out.blocks:  # titles cut by the token cap, or without a word (nothing to compare): left out
+            assert "\n" not in "".join(b.titles)  # one plain line each
             contents = [c for t in b.titles if len(eng.encode(t)) < 6 and (c := t.lstrip(" .,:;!?0123456789-"))]
             assert len(set(contents)) == len(contents), b.titles
             blocks += len(contents) > 1
     assert blocks >= 10
+
+
+def test_the_tokens_a_title_may_not_hold(tiny):
+    tok = tiny.tokenizer
+    assert tiny.ids.not_in_title == {tok.convert_tokens_to_ids("\n")}  # the only banned character it has
+    assert tokens_with(tok, "ab") == {tok.convert_tokens_to_ids("a"), tok.convert_tokens_to_ids("b")}
+    assert token_texts(tok)[tok.convert_tokens_to_ids("q")] == "q"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from runtime import protocol as P
-from training.extract import find_groups, loops, rewrite, trim_to_line
+from training.extract import find_groups, loops, rewrite, thin, trim_to_line
 
 NUMBERED = """Here are some tips:
 
@@ -111,3 +111,19 @@ def test_a_long_list_becomes_consecutive_blocks_with_a_serial_newline_between():
     between = resp.segments[resp.segments.index(resp.blocks[0]) + 1]
     assert between.text == "\n"  # a block may not open right after a join
     P.parse(resp.markup())  # well-formed
+
+
+def test_a_list_of_bare_titles_is_not_worth_a_fork():
+    bare = "Ideas:\n\n1. **Candles**\n2. **Soap**\n3. **Bread and jam**\n"
+    [g] = find_groups(bare)
+    assert thin(bare, g) == "bare_titles"
+    full = "\n".join(f"{i}. **{w}**: a paragraph of eight words or more here." for i, w in
+                     enumerate(("Candles", "Soap", "Bread"), start=1))
+    assert [thin(full, g) for g in find_groups(full)] == [None]
+
+
+def test_titles_are_one_plain_line():
+    text = "\n".join(f"{i}. **`{w}` [x] #{w}**: something worth saying about it, at length." for i, w in
+                     enumerate(("a_b", "cd", "ef"), start=1))
+    for title in roundtrip(text).blocks[0].titles:
+        assert not set(title) & set(P.TITLE_BANNED_CHARS), title

@@ -150,3 +150,17 @@ def test_constraint_in_branch_only_end_branch_closes_and_eos_maps():
 def test_ar_constraint_bans_all_markup():
     c = P.Constraint(IDS, adaptive=False)
     assert c.allowed().banned == IDS.markup
+
+
+def test_a_title_may_not_hold_a_banned_character():
+    ids = P.SpecialIds(title=100, end_title=101, para=102, branch=103, end_branch=104, end_para=105,
+                       eos=frozenset({0}), not_in_title=frozenset({7, 8}))
+    c = P.Constraint(ids)
+    assert not c.allowed().banned & {7, 8}  # serial text may hold them
+    c.advance(ids.title)
+    assert {7, 8} <= c.allowed().banned
+    c.advance(5)
+    assert {7, 8} <= c.allowed().banned and ids.end_title not in c.allowed().banned
+    c.advance(ids.end_title)
+    c.advance(ids.para)
+    assert not c.allowed().banned & {7, 8}  # nor branch bodies

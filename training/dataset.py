@@ -16,8 +16,9 @@ from pathlib import Path
 from rich.table import Table
 
 from runtime import protocol as P
+from runtime.anti_loop import breaks_title_rule, word_mask
 
-from .extract import find_groups, loops, rewrite, trim_to_line
+from .extract import find_groups, loops, rewrite, thin, trim_to_line
 from .independence import THRESHOLD, independent, sibling_gains
 from .samples import build
 
@@ -35,6 +36,11 @@ def make(loaded, responses: Path, out: Path, threshold: float | None = THRESHOLD
 
     def enc(t: str) -> list[int]:
         return tok.encode(t, add_special_tokens=False)
+
+    words = word_mask(tok, len(tok), exclude=ids.markup)
+
+    def repeats(g) -> str | None:  # titles the decoder's title rule would not let the model write
+        return "titles_repeat" if breaks_title_rule([enc(t) for t in g.titles], words, ids.end_title) else None
 
     c: Counter = Counter()
     gains_all, records, branch_tokens, all_tokens, branches = [], [], 0, 0, []
@@ -54,6 +60,10 @@ def make(loaded, responses: Path, out: Path, threshold: float | None = THRESHOLD
             continue
         c["not_looping"] += 1
         groups = find_groups(text) if row["kind"] == "listlike" else []  # the others teach when not to fork
+        reasons = [r for g in groups if (r := thin(text, g) or repeats(g))]
+        if reasons:
+            c[f"dropped_{reasons[0]}"] += 1
+            continue
         c["candidate_groups"] += len(groups)
         c["answers_with_candidates"] += bool(groups)
         kept = []

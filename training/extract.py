@@ -6,6 +6,8 @@ model mostly writes essays whose middle paragraphs each make one point). Fenced 
 split. A group needs `MIN_BRANCHES` to `MAX_BRANCHES` items (a longer list becomes consecutive
 groups), short unique titles (at most `MAX_TITLE_WORDS` words, from the item's bold lead, heading or
 first words), and bodies longer than their titles. `rewrite(...).plain_text()` is exactly the original answer.
+`thin()` names the groups not worth a fork (bare titles): the dataset drops their answers rather
+than teach the model to write them, or to leave a list serial.
 
 Item numbers: a branch cannot see its siblings, so a numbered item's title carries its number
 ("3. Exercise"); the model writes all titles serially (it knows the count there) and each branch
@@ -19,14 +21,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from runtime.protocol import Branch, ParallelBlock, Response, SerialSegment
+from runtime.protocol import TITLE_BANNED_CHARS, Branch, ParallelBlock, Response, SerialSegment
 
 MIN_BRANCHES = 3  # a pair is rarely worth a fork: titles and a join for one saved branch
-MAX_BRANCHES = 8
+MAX_BRANCHES = 6  # more share the token budget so thinly that every branch is cut mid-sentence
 MAX_TITLE_CHARS = 40
 MAX_TITLE_WORDS = 6
 MIN_PARAGRAPHS = 3  # a run of plain paragraphs: at least this many, each at least MIN_PARAGRAPH_CHARS
 MIN_PARAGRAPH_CHARS = 80
+MIN_ITEM_WORDS = 8  # a list of bare titles ("1. **Baking a Candle**") is not worth a fork
 _NUM = re.compile(r"^(\d{1,2})[.)]\s+")
 _BULLET = re.compile(r"^[-*•]\s+")
 _HEAD = re.compile(r"^(#{1,4})\s+(.+)$")
@@ -84,7 +87,7 @@ def _code_lines(lines: list[_Line]) -> set[int]:
 
 
 def _clean(s: str) -> str:
-    s = re.sub(r"[*_`#\[\]]", "", s).strip()
+    s = re.sub(f"[{re.escape(TITLE_BANNED_CHARS)}]", "", re.sub(r"\s+", " ", s))
     return re.sub(r"\s+", " ", s).strip(" :.-,;")
 
 
@@ -271,6 +274,13 @@ def loops(text: str) -> bool:
     for s in sents:
         counts[s] = counts.get(s, 0) + 1
     return max(counts.values()) >= 3 or sum(c - 1 for c in counts.values()) / len(sents) > 0.3
+
+
+def thin(text: str, g: Group) -> str | None:
+    """Why a group is not worth forking (its answer is a poor training example), or None."""
+    if any(len(text[a:b].split()) < MIN_ITEM_WORDS for a, b in g.items):
+        return "bare_titles"
+    return None
 
 
 def trim_to_line(text: str) -> str:
