@@ -29,6 +29,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from bench.common import environment  # noqa: E402
+from bench.metrics import degenerate_rate, ideal_speedup  # noqa: E402
 from runtime import protocol as P  # noqa: E402
 from runtime.engine import Engine  # noqa: E402
 from runtime.model_loader import find_adapter, load  # noqa: E402
@@ -45,7 +46,7 @@ def wellformed(o) -> bool:
         return False
 
 
-def vicuna_figures(summary: dict) -> dict:
+def vicuna_figures(summary: dict, source: str = "bench/results/vicuna80/summary.json") -> dict:
     """The adapter's Vicuna-80 figures, read off the `aspd bench` summary."""
     sy = summary["systems"]
     aspd, ar, hf = sy["aspd"], sy["ar"], sy.get("hf", {})
@@ -61,8 +62,12 @@ def vicuna_figures(summary: dict) -> dict:
         "cosine_aspd_vs_base_ar": aspd["quality"]["cosine"], "cosine_ar_vs_base_ar": ar["quality"]["cosine"],
         "loss_base_on_aspd": aspd["quality"]["loss"], "loss_base_on_ar": ar["quality"]["loss"],
         "loss_base_on_base_ar": hf.get("quality", {}).get("loss"),
-        "vicuna_source": "bench/results/vicuna80/summary.json (" + summary["meta"]["command"] + ")",
+        "vicuna_source": f"{source} ({summary['meta']['command']})",
     }
+
+
+def _shown(path: Path) -> str:
+    return str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
 
 
 def main() -> None:
@@ -70,22 +75,24 @@ def main() -> None:
     ap.add_argument("--adapter", default=None, help="default: the shipped adapter")
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "adapter.json")
+    ap.add_argument("--summary", type=Path, default=VICUNA / "summary.json",
+                    help="the adapter's `aspd bench` summary; without one, the held-out split only")
     args = ap.parse_args()
     console = Console()
     torch.set_num_threads(2)
     adapter = args.adapter or find_adapter()
     if adapter is None:
         raise SystemExit("no adapter: train one with `aspd train` or pass --adapter")
-    summary_path = VICUNA / "summary.json"
+    summary_path = args.summary
     if not summary_path.exists():
-        raise SystemExit(f"no {summary_path}: run `aspd bench` first (Vicuna-80, hf,ar,aspd,sot)")
+        console.print(f"no {summary_path}: the held-out split only (run `aspd bench` for Vicuna-80)")
     params = SamplingParams(max_new_tokens=args.max_new_tokens)
     loaded = load(adapter=adapter)
     merged = Engine(loaded)
 
     evals = [json.loads(x) for x in (ROOT / "data" / "aspd" / "prompts_eval.jsonl").read_text().splitlines()]
     console.print(f"held-out split: {len(evals)} prompts, ASPD mode, fork bias {loaded.fork_bias:+.2f}")
-    outs = complete_all(merged, [merged.chat_prompt(e["text"]) for e in evals], params, "aspd")
+    outs = complete_all(merged, [merged.chat_prompt(e["text"]) for e in evals], params, "aspd", batch=32)
     rate = {}
     for kind in ("listlike", "other"):
         sel = [o for e, o in zip(evals, outs) if e["kind"] == kind]
@@ -93,12 +100,16 @@ def main() -> None:
     blocks = [len(b.branches) for o in outs for b in o.response.blocks]
     wf = sum(wellformed(o) for o in outs) / len(outs)
     result = {
-        "adapter": str(Path(adapter).relative_to(ROOT)) if Path(adapter).is_relative_to(ROOT) else adapter,
+        "adapter": _shown(Path(adapter)),
         "fork_bias": loaded.fork_bias, "max_new_tokens": args.max_new_tokens, **params.anti_loop,
         "decoding": "greedy", "fork_rate_listlike": round(rate["listlike"], 3),
         "fork_rate_other": round(rate["other"], 3), "wellformed_rate": round(wf, 3), "eval_prompts": len(evals),
         "branches_per_block": round(sum(blocks) / len(blocks), 2) if blocks else None,
-        **vicuna_figures(json.loads(summary_path.read_text())), "environment": environment(),
+        "degenerate_rate": round(sum(degenerate_rate(o.text) for o in outs) / len(outs), 4),
+        "ideal_speedup": round(sum(ideal_speedup(o.completion_tokens, o.critical_path_tokens) for o in outs)
+                               / len(outs), 3),
+        **(vicuna_figures(json.loads(summary_path.read_text()), _shown(summary_path)) if summary_path.exists() else {}),
+        "environment": environment(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

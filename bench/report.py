@@ -148,6 +148,8 @@ def adapter_table(r: dict) -> str:
         f"| held-out split: forks on other prompts | {r['fork_rate_other']:.0%} |",
         f"| held-out split: outputs that parse as well-formed markup | {r['wellformed_rate']:.0%} |",
         f"| held-out split: branches per block | {_opt(r.get('branches_per_block'))} |",
+        f"| held-out split: mean ideal speedup of the answers' structure | {_opt(r.get('ideal_speedup'), '{:.2f}x')} |",
+        f"| held-out split: degenerate-text rate | {_opt(r.get('degenerate_rate'), '{:.2%}')} |",
         f"| Vicuna-80: answers that forked | {r['vicuna_fork_share']:.0%} |",
         f"| Vicuna-80: branches per block | {_opt(r.get('vicuna_branches_per_block'))} |",
         f"| Vicuna-80: latency speedup ASPD / AR, mean (median) | **{r['vicuna_mean_speedup']:.2f}x** "

@@ -18,10 +18,41 @@ class BadRequest(ValueError):
     """A request the server refuses with 400 (its message says why)."""
 
 
-class WireSampling(BaseModel):
+SEED = Field(None, ge=-(2**63), le=2**64 - 1)  # what torch's generator takes
+
+
+def _utf8(v):
+    """Strings must be valid UTF-8: JSON can carry a lone surrogate ("\\ud800") that no tokenizer takes."""
+    if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("holds a lone UTF-16 surrogate (not valid UTF-8)") from None
+    elif isinstance(v, list | tuple):
+        for x in v:
+            _utf8(x)
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            _utf8(k)
+            _utf8(x)
+    return v
+
+
+class _Wire(BaseModel):
+    """A wire body: strict types (no "yes" for a bool, no true for a number) and valid UTF-8 throughout."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _valid_utf8(cls, v):
+        return _utf8(v)
+
+
+class WireSampling(_Wire):
     """SGLang's `sampling_params` (what RuntimeEndpoint sends), plus the ASPD caps."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     max_new_tokens: int | None = Field(128, ge=0)
     min_new_tokens: int = Field(0, ge=0)
@@ -44,8 +75,8 @@ class WireSampling(BaseModel):
     json_schema: str | None = None
     ebnf: str | None = None
     structural_tag: str | None = None
-    seed: int | None = None
-    sampling_seed: int | None = None
+    seed: int | None = SEED
+    sampling_seed: int | None = SEED
     aspd: bool = False
     max_branches: int = Field(8, ge=2, le=64)
     max_branch_tokens: int | None = Field(None, ge=1)  # None: max_new_tokens
@@ -76,15 +107,13 @@ class WireSampling(BaseModel):
             fork_bias=self.fork_bias)
 
 
-class GenerateRequest(BaseModel):
+class GenerateRequest(_Wire):
     """SGLang's /generate body. Unknown top-level fields are ignored (clients send many), unknown
     sampling parameters are not (a typo would silently change the output)."""
 
-    model_config = ConfigDict(extra="ignore")
-
     text: str | list[str] | None = None
     input_ids: list[int] | list[list[int]] | None = None
-    sampling_params: WireSampling = Field(default_factory=WireSampling)
+    sampling_params: WireSampling | list[WireSampling] | None = None  # one per prompt, or one for all
     rid: str | list[str] | None = None
     stream: bool = False
     return_logprob: bool = False
@@ -116,6 +145,19 @@ class GenerateRequest(BaseModel):
     def batched(self) -> bool:
         return isinstance(self.text, list) or bool(self.input_ids and isinstance(self.input_ids[0], list))
 
+    def samplings(self, n: int) -> list[WireSampling]:
+        sp = self.sampling_params
+        if isinstance(sp, list):
+            if len(sp) != n:
+                raise BadRequest(f"sampling_params: {len(sp)} entries for {n} prompts")
+            return sp
+        return [sp or WireSampling()] * n
+
+    @property
+    def aspd_mode(self) -> bool:
+        sp = self.sampling_params
+        return self.aspd or any(x.aspd for x in (sp if isinstance(sp, list) else [sp] if sp else []))
+
     def rids(self, n: int) -> list[str | None]:
         if self.rid is None:
             return [None] * n
@@ -125,11 +167,11 @@ class GenerateRequest(BaseModel):
         return list(rids)
 
 
-class AbortRequest(BaseModel):
+class AbortRequest(_Wire):
     rid: str
 
 
-class JoinRequest(BaseModel):
+class JoinRequest(_Wire):
     src_rids: list[str]
     dst_rid: str
 
@@ -137,9 +179,7 @@ class JoinRequest(BaseModel):
 # ----------------------------------------------------------------- OpenAI
 
 
-class _OpenAIBase(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class _OpenAIBase(_Wire):
     model: str | None = None
     max_tokens: int | None = Field(None, ge=0)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
@@ -148,7 +188,7 @@ class _OpenAIBase(BaseModel):
     stream: bool = False
     stream_options: dict | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = SEED
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     logprobs: bool | int | None = None
@@ -159,6 +199,27 @@ class _OpenAIBase(BaseModel):
     no_repeat_ngram_size: int | None = None
     ignore_eos: bool = False
     aspd: bool = False
+    # OpenAI options aspd serve does not implement: refused by name, never silently ignored
+    response_format: dict | None = None
+    tools: list | None = None
+    tool_choice: str | dict | None = None
+    functions: list | None = None
+    function_call: str | dict | None = None
+    logit_bias: dict | None = None
+    best_of: int | None = None
+    lora_path: str | None = None
+
+    @model_validator(mode="after")
+    def _unsupported(self):
+        bad = [name for name, unset in (
+            ("response_format", self.response_format in (None, {"type": "text"})),
+            ("tools", not self.tools), ("tool_choice", self.tool_choice in (None, "none")),
+            ("functions", not self.functions), ("function_call", self.function_call in (None, "none")),
+            ("logit_bias", not self.logit_bias), ("best_of", self.best_of in (None, 1)),
+            ("lora_path", self.lora_path is None)) if not unset]
+        if bad:
+            raise ValueError(f"{bad[0]} is not supported by aspd serve")
+        return self
 
     def sampling(self, default_max: int, defaults: SamplingParams = DEFAULTS) -> SamplingParams:
         if self.logprobs:
@@ -176,21 +237,32 @@ class _OpenAIBase(BaseModel):
 
 
 class CompletionRequest(_OpenAIBase):
-    prompt: str | list[str] | list[int]
+    prompt: str | list[str] | list[int] | list[list[int]]
+    suffix: str | None = None
     echo: bool = False
     max_tokens: int | None = Field(16, ge=0)
 
-    @field_validator("echo")
-    @classmethod
-    def _no_echo(cls, v: bool) -> bool:
-        if v:
-            raise ValueError("echo is not supported")
-        return v
+    @model_validator(mode="after")
+    def _no_echo(self):
+        if self.echo:
+            raise ValueError("echo is not supported by aspd serve")
+        if self.suffix:
+            raise ValueError("suffix is not supported by aspd serve")
+        return self
+
+    def prompts(self) -> list[tuple[str | None, list[int] | None]]:
+        """(text, input_ids) per prompt."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [(p, None)]
+        if p and isinstance(p[0], str):
+            return [(x, None) for x in p]
+        if p and isinstance(p[0], list):
+            return [(None, x) for x in p]
+        return [(None, list(p))]
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class ChatMessage(_Wire):
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[dict]
 

@@ -91,6 +91,11 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-queue", type=int, default=64, help="waiting requests beyond this get 429")
     sv.add_argument("--cache-tokens", type=int, default=32768, help="radix prefix cache budget; 0 turns it off")
     sv.add_argument("--max-sessions", type=int, default=256, help="held rid sessions (for joins), LRU")
+    sv.add_argument("--api-key", default=os.environ.get("ASPD_API_KEY"),
+                    help="require 'Authorization: Bearer KEY' on every route but /health (env ASPD_API_KEY)")
+    sv.add_argument("--allowed-hosts", default="", help="comma-separated Host names accepted "
+                    "(default: loopback names when bound to loopback, any otherwise)")
+    sv.add_argument("--max-body-bytes", type=int, default=8 * 2**20, help="larger request bodies get 413")
     anti_loop_args(sv)  # for requests that set none (SGLang's frontend never does)
     return ap
 
@@ -246,6 +251,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from .guard import Access
     from .server import create_app
     from .serving import ServeConfig, ServingLoop
 
@@ -258,7 +264,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     err.print(f"aspd serve: {eng.loaded.name} on http://{args.host}:{args.port} "
               f"(max running {args.max_running}, queue {args.max_queue}, prefix cache {args.cache_tokens} tokens)")
     try:
-        app = create_app(loop, eng.loaded.name, SamplingParams(**anti_loop_from(args)))
+        access = Access.for_bind(args.host, args.api_key, tuple(h for h in args.allowed_hosts.split(",") if h),
+                                 args.max_body_bytes)
+        app = create_app(loop, eng.loaded.name, SamplingParams(**anti_loop_from(args)), access)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
         loop.stop()

@@ -126,6 +126,13 @@ class GenerationOutput(BaseModel):
     # Per serial token, when asked: (log-prob, token id, top alternatives as (log-prob, token id)).
     token_logprobs: list[tuple[float, int, list[tuple[float, int]]]] | None = None
 
+    @classmethod
+    def empty(cls, prompt_tokens: int = 0, finish_reason: str = "abort") -> GenerationOutput:
+        """Nothing generated (a request ended before it started)."""
+        return cls(text="", markup="", response=Response(segments=()), finish_reason=finish_reason,
+                   prompt_tokens=prompt_tokens, completion_tokens=0, serial_tokens=0, parallel_tokens=0,
+                   forward_passes=0, blocks=[], ttft_s=0.0, total_s=0.0)
+
     @property
     def critical_path_tokens(self) -> int:
         """Tokens on the longest chain of dependent steps: serial ones plus each block's longest branch."""

@@ -11,7 +11,7 @@ NO_REPEAT_NGRAM_SIZE = 5
 
 
 class SamplingParams(BaseModel):
-    """How to pick the next token and when to stop. Greedy when temperature == 0."""
+    """How to pick the next token and when to stop. Greedy when temperature is (about) 0."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -52,9 +52,10 @@ class SamplingParams(BaseModel):
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW
 
 
+GREEDY_BELOW = 1e-5  # a smaller temperature is greedy, as in SGLang (dividing by 1e-300 gives inf logits)
 DEFAULTS = SamplingParams()
 
 

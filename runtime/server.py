@@ -16,20 +16,28 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.exceptions import HTTPException
 
 from . import serving
 from .api import AbortRequest, BadRequest, ChatRequest, CompletionRequest, GenerateRequest, JoinRequest
 from .engine import EngineError
+from .guard import Access, Guard
 from .roles import role_format
 from .sampling import DEFAULTS, SamplingParams
 from .serving import Event, LogprobSpec, Result, ServingLoop
 
 VERSION = "0.1.0"
+RETRY_AFTER_S = 1  # what a 429 asks the client to wait: a queue slot frees at every finished request
 DEFAULT_MAX_TOKENS = 128
 
 
-def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+def error(status: int, message: str, kind: str | None = None) -> JSONResponse:
+    """The one error shape (OpenAI's): 5xx are `server_error`, 429 `rate_limit_error` with Retry-After."""
+    kind = kind or ("server_error" if status >= 500 else "rate_limit_error" if status == 429 else
+                    "invalid_request_error")
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 429 else None
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status,
+                        headers=headers)
 
 
 class _Pending:
@@ -45,10 +53,12 @@ class _Pending:
             pass
 
 
-def create_app(engine_loop: ServingLoop, model_name: str, defaults: SamplingParams = DEFAULTS) -> FastAPI:
+def create_app(engine_loop: ServingLoop, model_name: str, defaults: SamplingParams = DEFAULTS,
+               access: Access | None = None) -> FastAPI:
     """The app over a started serving loop; `defaults`' anti-loop settings apply where a request sets
-    none (SGLang's frontend never sends them)."""
+    none (SGLang's frontend never sends them); `access`: API key, allowed hosts, body limit."""
     app = FastAPI(title="aspd serve", version=VERSION)
+    app.add_middleware(Guard, access=access or Access())
     eng = engine_loop.engine
     vocab = eng.runner.vocab_size
     roles = role_format(eng.tok)  # the model's chat roles as text, for AspdEndpoint
@@ -64,6 +74,14 @@ def create_app(engine_loop: ServingLoop, model_name: str, defaults: SamplingPara
     @app.exception_handler(BadRequest)
     async def _bad(_: Request, exc: BadRequest) -> JSONResponse:
         return error(400, str(exc))
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> JSONResponse:  # 404, 405, 413 in the same shape
+        return error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _crash(_: Request, exc: Exception) -> JSONResponse:
+        return error(500, f"internal error: {type(exc).__name__}: {exc}")
 
     # ------------------------------------------------------------- plumbing
 
@@ -134,7 +152,7 @@ def create_app(engine_loop: ServingLoop, model_name: str, defaults: SamplingPara
         if not bad:
             return None
         worst = max(bad, key=lambda e: e.status)
-        return error(worst.status, worst.error, "rate_limit_error" if worst.status == 429 else "invalid_request_error")
+        return error(worst.status, worst.error)
 
     # ------------------------------------------------------------- SGLang
 
@@ -165,7 +183,7 @@ def create_app(engine_loop: ServingLoop, model_name: str, defaults: SamplingPara
                 "max_total_num_tokens": cfg.cache_tokens, "disable_radix_cache": cfg.cache_tokens == 0,
                 "internal_states": [stats]}
 
-    @app.api_route("/flush_cache", methods=["GET", "POST"])
+    @app.post("/flush_cache")  # POST only: a GET can be triggered by any web page
     async def flush_cache() -> PlainTextResponse:
         await asyncio.wrap_future(engine_loop.call(engine_loop.flush))
         return PlainTextResponse("Cache flushed.\n")
@@ -188,14 +206,14 @@ def create_app(engine_loop: ServingLoop, model_name: str, defaults: SamplingPara
 
     @app.post("/generate")
     async def generate(body: GenerateRequest, http: Request):
-        params = body.sampling_params.to_sampling(DEFAULT_MAX_TOKENS, defaults)
-        mode = "aspd" if body.aspd or body.sampling_params.aspd else "ar"
         prompts = body.prompts()
+        params = [w.to_sampling(DEFAULT_MAX_TOKENS, defaults) for w in body.samplings(len(prompts))]
+        mode = "aspd" if body.aspd_mode else "ar"
         rids = body.rids(len(prompts))
         lp = LogprobSpec(body.logprob_start_len, body.top_logprobs_num) if body.return_logprob else None
         pendings = [_Pending(asyncio.get_running_loop()) for _ in prompts]
-        reqs = [new_request(p, params, t, ids, rid=rid, mode=mode, logprobs=lp, stream=body.stream)
-                for p, (t, ids), rid in zip(pendings, prompts, rids)]
+        reqs = [new_request(p, sp, t, ids, rid=rid, mode=mode, logprobs=lp, stream=body.stream)
+                for p, sp, (t, ids), rid in zip(pendings, params, prompts, rids)]
         text_in = body.return_text_in_logprobs
         if body.stream:
             if body.batched:
@@ -220,15 +238,9 @@ def create_app(engine_loop: ServingLoop, model_name: str, defaults: SamplingPara
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, http: Request):
         params = body.sampling(16, defaults)
-        prompt = body.prompt
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
-            if body.stream and len(prompt) > 1:
-                raise BadRequest("stream a single prompt per request")
-            prompts = [(p, None) for p in prompt]
-        elif isinstance(prompt, list):
-            prompts = [(None, list(prompt))]
-        else:
-            prompts = [(prompt, None)]
+        prompts = body.prompts()
+        if body.stream and len(prompts) > 1:
+            raise BadRequest("stream a single prompt per request")
         return await _openai(http, body, params, prompts, chat=False)
 
     @app.post("/v1/chat/completions")
@@ -280,6 +292,8 @@ def _finish_reason(result: Result) -> dict:
     o = result.output
     if o.finish_reason == "length":
         return {"type": "length", "length": o.completion_tokens}
+    if o.finish_reason == "abort":
+        return {"type": "abort", "message": "aborted by /abort_request"}
     return {"type": "stop", "matched": None}
 
 
@@ -329,7 +343,7 @@ async def _sse_generate(evs: AsyncIterator[Event], eng, with_text: bool) -> Asyn
 
 
 def _openai_finish(reason: str) -> str:
-    return "length" if reason == "length" else "stop"
+    return reason if reason in ("length", "abort") else "stop"  # vLLM's "abort" for an aborted request
 
 
 def _usage(results: list[Result]) -> dict:
@@ -356,7 +370,8 @@ async def _sse_openai(evs: AsyncIterator[Event], head: dict, chat: bool, include
         yield _sse(chunk(None, None, first=True))
     async for ev in evs:
         if ev.error is not None:
-            yield _sse({"error": {"message": ev.error, "type": "invalid_request_error", "code": ev.status}})
+            kind = "server_error" if ev.status >= 500 else "invalid_request_error"
+            yield _sse({"error": {"message": ev.error, "type": kind, "code": ev.status}})
             break
         delta = ev.text[sent:]
         sent = len(ev.text)

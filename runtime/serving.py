@@ -217,9 +217,9 @@ class ServingLoop:
             self.counters.rejected += 1
             req.emit(Event("", done=True, error=str(e), status=429))
             return
-        except EngineError as e:
+        except (EngineError, UnicodeError, ValueError, TypeError) as e:  # the tokenizer's errors are the input's
             self.counters.failed += 1
-            req.emit(Event("", done=True, error=str(e), status=400))
+            req.emit(Event("", done=True, error=f"the prompt cannot be used: {e}", status=400))
             return
         if req.rid is not None:
             self.active_rids.add(req.rid)
@@ -432,10 +432,20 @@ class ServingLoop:
         self.sessions.move_to_end(dst_rid)
 
     def abort(self, rid: str) -> bool:
-        """On the loop's thread: drop a held session, or cancel the running request with that rid."""
+        """On the loop's thread: drop a held session, or end the running or waiting request with that
+        rid; its client gets what was written so far with finish reason `abort`, as in SGLang."""
         for r in [*self.scheduler.running_requests(), *(r for r, _ in self.scheduler.waiting)]:
             if r.rid == rid:
+                try:
+                    out = r.run.output() if r.run is not None else None
+                except Exception:  # a run cut at an odd point: its text is lost, the reply is not
+                    log.exception("request %s: no output at its abort", r.id)
+                    out = None
                 self._cancel(r)
+                out = (out or GenerationOutput.empty(r.prompt_tokens)).model_copy(update={"finish_reason": "abort"})
+                r.emit(Event(out.text, done=True, result=Result(
+                    rid=rid, output=out, prompt_tokens=r.prompt_tokens, cached_tokens=r.cached_tokens,
+                    input_logprobs=r.input_logprobs, latency_s=time.perf_counter() - r.t0)))
                 return True
         known = rid in self.sessions
         self._drop_session(rid)

@@ -15,6 +15,7 @@ import httpx
 import uvicorn
 
 from runtime.engine import Engine
+from runtime.guard import Access
 from runtime.sampling import SamplingParams
 from runtime.server import create_app
 from runtime.serving import ServeConfig, ServingLoop
@@ -29,10 +30,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_in_thread(engine: Engine, defaults: SamplingParams = PLAIN, **config) -> Iterator[tuple[str, ServingLoop]]:
+def serve_in_thread(engine: Engine, defaults: SamplingParams = PLAIN, access: Access | None = None,
+                    **config) -> Iterator[tuple[str, ServingLoop]]:
     loop = ServingLoop(engine, ServeConfig(**config)).start()
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(loop, "tiny", defaults), host="127.0.0.1", port=port,
+    server = uvicorn.Server(uvicorn.Config(create_app(loop, "tiny", defaults, access), host="127.0.0.1", port=port,
                                            log_level="warning"))
     th = threading.Thread(target=server.run, daemon=True)
     th.start()

@@ -3,7 +3,8 @@
 The trained model opens blocks on prompts that do not call for them (markup tokens were up-weighted
 in training so that it learns them at all). One scalar, fitted on the calibration split (prompts
 training never sees), trades that back: the largest offset (the least suppression) at which the
-model forks on at most `target` of the non-list prompts. The held-out evaluation split is never used here.
+model forks on at most `target` of the non-list prompts (default 10%, the bar the held-out split is
+held to). The held-out evaluation split is never used here.
 
 Greedy decoding makes the search cheap and exact: lowering the offset cannot change an answer that
 did not fork (the offset only moves a logit that never won), so each grid value re-decodes only
@@ -22,7 +23,8 @@ from runtime.model_loader import FORK_BIAS_FILE
 from runtime.sampling import SamplingParams
 from runtime.serving import complete_all
 
-GRID = (0.0, -0.5, -1.0, -1.25, -1.5, -1.75, -2.0, -2.5, -3.0, -4.0, -6.0)
+# Positive offsets too: an adapter trained on few parallel answers under-forks on list-like prompts.
+GRID = (2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -1.25, -1.5, -1.75, -2.0, -2.5, -3.0, -4.0, -6.0)
 
 
 class CalibrationError(ValueError):

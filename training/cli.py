@@ -51,7 +51,7 @@ def add_parsers(sub) -> None:
     c.add_argument("--data", type=Path, default=DATA)
     c.add_argument("--model", default=None)
     c.add_argument("--per-kind", type=int, default=60, help="prompts of each kind (list-like, other)")
-    c.add_argument("--target", type=float, default=0.15, help="highest fork rate allowed on non-list prompts")
+    c.add_argument("--target", type=float, default=0.10, help="highest fork rate allowed on non-list prompts")
     c.add_argument("--max-new-tokens", type=int, default=256)
     anti_loop_args(c)
 

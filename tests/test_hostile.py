@@ -1,0 +1,175 @@
+"""`aspd serve` under hostile or careless input (tiny model, uvicorn in a thread): every request gets
+one well-formed answer (a result, or a JSON error naming what is wrong), the server stays healthy,
+and nothing stays live afterwards."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import httpx
+import pytest
+
+from runtime.engine import Engine
+from runtime.guard import Access
+from tests.conftest import tiny_model
+from tests.serve_util import serve_in_thread
+from tests.test_server import idle, info
+
+LONG = {"max_new_tokens": 3000, "ignore_eos": True, "temperature": 0}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(max_positions=4096)
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    with serve_in_thread(Engine(model), max_running=4, max_waiting=4) as (url, loop):
+        yield url, loop
+
+
+def healthy(url: str) -> None:
+    assert httpx.get(url + "/health", timeout=10).status_code == 200
+    s = idle(url)
+    assert s["live_sequences"] == s["sessions"] == 0, s
+
+
+def refused(r: httpx.Response, status: int, *words: str) -> str:
+    assert r.status_code == status, (r.status_code, r.text)
+    err = r.json()["error"]
+    assert err["code"] == status and err["type"] and all(w in err["message"] for w in words), err
+    return err["message"]
+
+
+def wait_running(url: str) -> None:
+    for _ in range(400):
+        if info(url)["running"]:
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("the request never ran")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_an_aborted_request_is_answered_with_finish_reason_abort(server, stream):
+    url, _ = server
+    body = {"text": "a long story", "rid": f"victim-{stream}", "stream": stream, "sampling_params": LONG}
+    got: dict = {}
+
+    def call():
+        with httpx.stream("POST", url + "/generate", json=body, timeout=60) as r:
+            lines = [x for x in r.iter_lines() if x.startswith("data: {")] if stream else None
+            got["status"] = r.status_code
+            got["body"] = json.loads(lines[-1][6:]) if stream else (r.read(), r.json())[1]
+
+    th = threading.Thread(target=call)
+    th.start()
+    wait_running(url)
+    assert httpx.post(url + "/abort_request", json={"rid": body["rid"]}).json()["found"] is True
+    th.join(timeout=30)
+    assert not th.is_alive(), "the aborted client was left waiting"
+    assert got["status"] == 200
+    assert got["body"]["meta_info"]["finish_reason"]["type"] == "abort"
+    healthy(url)
+
+
+@pytest.mark.parametrize("route,body,field", [
+    ("/generate", {"text": "a\ud800"}, "text"),
+    ("/generate", {"text": "a", "rid": "r\ud800"}, "rid"),
+    ("/v1/completions", {"prompt": "x\udfff"}, "prompt"),
+    ("/v1/completions", {"prompt": "x", "model": "m\ud800"}, "model"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi \ud800"}]}, "content"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "text", "text": "\ud800"}]}]},
+     "content"),
+])
+def test_a_lone_surrogate_is_a_400_naming_the_field(server, route, body, field):
+    url, _ = server
+    raw = json.dumps(body)  # ensure_ascii keeps the surrogate as \\ud800
+    r = httpx.post(url + route, content=raw, headers={"content-type": "application/json"}, timeout=30)
+    refused(r, 400, field, "surrogate")
+    healthy(url)
+
+
+@pytest.mark.parametrize("route,body,words", [
+    ("/generate", {"text": "a", "sampling_params": {"seed": 2**64}}, ("seed",)),
+    ("/generate", {"text": "a", "sampling_params": {"seed": -(2**63) - 1}}, ("seed",)),
+    ("/v1/completions", {"prompt": "a", "seed": 2**70}, ("seed",)),
+    ("/generate", {"text": "a", "stream": "yes"}, ("stream",)),
+    ("/generate", {"text": "a", "sampling_params": {"max_new_tokens": True}}, ("max_new_tokens",)),
+    ("/generate", {"text": ["a", "b"], "sampling_params": [{}]}, ("sampling_params",)),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}],
+                              "response_format": {"type": "json_object"}}, ("response_format",)),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}],
+                              "tools": [{"type": "function", "function": {"name": "f"}}]}, ("tools",)),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}], "tool_choice": "auto"}, ("tool_choice",)),
+    ("/v1/completions", {"prompt": "a", "best_of": 3}, ("best_of",)),
+    ("/v1/completions", {"prompt": "a", "lora_path": "x"}, ("lora_path",)),
+    ("/v1/completions", {"prompt": "a", "logit_bias": {"5": 10}}, ("logit_bias",)),
+    ("/v1/completions", {"prompt": "a", "suffix": "end"}, ("suffix",)),
+])
+def test_bad_fields_are_a_400_naming_the_field(server, route, body, words):
+    url, _ = server
+    refused(httpx.post(url + route, json=body, timeout=30), 400, *words)
+    healthy(url)
+
+
+def test_valid_sglang_and_openai_shapes_are_accepted(server):
+    url, _ = server
+    r = httpx.post(url + "/generate", json={"text": "a", "sampling_params": None}, timeout=30)
+    assert r.status_code == 200 and r.json()["text"] is not None
+    two = [{"max_new_tokens": 2, "ignore_eos": True}, {"max_new_tokens": 5, "ignore_eos": True}]
+    r = httpx.post(url + "/generate", json={"text": ["a", "b"], "sampling_params": two}, timeout=30)
+    assert [x["meta_info"]["completion_tokens"] for x in r.json()] == [2, 5]
+    r = httpx.post(url + "/v1/completions", json={"prompt": [[5, 6, 7], [8, 9]], "max_tokens": 3}, timeout=30)
+    assert [c["index"] for c in r.json()["choices"]] == [0, 1]
+    r = httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "a"}],
+                   "response_format": {"type": "text"}, "tool_choice": "none", "max_tokens": 3}, timeout=30)
+    assert r.status_code == 200
+    r = httpx.post(url + "/generate", json={"text": "a", "sampling_params": {"temperature": 1e-300, "seed": 2**63,
+                                                                             "max_new_tokens": 4}}, timeout=30)
+    assert r.status_code == 200  # a vanishing temperature is greedy, not inf/nan
+    healthy(url)
+
+
+def test_routes_methods_and_unknown_paths_answer_in_json(server):
+    url, _ = server
+    refused(httpx.get(url + "/flush_cache"), 405)  # admin routes are POST only
+    refused(httpx.get(url + "/no/such/route"), 404)
+    assert httpx.post(url + "/flush_cache").status_code == 200
+
+
+def test_429_says_when_to_retry(model):
+    with serve_in_thread(Engine(model), max_running=1, max_waiting=0) as (url, _):
+        body = {"text": "slow", "stream": True, "sampling_params": LONG}
+        with httpx.stream("POST", url + "/generate", json=body, timeout=60) as r:
+            next(r.iter_lines())
+            second = httpx.post(url + "/generate", json={"text": "b"}, timeout=30)
+        refused(second, 429)
+        assert int(second.headers["retry-after"]) >= 1
+
+
+def test_api_key_hosts_and_body_limit(model):
+    access = Access.for_bind("127.0.0.1", api_key="s3cret", max_body_bytes=4096)
+    with serve_in_thread(Engine(model), access=access) as (url, _):
+        key = {"authorization": "Bearer s3cret"}
+        assert httpx.get(url + "/health").status_code == 200  # open, as in SGLang
+        refused(httpx.post(url + "/generate", json={"text": "a"}), 401, "API key")
+        refused(httpx.post(url + "/generate", json={"text": "a"}, headers={"authorization": "Bearer nope"}), 401)
+        refused(httpx.get(url + "/v1/models"), 401)
+        assert httpx.get(url + "/v1/models", headers=key).status_code == 200
+        r = httpx.post(url + "/generate", json={"text": "a", "sampling_params": {"max_new_tokens": 2}}, headers=key)
+        assert r.status_code == 200
+        refused(httpx.get(url + "/v1/models", headers={**key, "host": "evil.example:80"}), 403, "Host")
+        refused(httpx.post(url + "/generate", json={"text": "a" * 5000}, headers=key), 413, "4096")
+
+        def chunks():  # no Content-Length: counted as it arrives
+            yield b'{"text": "'
+            for _ in range(10):
+                yield b"a" * 1000
+            yield b'"}'
+        refused(httpx.post(url + "/generate", content=chunks(), headers=key), 413)
+        healthy_with_key = httpx.get(url + "/server_info", headers=key).json()["internal_states"][0]
+        assert healthy_with_key["live_sequences"] == 0
+    assert Access.for_bind("0.0.0.0").allowed_hosts == ("*",)
+    assert Access.for_bind("::1").allowed_hosts == ("localhost", "127.0.0.1", "::1")
