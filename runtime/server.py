@@ -25,6 +25,7 @@ from .guard import Access, Guard
 from .roles import role_format
 from .sampling import DEFAULTS, SamplingParams
 from .serving import Event, LogprobSpec, Result, ServingLoop
+from .vocab import token_texts
 
 VERSION = "0.1.0"
 RETRY_AFTER_S = 1  # what a 429 asks the client to wait: a queue slot frees at every finished request
@@ -62,6 +63,7 @@ def create_app(engine_loop: ServingLoop, model_name: str, defaults: SamplingPara
     eng = engine_loop.engine
     vocab = eng.runner.vocab_size
     roles = role_format(eng.tok)  # the model's chat roles as text, for AspdEndpoint
+    max_chars = eng.max_len * max(map(len, token_texts(eng.tok)))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -85,11 +87,24 @@ def create_app(engine_loop: ServingLoop, model_name: str, defaults: SamplingPara
 
     # ------------------------------------------------------------- plumbing
 
-    def new_request(pending: _Pending, params: SamplingParams, text: str | None, ids: list[int] | None,
-                    **kw) -> serving.Request:
+    def fits(text: str, field: str) -> None:
+        """A length check that needs no tokenizer: no token is longer than `max_chars` characters."""
+        if len(text) > max_chars:
+            raise BadRequest(f"{field}: {len(text)} characters cannot fit the context window of {eng.max_len} tokens")
+
+    async def new_request(pending: _Pending, params: SamplingParams, text: str | None, ids: list[int] | None,
+                          field: str = "text", **kw) -> serving.Request:
+        """Text is tokenized here, in a worker thread: neither the event loop nor the engine waits on it."""
         if ids is not None and any(not 0 <= t < vocab for t in ids):
             raise BadRequest(f"input_ids must be token ids in [0, {vocab})")
-        return serving.Request(params=params, emit=pending.emit, text=text, input_ids=ids, **kw)
+        tokens = ids
+        if text is not None:
+            fits(text, field)
+            try:
+                tokens = await asyncio.to_thread(eng.encode, text)
+            except (UnicodeError, ValueError, TypeError) as e:
+                raise BadRequest(f"{field}: cannot be tokenized: {e}") from None
+        return serving.Request(params=params, emit=pending.emit, text=text, input_ids=ids, ids=list(tokens or ()), **kw)
 
     async def next_event(http: Request, pending: _Pending) -> Event | None:
         """The request's next event, or None once the client has gone away."""
@@ -100,8 +115,8 @@ def create_app(engine_loop: ServingLoop, model_name: str, defaults: SamplingPara
                 if await http.is_disconnected():
                     return None
 
-    async def results(http: Request, reqs: list[serving.Request], pendings: list[_Pending]) -> list[Event]:
-        """Submit, wait for every request's last event; cancel all if the client goes away."""
+    async def results(http: Request, reqs: list[serving.Request], pendings: list[_Pending]) -> list[Event] | None:
+        """Submit, wait for every request's last event; None (all cancelled) if the client goes away."""
         for r in reqs:
             engine_loop.submit(r)
         out: list[Event] = []
@@ -111,13 +126,13 @@ def create_app(engine_loop: ServingLoop, model_name: str, defaults: SamplingPara
                 while ev is not None and not ev.done:
                     ev = await next_event(http, p)
                 if ev is None:
-                    raise asyncio.CancelledError
+                    break
                 out.append(ev)
-        except asyncio.CancelledError:
-            for r in reqs:
-                engine_loop.cancel(r)
-            raise
-        return out
+        finally:
+            if len(out) < len(reqs):  # gone away, or the server is shutting down: free what is left
+                for r in reqs:
+                    engine_loop.cancel(r)
+        return out if len(out) == len(reqs) else None
 
     async def events(http: Request, req: serving.Request, pending: _Pending) -> AsyncIterator[Event]:
         engine_loop.submit(req)
@@ -163,8 +178,11 @@ def create_app(engine_loop: ServingLoop, model_name: str, defaults: SamplingPara
     @app.get("/health_generate")
     async def health_generate(http: Request) -> PlainTextResponse:
         p = _Pending(asyncio.get_running_loop())
-        r = new_request(p, SamplingParams(max_new_tokens=1), "ping", None)
-        [ev] = await results(http, [r], [p])
+        r = await new_request(p, SamplingParams(max_new_tokens=1), "ping", None)
+        evs = await results(http, [r], [p])
+        if evs is None:
+            return PlainTextResponse("", status_code=499)
+        [ev] = evs
         return PlainTextResponse("", status_code=200 if ev.error is None else 503)
 
     @app.get("/get_model_info")
@@ -212,7 +230,7 @@ def create_app(engine_loop: ServingLoop, model_name: str, defaults: SamplingPara
         rids = body.rids(len(prompts))
         lp = LogprobSpec(body.logprob_start_len, body.top_logprobs_num) if body.return_logprob else None
         pendings = [_Pending(asyncio.get_running_loop()) for _ in prompts]
-        reqs = [new_request(p, sp, t, ids, rid=rid, mode=mode, logprobs=lp, stream=body.stream)
+        reqs = [await new_request(p, sp, t, ids, rid=rid, mode=mode, logprobs=lp, stream=body.stream)
                 for p, sp, (t, ids), rid in zip(pendings, params, prompts, rids)]
         text_in = body.return_text_in_logprobs
         if body.stream:
@@ -223,6 +241,8 @@ def create_app(engine_loop: ServingLoop, model_name: str, defaults: SamplingPara
                 return evs
             return StreamingResponse(_sse_generate(evs, eng, text_in), media_type="text/event-stream")
         evs = await results(http, reqs, pendings)
+        if evs is None:  # nobody reads this answer: no traceback for a client that left
+            return error(499, "the client went away")
         if (err := first_error(evs)) is not None:
             return err
         out = [_generate_json(e.result, eng, text_in) for e in evs]
@@ -248,8 +268,9 @@ def create_app(engine_loop: ServingLoop, model_name: str, defaults: SamplingPara
         params = body.sampling(DEFAULT_MAX_TOKENS, defaults)
         msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
         tok = eng.tok
-        if getattr(tok, "chat_template", None):
-            out = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+        fits("".join(m["content"] for m in msgs), "messages")
+        if getattr(tok, "chat_template", None):  # templated in a worker thread, off the event loop
+            out = await asyncio.to_thread(tok.apply_chat_template, msgs, add_generation_prompt=True, tokenize=True)
             ids = list(out["input_ids"] if hasattr(out, "keys") else out)
             prompts = [(None, ids)]
         else:
@@ -259,7 +280,9 @@ def create_app(engine_loop: ServingLoop, model_name: str, defaults: SamplingPara
     async def _openai(http: Request, body, params: SamplingParams, prompts, chat: bool):
         mode = "aspd" if body.aspd else "ar"
         pendings = [_Pending(asyncio.get_running_loop()) for _ in prompts]
-        reqs = [new_request(p, params, t, ids, mode=mode, stream=body.stream) for p, (t, ids) in zip(pendings, prompts)]
+        field = "messages" if chat else "prompt"
+        reqs = [await new_request(p, params, t, ids, field, mode=mode, stream=body.stream)
+                for p, (t, ids) in zip(pendings, prompts)]
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         head = {"id": ident, "created": int(time.time()), "model": body.model or model_name}
         if body.stream:
@@ -268,6 +291,8 @@ def create_app(engine_loop: ServingLoop, model_name: str, defaults: SamplingPara
                 return evs
             return StreamingResponse(_sse_openai(evs, head, chat, body.include_usage), media_type="text/event-stream")
         evs = await results(http, reqs, pendings)
+        if evs is None:  # nobody reads this answer: no traceback for a client that left
+            return error(499, "the client went away")
         if (err := first_error(evs)) is not None:
             return err
         choices = []

@@ -51,6 +51,7 @@ class ServeConfig:
     max_waiting: int = 64
     cache_tokens: int = 32768  # radix prefix cache budget; 0 turns prefix caching off
     max_sessions: int = 256  # held rid sessions (LRU)
+    session_tokens: int = 32768  # and their tokens: each holds its own KV (~23 KB a token for SmolLM2-135M)
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,8 @@ class ServingLoop:
     def _admit_to_queue(self, req: Request) -> None:
         self.counters.requests += 1
         try:
-            req.ids = list(req.input_ids) if req.input_ids is not None else self.engine.encode(req.text or "")
+            if not req.ids:  # the server tokenizes before it submits; a direct caller may not have
+                req.ids = list(req.input_ids) if req.input_ids is not None else self.engine.encode(req.text or "")
             if not req.ids:
                 raise EngineError("the prompt is empty")
             need = len(req.ids) + req.params.max_new_tokens
@@ -397,10 +399,22 @@ class ServingLoop:
 
     def _hold(self, rid: str, session: Session) -> None:
         self._drop_session(rid)
+        if session.seq.length > self.config.session_tokens:  # over the whole budget: not held (a session
+            self.engine.release(session.seq)  # only saves recomputing; its text still works without it)
+            return
         self.sessions[rid] = session
-        while len(self.sessions) > self.config.max_sessions:
-            old, s = self.sessions.popitem(last=False)
+        self._evict()
+
+    def _evict(self) -> None:
+        """Least recently used sessions go until both bounds hold."""
+        cfg = self.config
+        while self.sessions and (len(self.sessions) > cfg.max_sessions or self.session_tokens > cfg.session_tokens):
+            _, s = self.sessions.popitem(last=False)
             self.engine.release(s.seq)
+
+    @property
+    def session_tokens(self) -> int:
+        return sum(s.seq.length for s in self.sessions.values())
 
     def _drop_session(self, rid: str) -> None:
         s = self.sessions.pop(rid, None)
@@ -430,6 +444,7 @@ class ServingLoop:
         for rid in src_rids:
             self._drop_session(rid)
         self.sessions.move_to_end(dst_rid)
+        self._evict()
 
     def abort(self, rid: str) -> bool:
         """On the loop's thread: drop a held session, or end the running or waiting request with that
@@ -464,6 +479,8 @@ class ServingLoop:
             "running": len(self.scheduler.running),
             "waiting": len(self.scheduler.waiting),
             "sessions": len(self.sessions),
+            "session_tokens": self.session_tokens,
+            "session_budget": self.config.session_tokens,
             "live_sequences": self.engine.live_sequences,
             "cache_tokens": self.cache.size if self.cache is not None else 0,
             "cache_budget": self.config.cache_tokens,

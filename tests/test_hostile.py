@@ -132,6 +132,20 @@ def test_valid_sglang_and_openai_shapes_are_accepted(server):
     healthy(url)
 
 
+def test_an_oversized_prompt_is_refused_before_any_work(server):
+    url, loop = server
+    before = info(url)["requests"]
+    huge = "ab " * 40_000  # more characters than the context window could hold in any tokens
+    refused(httpx.post(url + "/generate", json={"text": huge}, timeout=30), 400, "text", "context window")
+    refused(httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": huge}]},
+                       timeout=30), 400, "messages")
+    long = "ab " * 3000  # fits the check, not the window: refused with its token count
+    refused(httpx.post(url + "/generate", json={"text": long, "sampling_params": {"max_new_tokens": 100}},
+                       timeout=30), 400, "context window")
+    assert info(url)["requests"] == before + 1  # only the last one reached the serving loop
+    healthy(url)
+
+
 def test_routes_methods_and_unknown_paths_answer_in_json(server):
     url, _ = server
     refused(httpx.get(url + "/flush_cache"), 405)  # admin routes are POST only
@@ -173,3 +187,29 @@ def test_api_key_hosts_and_body_limit(model):
         assert healthy_with_key["live_sequences"] == 0
     assert Access.for_bind("0.0.0.0").allowed_hosts == ("*",)
     assert Access.for_bind("::1").allowed_hosts == ("localhost", "127.0.0.1", "::1")
+
+
+def test_sessions_are_charged_by_tokens(model):
+    with serve_in_thread(Engine(model), max_running=2, max_waiting=4, session_tokens=400) as (url, _):
+        parent = "p" * 150
+        for k in range(6):  # forks of one parent: each holds its own copy of the parent's KV
+            r = httpx.post(url + "/generate", json={"text": parent + str(k), "rid": f"s{k}",
+                                                    "sampling_params": {"max_new_tokens": 4, "ignore_eos": True}})
+            assert r.status_code == 200
+            s = info(url)
+            assert s["session_tokens"] <= 400 and s["live_sequences"] == s["sessions"], s
+        assert s["sessions"] == 2  # 2 x 155 tokens fit the budget, 3 do not
+        r = httpx.post(url + "/generate", json={"text": "q" * 500, "rid": "big",
+                                                "sampling_params": {"max_new_tokens": 1}})
+        assert r.status_code == 200 and info(url)["sessions"] == 2  # over the budget alone: not held, none evicted
+        httpx.post(url + "/abort_request", json={"rid": "s5"})
+        httpx.post(url + "/abort_request", json={"rid": "s4"})
+        assert info(url)["session_tokens"] == 0 == info(url)["live_sequences"]
+
+
+def test_a_plain_client_that_leaves_is_cancelled_without_a_traceback(server, caplog):
+    url, _ = server
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url + "/generate", json={"text": "go", "sampling_params": LONG}, timeout=1.0)
+    healthy(url)
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], caplog.text
