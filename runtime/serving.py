@@ -24,7 +24,7 @@ import queue
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -52,6 +52,7 @@ class ServeConfig:
     cache_tokens: int = 32768  # radix prefix cache budget; 0 turns prefix caching off
     max_sessions: int = 256  # held rid sessions (LRU)
     session_tokens: int = 32768  # and their tokens: each holds its own KV (~23 KB a token for SmolLM2-135M)
+    prefill_chunk: int = 256  # prompt tokens per forward: a long prompt interleaves with running decodes
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,8 @@ class Request:
     input_logprobs: list | None = None
     t0: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
+    lp_from: int | None = None  # first prompt row whose log-probs are computed
+    prompt_lps: dict[int, tuple] = field(default_factory=dict)  # prompt token index -> its log-prob triple
 
 
 @dataclass
@@ -134,6 +137,7 @@ class ServingLoop:
             max_tokens=engine.max_len * config.max_running))
         self.cache = RadixCache(config.cache_tokens, split=lambda v, k: v.split(k)) if config.cache_tokens > 0 else None
         self.sessions: OrderedDict[str, Session] = OrderedDict()
+        self.prefilling: deque[Request] = deque()  # started, prompt not yet all computed (oldest first)
         self.active_rids: set[str] = set()
         self.counters = Counters()
         self._inbox: queue.Queue[Callable[[], None]] = queue.Queue()
@@ -182,6 +186,7 @@ class ServingLoop:
         while not self._stop.is_set():
             self._drain(block=self.scheduler.idle)
             self._admit()
+            self._prefill_chunk()
             if self.scheduler.running:
                 self._step()
 
@@ -270,24 +275,53 @@ class ServingLoop:
     # ----------------------------------------------------------------- a request's life
 
     def _start(self, req: Request) -> None:
-        lp_from = None
+        """Set up the request's sequence; its prompt is computed a chunk per loop turn (`_prefill_chunk`)."""
         if req.logprobs is not None:
-            lp_from = max(min(req.logprobs.start, len(req.ids) - 1) - 1, 0)
-        req.seq, req.cached_tokens = self._sequence(req, lp_from)
+            req.lp_from = max(min(req.logprobs.start, len(req.ids) - 1) - 1, 0)
+        req.seq, req.cached_tokens = self._sequence(req, req.lp_from)
         req.prompt_tokens = req.seq.length
         self.counters.prefill_tokens += req.prompt_tokens - req.cached_tokens
         self.counters.cached_tokens += req.cached_tokens
-        p = req.params
-        rows = self.engine.prefill(req.seq, keep=1 if p.max_new_tokens > 0 else 0, logits_from=lp_from)
-        self._cache_insert(req.seq)
-        if req.logprobs is not None:
-            req.input_logprobs = self._prompt_logprobs(req, rows, lp_from)
-        req.gen = self.engine.generate_steps(req.seq, p, req.mode, logprobs=req.logprobs.top if req.logprobs else None,
-                                             on_run=lambda run: setattr(req, "run", run))
+        self.prefilling.append(req)
+
+    def _prefill_chunk(self) -> None:
+        """One chunk of the oldest unfinished prompt, then the decode step runs: a long prompt delays
+        running streams by one chunk's forward per step, not by its whole prefill. Prompt log-probs
+        are taken chunk by chunk too, so no [prompt x vocab] table is ever whole."""
+        if not self.prefilling:
+            return
+        req = self.prefilling[0]
+        seq, p = req.seq, req.params
+        final_keep = 1 if p.max_new_tokens > 0 else 0
+        left = len(seq.serial.pending) - final_keep
+        last = left <= self.config.prefill_chunk
+        keep = final_keep if last else len(seq.serial.pending) - self.config.prefill_chunk
         try:
-            req.fwd = next(req.gen)
-        except StopIteration as done:
-            self._finish(req, done.value)
+            first_row = max(req.lp_from, len(seq.written)) if req.lp_from is not None else None
+            if first_row is not None and first_row >= len(seq.written) + len(seq.serial.pending) - keep:
+                first_row = None  # this chunk ends before the rows asked for
+            rows = self.engine.prefill(seq, keep=keep, logits_from=first_row)
+            if rows is not None:
+                self._prompt_logprobs(req, rows, first_row)
+            if not last:
+                return
+            self.prefilling.popleft()
+            self._cache_insert(seq)
+            if req.logprobs is not None:
+                start = max(min(req.logprobs.start, len(req.ids) - 1), 0)
+                req.input_logprobs = [req.prompt_lps.get(i, (None, req.ids[i], [])) for i in range(start, len(req.ids))]
+                req.prompt_lps = {}
+            req.gen = self.engine.generate_steps(seq, p, req.mode, logprobs=req.logprobs.top if req.logprobs else None,
+                                                 on_run=lambda run: setattr(req, "run", run))
+            try:
+                req.fwd = next(req.gen)
+            except StopIteration as done:
+                self._finish(req, done.value)
+        except EngineError as e:
+            self._fail(req, str(e), 400)
+        except Exception as e:
+            log.exception("request %s failed in prefill", req.id)
+            self._fail(req, f"internal error: {e}", 500)
 
     def _sequence(self, req: Request, lp_from: int | None) -> tuple[Sequence, int]:
         """The request's sequence and how many of its prompt tokens need no computing."""
@@ -336,16 +370,13 @@ class ServingLoop:
         kv = seq.kv.gather(range(m.length, len(toks)))
         self.cache.insert(toks, kv, start=m.length)
 
-    def _prompt_logprobs(self, req: Request, rows: torch.Tensor | None, lp_from: int) -> list:
-        """[logprob or None, token id, top alternatives] for prompt tokens from logprob_start_len."""
+    def _prompt_logprobs(self, req: Request, rows: torch.Tensor, first_row: int) -> None:
+        """Row k holds the log-probs at prompt index first_row + k: those of the token after it."""
         start = max(min(req.logprobs.start, len(req.ids) - 1), 0)
-        out = []
-        for i in range(start, len(req.ids)):
-            if i == 0 or rows is None:
-                out.append((None, req.ids[i], []))
-                continue
-            out.append(token_logprob(rows[i - 1 - lp_from], req.ids[i], req.logprobs.top))
-        return out
+        for k in range(rows.shape[0]):
+            i = first_row + k + 1
+            if start <= i < len(req.ids):
+                req.prompt_lps[i] = token_logprob(rows[k], req.ids[i], req.logprobs.top)
 
     def _stream(self, req: Request) -> None:
         if req.run is None:
@@ -374,6 +405,7 @@ class ServingLoop:
 
     def _fail(self, req: Request, message: str, status: int) -> None:
         self.scheduler.cancel(req)
+        self._unqueue(req)
         self._end_rid(req)
         self.counters.failed += 1
         if req.seq is not None:
@@ -384,12 +416,17 @@ class ServingLoop:
         if req.cancelled or not self.scheduler.cancel(req):
             return
         req.cancelled = True
+        self._unqueue(req)
         self._end_rid(req)
         self.counters.cancelled += 1
         if req.gen is not None:
             req.gen.close()
         if req.seq is not None:
             self.engine.release(req.seq)
+
+    def _unqueue(self, req: Request) -> None:
+        if req in self.prefilling:
+            self.prefilling.remove(req)
 
     def _end_rid(self, req: Request) -> None:
         if req.rid is not None:
@@ -477,6 +514,7 @@ class ServingLoop:
         return {
             **c.__dict__,
             "running": len(self.scheduler.running),
+            "prefilling": len(self.prefilling),
             "waiting": len(self.scheduler.waiting),
             "sessions": len(self.sessions),
             "session_tokens": self.session_tokens,

@@ -4,6 +4,7 @@ the branch KV exactly, prompt log-probs, the prefix cache, and what bad or cance
 from __future__ import annotations
 
 import queue
+import time
 
 import pytest
 import torch
@@ -191,3 +192,34 @@ def test_complete_answers_every_prompt_once_as_alone(model):
     assert sorted(got) == list(range(len(PROMPTS)))
     alone = [eng.generate(eng.new_sequence(p), GREEDY, "ar").text for p in prompts]
     assert [got[i].result.output.text for i in range(len(PROMPTS))] == alone
+
+
+def test_chunked_prefill_is_exact_and_lets_decodes_run_between_chunks(model):
+    """A prompt fed 7 tokens a forward gives the same prompt log-probs and the same answer as one fed
+    whole, and a running stream keeps decoding while it is fed (not while a whole prompt is)."""
+    prompt = "a long prompt, long enough to take several chunks of seven tokens each. " * 2
+    spec = LogprobSpec(start=3, top=2)
+    got, during = {}, {}
+    for chunk in (7, 4096):
+        lp = ServingLoop(Engine(model), ServeConfig(prefill_chunk=chunk, cache_tokens=0)).start()
+        try:
+            got[chunk] = last(submit(lp, prompt, logprobs=spec)).result
+            times: list[float] = []
+            lp.submit(Request(params=GREEDY.model_copy(update={"max_new_tokens": 200}), text="a stream",
+                              emit=lambda ev, ts=times: ts.append(time.perf_counter()), stream=True))
+            while len(times) < 3:  # it is decoding
+                time.sleep(0.001)
+            t0 = time.perf_counter()
+            first = submit(lp, prompt, stream=True).get(timeout=60)  # after its prefill and one step
+            t1 = time.perf_counter()
+            assert first.error is None
+            during[chunk] = sum(t0 < t < t1 for t in list(times))
+        finally:
+            lp.stop()
+    assert during[7] >= 10 and during[4096] <= 4, during  # a step or two until its first text
+    a, b = got[7], got[4096]
+    assert a.output.text == b.output.text
+    assert [t for _, t, _ in a.input_logprobs] == [t for _, t, _ in b.input_logprobs]
+    for (x, _, xa), (y, _, ya) in zip(a.input_logprobs, b.input_logprobs):
+        assert (x is None) == (y is None) and (x is None or x == pytest.approx(y, abs=1e-4))
+        assert [t for _, t in xa] == [t for _, t in ya]
