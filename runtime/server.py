@@ -116,23 +116,29 @@ def create_app(engine_loop: ServingLoop, model_name: str, defaults: SamplingPara
                     return None
 
     async def results(http: Request, reqs: list[serving.Request], pendings: list[_Pending]) -> list[Event] | None:
-        """Submit, wait for every request's last event; None (all cancelled) if the client goes away."""
-        for r in reqs:
-            engine_loop.submit(r)
+        """Submit, wait for every request's last event; None (all cancelled) if the client goes away.
+        A batch enters `max_running` at a time, the next as each answer ends, so a batch larger than
+        the queue still runs; the first error ends it (the rest are cancelled)."""
+        window, sent = max(1, engine_loop.config.max_running), 0
         out: list[Event] = []
         try:
-            for p in pendings:
+            for i, p in enumerate(pendings):
+                while sent < min(len(reqs), i + window):
+                    engine_loop.submit(reqs[sent])
+                    sent += 1
                 ev = await next_event(http, p)
                 while ev is not None and not ev.done:
                     ev = await next_event(http, p)
                 if ev is None:
-                    break
+                    return None
                 out.append(ev)
+                if ev.error is not None:
+                    break
         finally:
-            if len(out) < len(reqs):  # gone away, or the server is shutting down: free what is left
-                for r in reqs:
+            if len(out) < len(reqs) or out[-1].error is not None:  # gone, failed, or shutting down
+                for r in reqs[:sent]:
                     engine_loop.cancel(r)
-        return out if len(out) == len(reqs) else None
+        return out
 
     async def events(http: Request, req: serving.Request, pending: _Pending) -> AsyncIterator[Event]:
         engine_loop.submit(req)

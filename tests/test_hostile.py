@@ -213,3 +213,15 @@ def test_a_plain_client_that_leaves_is_cancelled_without_a_traceback(server, cap
         httpx.post(url + "/generate", json={"text": "go", "sampling_params": LONG}, timeout=1.0)
     healthy(url)
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], caplog.text
+
+
+def test_a_batch_larger_than_running_plus_queue_runs(model):
+    with serve_in_thread(Engine(model), max_running=2, max_waiting=1) as (url, _):
+        texts = [f"prompt {k}" for k in range(12)]
+        r = httpx.post(url + "/generate", json={"text": texts, "sampling_params": {"max_new_tokens": 3}}, timeout=60)
+        assert r.status_code == 200 and len(r.json()) == 12
+        r = httpx.post(url + "/v1/completions", json={"prompt": texts, "max_tokens": 2}, timeout=60)
+        assert r.status_code == 200 and len(r.json()["choices"]) == 12
+        texts[5] = "x " * 3000  # one bad prompt: the batch ends with its error, the rest cancelled
+        refused(httpx.post(url + "/generate", json={"text": texts}, timeout=60), 400, "context window")
+        healthy(url)
