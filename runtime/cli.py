@@ -92,8 +92,10 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--cache-tokens", type=int, default=32768, help="radix prefix cache budget; 0 turns it off")
     sv.add_argument("--max-sessions", type=int, default=256, help="held rid sessions (for joins), LRU")
     sv.add_argument("--session-tokens", type=int, default=32768, help="tokens of KV the held sessions may keep, LRU")
-    sv.add_argument("--prefill-chunk", type=int, default=256,
+    sv.add_argument("--prefill-chunk", type=int, default=128,
                     help="prompt tokens per forward (long prompts interleave with running decodes)")
+    sv.add_argument("--prefill-share", type=float, default=0.3,
+                    help="while others decode, the share of time prompt chunks may take (0-1]")
     sv.add_argument("--api-key", default=os.environ.get("ASPD_API_KEY"),
                     help="require 'Authorization: Bearer KEY' on every route but /health (env ASPD_API_KEY)")
     sv.add_argument("--allowed-hosts", default="", help="comma-separated Host names accepted "
@@ -259,14 +261,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .serving import ServeConfig, ServingLoop
 
     if min(args.max_queue, args.cache_tokens, args.max_sessions, args.session_tokens) < 0 or \
-            min(args.max_running, args.prefill_chunk) < 1:
-        raise UsageError("--max-running and --prefill-chunk must be >= 1; --max-queue, --cache-tokens, "
-                         "--max-sessions and --session-tokens >= 0")
+            min(args.max_running, args.prefill_chunk) < 1 or not 0 < args.prefill_share <= 1:
+        raise UsageError("--max-running and --prefill-chunk must be >= 1, --prefill-share in (0, 1]; --max-queue, "
+                         "--cache-tokens, --max-sessions and --session-tokens >= 0")
     eng = load_engine(args)
     loop = ServingLoop(eng, ServeConfig(max_running=args.max_running, max_waiting=args.max_queue,
                                         cache_tokens=args.cache_tokens, max_sessions=args.max_sessions,
                                         session_tokens=args.session_tokens,
-                                        prefill_chunk=args.prefill_chunk)).start()
+                                        prefill_chunk=args.prefill_chunk,
+                                        prefill_share=args.prefill_share)).start()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     err.print(f"aspd serve: {eng.loaded.name} on http://{args.host}:{args.port} "
               f"(max running {args.max_running}, queue {args.max_queue}, prefix cache {args.cache_tokens} tokens)")

@@ -52,7 +52,8 @@ class ServeConfig:
     cache_tokens: int = 32768  # radix prefix cache budget; 0 turns prefix caching off
     max_sessions: int = 256  # held rid sessions (LRU)
     session_tokens: int = 32768  # and their tokens: each holds its own KV (~23 KB a token for SmolLM2-135M)
-    prefill_chunk: int = 256  # prompt tokens per forward: a long prompt interleaves with running decodes
+    prefill_chunk: int = 128  # prompt tokens per forward: a long prompt interleaves with running decodes
+    prefill_share: float = 0.3  # while others decode, prompt chunks take at most this share of the time
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ class Request:
     t0: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
     lp_from: int | None = None  # first prompt row whose log-probs are computed
+    chunks: int = 0  # prompt chunks computed
     prompt_lps: dict[int, tuple] = field(default_factory=dict)  # prompt token index -> its log-prob triple
 
 
@@ -131,6 +133,8 @@ class Counters:
 
 class ServingLoop:
     def __init__(self, engine: Engine, config: ServeConfig = ServeConfig()):
+        if config.prefill_chunk < 1 or not 0.0 < config.prefill_share <= 1.0:
+            raise ValueError("prefill_chunk must be >= 1 and prefill_share in (0, 1]")
         self.engine, self.config = engine, config
         self.scheduler: Scheduler[Request] = Scheduler(SchedulerConfig(
             max_running=config.max_running, max_waiting=config.max_waiting,
@@ -138,6 +142,7 @@ class ServingLoop:
         self.cache = RadixCache(config.cache_tokens, split=lambda v, k: v.split(k)) if config.cache_tokens > 0 else None
         self.sessions: OrderedDict[str, Session] = OrderedDict()
         self.prefilling: deque[Request] = deque()  # started, prompt not yet all computed (oldest first)
+        self._credit = 0.0  # seconds of prompt computing that decode steps have paid for
         self.active_rids: set[str] = set()
         self.counters = Counters()
         self._inbox: queue.Queue[Callable[[], None]] = queue.Queue()
@@ -186,9 +191,21 @@ class ServingLoop:
         while not self._stop.is_set():
             self._drain(block=self.scheduler.idle)
             self._admit()
-            self._prefill_chunk()
+            # A prompt's first chunk goes at once (a short prompt starts now); the rest of a long one
+            # waits for the time that decode steps pay for, so running streams keep their pace.
+            fresh = next((r for r in self.prefilling if not r.chunks), None)
+            if fresh is not None or (self.prefilling and (self._credit >= 0 or not self._decoding())):
+                t = time.perf_counter()
+                self._prefill_chunk(fresh or self.prefilling[0])
+                self._credit = min(self._credit, 0.0) - (time.perf_counter() - t)
             if self.scheduler.running:
-                self._step()
+                t = time.perf_counter()
+                if self._step():  # decode time earns prompt time: share / (1 - share) of it
+                    share = self.config.prefill_share
+                    self._credit += (time.perf_counter() - t) * share / max(1.0 - share, 1e-9)
+
+    def _decoding(self) -> bool:
+        return any(r.fwd is not None for r in self.scheduler.running_requests())
 
     def _drain(self, block: bool) -> None:
         try:
@@ -243,17 +260,18 @@ class ServingLoop:
                 log.exception("request %s failed to start", req.id)
                 self._fail(req, f"internal error: {e}", 500)
 
-    def _step(self) -> None:
+    def _step(self) -> bool:
+        """One decode step of every running request (False: none was decoding)."""
         batch = [r for r in self.scheduler.running_requests() if r.fwd is not None]
         if not batch:
-            return
+            return False
         try:
             logits = self.engine.runner.forward_many([r.fwd for r in batch])
         except Exception as e:
             log.exception("a batched forward failed")
             for r in batch:
                 self._fail(r, f"internal error: {e}", 500)
-            return
+            return False
         self.counters.steps += 1
         self.counters.batched_rows += len(batch)
         for r, row in zip(batch, logits):
@@ -271,6 +289,7 @@ class ServingLoop:
                 continue
             if r.stream:
                 self._stream(r)
+        return True
 
     # ----------------------------------------------------------------- a request's life
 
@@ -284,13 +303,11 @@ class ServingLoop:
         self.counters.cached_tokens += req.cached_tokens
         self.prefilling.append(req)
 
-    def _prefill_chunk(self) -> None:
-        """One chunk of the oldest unfinished prompt, then the decode step runs: a long prompt delays
-        running streams by one chunk's forward per step, not by its whole prefill. Prompt log-probs
-        are taken chunk by chunk too, so no [prompt x vocab] table is ever whole."""
-        if not self.prefilling:
-            return
-        req = self.prefilling[0]
+    def _prefill_chunk(self, req: Request) -> None:
+        """One chunk of a request's prompt (the last one starts its decoding): a long prompt delays
+        running streams by a chunk's forward now and then, never by its whole prefill. Prompt
+        log-probs are taken chunk by chunk too, so no [prompt x vocab] table is ever whole."""
+        req.chunks += 1
         seq, p = req.seq, req.params
         final_keep = 1 if p.max_new_tokens > 0 else 0
         left = len(seq.serial.pending) - final_keep
@@ -305,7 +322,7 @@ class ServingLoop:
                 self._prompt_logprobs(req, rows, first_row)
             if not last:
                 return
-            self.prefilling.popleft()
+            self.prefilling.remove(req)
             self._cache_insert(seq)
             if req.logprobs is not None:
                 start = max(min(req.logprobs.start, len(req.ids) - 1), 0)
