@@ -96,8 +96,9 @@ def parser() -> argparse.ArgumentParser:
                     help="prompt tokens per forward (long prompts interleave with running decodes)")
     sv.add_argument("--prefill-share", type=float, default=0.3,
                     help="while others decode, the share of time prompt chunks may take (0-1]")
-    sv.add_argument("--api-key", default=os.environ.get("ASPD_API_KEY"),
-                    help="require 'Authorization: Bearer KEY' on every route but /health (env ASPD_API_KEY)")
+    sv.add_argument("--api-key", action="append", default=None,
+                    help="require 'Authorization: Bearer KEY' on every route but /health; repeat for several "
+                    "clients, each with its own rids (env ASPD_API_KEY, comma-separated)")
     sv.add_argument("--allowed-hosts", default="", help="comma-separated Host names accepted "
                     "(default: loopback names when bound to loopback, any otherwise)")
     sv.add_argument("--max-body-bytes", type=int, default=8 * 2**20, help="larger request bodies get 413")
@@ -274,7 +275,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     err.print(f"aspd serve: {eng.loaded.name} on http://{args.host}:{args.port} "
               f"(max running {args.max_running}, queue {args.max_queue}, prefix cache {args.cache_tokens} tokens)")
     try:
-        access = Access.for_bind(args.host, args.api_key, tuple(h for h in args.allowed_hosts.split(",") if h),
+        keys = tuple(args.api_key or [k for k in os.environ.get("ASPD_API_KEY", "").split(",") if k])
+        access = Access.for_bind(args.host, keys, tuple(h for h in args.allowed_hosts.split(",") if h),
                                  args.max_body_bytes)
         app = create_app(loop, eng.loaded.name, SamplingParams(**anti_loop_from(args)), access)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

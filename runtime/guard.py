@@ -22,18 +22,18 @@ OPEN = ("/health",)  # answered without the key (load balancers probe it)
 
 @dataclass(frozen=True)
 class Access:
-    api_key: str | None = None
+    api_keys: tuple[str, ...] = ()  # none: no key asked; several: each client's rids are its own
     allowed_hosts: tuple[str, ...] = ("*",)  # Host header names; "*" takes any
     max_body_bytes: int = 8 * 2**20
 
     @staticmethod
-    def for_bind(host: str, api_key: str | None = None, allowed_hosts: tuple[str, ...] = (),
+    def for_bind(host: str, api_keys: tuple[str, ...] = (), allowed_hosts: tuple[str, ...] = (),
                  max_body_bytes: int = 8 * 2**20) -> Access:
         """Bound to loopback, only loopback names by default; on other addresses any host (set the
         list to narrow it)."""
         if not allowed_hosts:
             allowed_hosts = LOOPBACK_HOSTS if _loopback(host) else ("*",)
-        return Access(api_key, tuple(allowed_hosts), max_body_bytes)
+        return Access(tuple(api_keys), tuple(allowed_hosts), max_body_bytes)
 
 
 def _loopback(host: str) -> bool:
@@ -64,15 +64,22 @@ class Guard:
         self.app, self.access = app, access
 
     def refusal(self, scope) -> tuple[int, str, str, tuple] | None:
+        """Why the request is refused, or None; sets `scope["state"]["principal"]`: which key it
+        carries (its rids live apart from other keys' rids), None without keys."""
         a = self.access
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
         if "*" not in a.allowed_hosts and _host_name(headers.get("host", "")) not in a.allowed_hosts:
             return 403, "the Host header is not an allowed host (--allowed-hosts)", "permission_error", ()
-        if a.api_key is not None and scope.get("path") not in OPEN:
-            got = headers.get("authorization", "")
-            if not hmac.compare_digest(got.encode(), f"Bearer {a.api_key}".encode()):
+        principal = None
+        if a.api_keys:
+            got = headers.get("authorization", "").encode()
+            # every key is compared, so the time taken does not say which one nearly matched
+            hits = [hmac.compare_digest(got, f"Bearer {k}".encode()) for k in a.api_keys]
+            principal = hits.index(True) if any(hits) else None
+            if principal is None and scope.get("path") not in OPEN:
                 return (401, "a valid API key is required (Authorization: Bearer KEY)", "authentication_error",
                         ((b"www-authenticate", b"Bearer"),))
+        scope.setdefault("state", {})["principal"] = principal
         size = headers.get("content-length")
         if size is not None and (not size.isdigit() or int(size) > a.max_body_bytes):
             return 413, f"the body is over {a.max_body_bytes} bytes (--max-body-bytes)", "invalid_request_error", ()

@@ -28,6 +28,7 @@ from .serving import Event, LogprobSpec, Result, ServingLoop
 from .vocab import token_texts
 
 VERSION = "0.1.0"
+RID_SEP = "\x1f"  # around a key's index in the rids it owns (a control character no rid may hold)
 RETRY_AFTER_S = 1  # what a 429 asks the client to wait: a queue slot frees at every finished request
 DEFAULT_MAX_TOKENS = 128
 
@@ -212,20 +213,29 @@ def create_app(engine_loop: ServingLoop, model_name: str, defaults: SamplingPara
         await asyncio.wrap_future(engine_loop.call(engine_loop.flush))
         return PlainTextResponse("Cache flushed.\n")
 
+    def owned(http: Request, rid: str | None) -> str | None:
+        """With several API keys, each key's rids live apart: no client can abort or join another's."""
+        if rid is not None and RID_SEP in rid:
+            raise BadRequest("rid: may not hold the control character U+001F")
+        principal = getattr(http.state, "principal", None)
+        return rid if rid is None or principal is None else f"{RID_SEP}{principal}{RID_SEP}{rid}"
+
     @app.post("/concate_and_append_request")
-    async def concate_and_append(body: JoinRequest) -> JSONResponse:
+    async def concate_and_append(body: JoinRequest, http: Request) -> JSONResponse:
+        src, dst = [owned(http, r) for r in body.src_rids], owned(http, body.dst_rid)
         try:
-            await asyncio.wrap_future(engine_loop.call(lambda: engine_loop.join(body.src_rids, body.dst_rid)))
+            await asyncio.wrap_future(engine_loop.call(lambda: engine_loop.join(src, dst)))
         except serving.NotFound as e:
-            return error(404, str(e), "not_found_error")
+            return error(404, _shown(str(e)), "not_found_error")
         except EngineError as e:
-            return error(400, str(e))
+            return error(400, _shown(str(e)))
         return JSONResponse({"success": True})
 
     @app.post("/abort_request")
-    async def abort_request(body: AbortRequest) -> JSONResponse:
+    async def abort_request(body: AbortRequest, http: Request) -> JSONResponse:
         """Cancel a running request or drop a held session (a no-op for unknown rids, as in SGLang)."""
-        known = await asyncio.wrap_future(engine_loop.call(lambda: engine_loop.abort(body.rid)))
+        rid = owned(http, body.rid)
+        known = await asyncio.wrap_future(engine_loop.call(lambda: engine_loop.abort(rid)))
         return JSONResponse({"success": True, "found": known})
 
     @app.post("/generate")
@@ -233,7 +243,7 @@ def create_app(engine_loop: ServingLoop, model_name: str, defaults: SamplingPara
         prompts = body.prompts()
         params = [w.to_sampling(DEFAULT_MAX_TOKENS, defaults) for w in body.samplings(len(prompts))]
         mode = "aspd" if body.aspd_mode else "ar"
-        rids = body.rids(len(prompts))
+        rids = [owned(http, r) for r in body.rids(len(prompts))]
         lp = LogprobSpec(body.logprob_start_len, body.top_logprobs_num) if body.return_logprob else None
         pendings = [_Pending(asyncio.get_running_loop()) for _ in prompts]
         reqs = [await new_request(p, sp, t, ids, rid=rid, mode=mode, logprobs=lp, stream=body.stream)
@@ -319,6 +329,12 @@ def create_app(engine_loop: ServingLoop, model_name: str, defaults: SamplingPara
 # ----------------------------------------------------------------- response shapes
 
 
+def _shown(text: str) -> str:
+    """Rids as their owner wrote them (the key index taken out, also where a message shows the repr)."""
+    parts = text.replace(repr(RID_SEP)[1:-1], RID_SEP).split(RID_SEP)
+    return "".join(p for i, p in enumerate(parts) if i % 2 == 0)
+
+
 def _finish_reason(result: Result) -> dict:
     o = result.output
     if o.finish_reason == "length":
@@ -339,7 +355,7 @@ def _triples(entries, eng, with_text: bool) -> tuple[list, list]:
 
 def _meta(result: Result, eng, with_text: bool) -> dict:
     o = result.output
-    meta = {"id": result.rid, "finish_reason": _finish_reason(result), "prompt_tokens": result.prompt_tokens,
+    meta = {"id": _shown(result.rid), "finish_reason": _finish_reason(result), "prompt_tokens": result.prompt_tokens,
             "completion_tokens": o.completion_tokens, "cached_tokens": result.cached_tokens,
             "e2e_latency": result.latency_s}
     if result.input_logprobs is not None:

@@ -127,7 +127,7 @@ def test_429_says_when_to_retry(model):
 
 
 def test_api_key_hosts_and_body_limit(model):
-    access = Access.for_bind("127.0.0.1", api_key="s3cret", max_body_bytes=4096)
+    access = Access.for_bind("127.0.0.1", api_keys=("s3cret", "other"), max_body_bytes=4096)
     with serve_in_thread(Engine(model), access=access) as (url, _):
         key = {"authorization": "Bearer s3cret"}
         assert httpx.get(url + "/health").status_code == 200  # open, as in SGLang
@@ -146,8 +146,18 @@ def test_api_key_hosts_and_body_limit(model):
                 yield b"a" * 1000
             yield b'"}'
         refused(httpx.post(url + "/generate", content=chunks(), headers=key), 413)
+        # each key's rids are its own: another client can neither abort nor join them, nor see them
+        other = {"authorization": "Bearer other"}
+        r = httpx.post(url + "/generate", json={"text": "mine", "rid": "r1", "sampling_params": {"max_new_tokens": 2}},
+                       headers=key)
+        assert r.json()["meta_info"]["id"] == "r1"
+        assert httpx.post(url + "/abort_request", json={"rid": "r1"}, headers=other).json()["found"] is False
+        refused(httpx.post(url + "/concate_and_append_request", json={"src_rids": ["r1"], "dst_rid": "r2"},
+                           headers=other), 404, "'r1'")
+        assert httpx.post(url + "/abort_request", json={"rid": "r1"}, headers=key).json()["found"] is True
+        refused(httpx.post(url + "/generate", json={"text": "a", "rid": "x\u001f0"}, headers=key), 400, "rid")
         healthy_with_key = httpx.get(url + "/server_info", headers=key).json()["internal_states"][0]
-        assert healthy_with_key["live_sequences"] == 0
+        assert healthy_with_key["live_sequences"] == healthy_with_key["sessions"] == 0
     assert Access.for_bind("0.0.0.0").allowed_hosts == ("*",)
     assert Access.for_bind("::1").allowed_hosts == ("localhost", "127.0.0.1", "::1")
 
