@@ -681,7 +681,8 @@ class _Run:
         self.serial_count = self.parallel_count = 0
         self.serial_start = 0  # start of the current serial segment in seq.serial.generated
         self.header_start = 0
-        self.title_ids: list[list[int]] = []
+        self.title_ids: list[list[int]] = []  # the current block's titles
+        self.earlier_titles: list[list[int]] = []  # those of this answer's earlier blocks
         self.block_steps = 0
         self.stops = _stops(params)
         self.stop_ids = _stop_ids(params, self.ids.eos)
@@ -714,9 +715,10 @@ class _Run:
 
     def _serial_token(self, logits: torch.Tensor) -> None:
         s = self.seq.serial
-        allowed = self.constraint.allowed()
-        if self.constraint.phase is Phase.TITLE and allowed.only is None and len(self.title_ids) > 1:
-            ban = title_bans(self.title_ids, self.eng.words, self.ids.end_title)
+        allowed = self.constraint.allowed(tokens_left=self.left)
+        titles = [*self.earlier_titles, *self.title_ids]  # no title repeats one of this answer
+        if self.constraint.phase is Phase.TITLE and allowed.only is None and len(titles) > 1:
+            ban = title_bans(titles, self.eng.words, self.ids.end_title)
             if ban:
                 allowed = dataclasses.replace(allowed, banned=allowed.banned | ban)
         tok = self.sampler(logits[None], [s.history], [allowed])[0]
@@ -756,6 +758,7 @@ class _Run:
     def _track_title(self, tok: int) -> None:
         if tok == self.ids.title:
             if self.constraint.phase is not Phase.TITLES_CLOSED:  # the first title of a header
+                self.earlier_titles += self.title_ids
                 self.title_ids, self.header_start = [], len(self.seq.serial.generated) - 1
             self.title_ids.append([])
         elif self.constraint.phase is Phase.TITLE and tok != self.ids.end_title:

@@ -26,6 +26,10 @@ TITLE_SEP = ":"  # a branch opens with "<|branch|>" + title + ":"; its body foll
 # A title is one plain line: the model may not write these in one (training titles never hold them),
 # or titles run on into the item's body and drift between numbering and emphasis styles.
 TITLE_BANNED_CHARS = "\n*_`#[]"
+# What a branch needs of the answer's token budget (its title and a sentence of body): the model may
+# open a block, or add a title to one, only while each of its branches can still have this much.
+# Without it a block opened near the end of the budget has branches cut after a token or two.
+MIN_BRANCH_TOKENS = 32
 
 
 class ProtocolError(ValueError):
@@ -337,8 +341,12 @@ class Constraint:
     title_tokens: int = 0
     titles: int = 0
 
-    def allowed(self, branch_tokens: int = 0, branch_cap: int | None = None) -> Allowed:
+    def allowed(self, branch_tokens: int = 0, branch_cap: int | None = None, tokens_left: int | None = None) -> Allowed:
+        """`tokens_left`: the answer's remaining budget, for a block's size (None: unbounded)."""
         ids = self.ids
+
+        def room(branches: int) -> bool:
+            return tokens_left is None or tokens_left >= branches * MIN_BRANCH_TOKENS
         markup = ids.markup
         if self.phase is Phase.BRANCH:
             if branch_cap is not None and branch_tokens >= branch_cap:
@@ -351,12 +359,12 @@ class Constraint:
             return Allowed(banned=(markup - closing) | ids.eos | ids.not_in_title, anti_loop=False)
         if self.phase is Phase.TITLES_CLOSED:
             opts = set()
-            if self.titles < self.max_branches:
+            if self.titles < self.max_branches and (self.titles < 2 or room(self.titles + 1)):
                 opts.add(ids.title)
             if self.titles >= 2:
                 opts.add(ids.para)
             return Allowed(only=frozenset(opts))
-        if self.adaptive and self.phase is Phase.SERIAL:
+        if self.adaptive and self.phase is Phase.SERIAL and room(2):
             bias = ((ids.title, self.fork_bias),) if self.fork_bias else ()
             return Allowed(banned=markup - {ids.title}, bias=bias)
         return Allowed(banned=markup)

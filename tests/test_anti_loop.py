@@ -132,10 +132,12 @@ def test_aspd_titles_of_a_block_are_all_different():
     for k in range(20):
         seq = eng.new_sequence("q: " + "abcdefghijklmnopqrst"[k] * 3)
         out = eng.generate(seq, SamplingParams(max_new_tokens=200, max_branch_tokens=5, max_title_tokens=6), "aspd")
+        seen: list[str] = []  # no title repeats one of the answer's earlier titles, in any block
         for b in out.blocks:  # titles cut by the token cap, or without a word (nothing to compare): left out
             assert "\n" not in "".join(b.titles)  # one plain line each
             contents = [c for t in b.titles if len(eng.encode(t)) < 6 and (c := t.lstrip(" .,:;!?0123456789-"))]
-            assert len(set(contents)) == len(contents), b.titles
+            seen += contents
+            assert len(set(seen)) == len(seen), [x.titles for x in out.blocks]
             blocks += len(contents) > 1
     assert blocks >= 10
 

@@ -30,7 +30,7 @@ def test_engine_fork_bias_moves_the_fork_decision():
 
     def run(bias):
         seq = eng.new_sequence(prompt)
-        params = SamplingParams(max_new_tokens=40, fork_bias=bias, max_title_tokens=3, max_branches=2)
+        params = SamplingParams(max_new_tokens=80, fork_bias=bias, max_title_tokens=3, max_branches=2)
         out = eng.generate(seq, params, "aspd")
         eng.release(seq)
         return out
@@ -71,7 +71,7 @@ def test_sweep_on_a_tiny_model_is_monotone_and_stops_at_the_first_title():
     eng = Engine(tiny_model(seed=2))
     prompts = ["list three tips:\n", "what is two plus two?\n", "name four colours:\n", "hello\n"]
     kinds = ["listlike", "other", "listlike", "other"]
-    pts = calibrate.sweep(eng, prompts, kinds, SamplingParams(max_new_tokens=24), grid=(100.0, 0.0, -100.0),
+    pts = calibrate.sweep(eng, prompts, kinds, SamplingParams(max_new_tokens=80), grid=(100.0, 0.0, -100.0),
                           log=lambda _: None)
     assert pts[0].fork_rate == {"listlike": 1.0, "other": 1.0}
     assert pts[-1].fork_rate == {"listlike": 0.0, "other": 0.0}

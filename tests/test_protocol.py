@@ -164,3 +164,22 @@ def test_a_title_may_not_hold_a_banned_character():
     c.advance(ids.end_title)
     c.advance(ids.para)
     assert not c.allowed().banned & {7, 8}  # nor branch bodies
+
+
+def test_a_block_opens_and_grows_only_while_each_branch_has_room():
+    need = P.MIN_BRANCH_TOKENS
+    c = P.Constraint(IDS)
+    assert IDS.title not in c.allowed(tokens_left=2 * need).banned  # room for two branches: may fork
+    assert IDS.title in c.allowed(tokens_left=2 * need - 1).banned  # not near the end of the budget
+    assert IDS.title not in c.allowed().banned  # no budget given: unbounded
+    for _ in range(3):
+        c.advance(IDS.title)
+        c.advance(7)
+        c.advance(IDS.end_title)
+    assert c.allowed(tokens_left=4 * need).only == {IDS.title, IDS.para}  # a 4th branch fits
+    assert c.allowed(tokens_left=4 * need - 1).only == {IDS.para}  # it does not: the block closes
+    c = P.Constraint(IDS)
+    c.advance(IDS.title)
+    c.advance(7)
+    c.advance(IDS.end_title)
+    assert c.allowed(tokens_left=1).only == {IDS.title}  # a block needs two titles, whatever is left

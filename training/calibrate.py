@@ -24,7 +24,7 @@ from runtime.sampling import SamplingParams
 from runtime.serving import complete_all
 
 # Positive offsets too: an adapter trained on few parallel answers under-forks on list-like prompts.
-GRID = (2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -1.25, -1.5, -1.75, -2.0, -2.5, -3.0, -4.0, -6.0)
+GRID = (5.0, 4.0, 3.0, 2.0, 1.0, 0.0, -0.5, -1.0, -1.25, -1.5, -1.75, -2.0, -2.5, -3.0, -4.0, -6.0)
 
 
 class CalibrationError(ValueError):
