@@ -118,6 +118,29 @@ def serve_table(r: dict) -> str:
     return "\n".join(rows) + "\n" + note
 
 
+def faults_table(r: dict) -> str:
+    h, m, st = r["hostile"], r["memory"], r["stalls"]
+    rows = [
+        "| metric | value |",
+        "|---|---|",
+        f"| hostile requests answered as they must be | {h['correct']} of {h['cases']} |",
+        "| hangs (no answer within 60 s) / 5xx / 5xx not labelled `server_error` | "
+        f"{h['hangs']} / {h['5xx']} / {h['unlabelled_5xx']} |",
+        f"| sequences leaked after the round | {h['leaked_sequences']} |",
+        f"| server RSS: start, after the hostile round | {m['rss_start_mb']:.0f} MB, "
+        f"{m['rss_after_hostile_mb']:.0f} MB |",
+        f"| after {m['forks']} fork sessions of a {m['parent_tokens']}-token parent (bound) | "
+        f"{m['rss_after_forks_mb']:.0f} MB ({m['bound_mb']:.0f} MB) |",
+    ]
+    for name, x in st.items():
+        rows.append(f"| short requests, p99 idle / while 4,000-token prompts prefill ({name}) | "
+                    f"{x['idle_p99_s']:.2f} s / {x['during_p99_s']:.2f} s (**{x['p99_ratio']:.1f}x**) |")
+        rows.append(f"| the long prompt's own time ({name}) | {x['long_prompt_s']:.1f} s |")
+    note = (f"\n`python bench/serve_faults.py`; server `aspd serve {' '.join(r['server_args'])}`; "
+            f"{_machine(r['environment'])}.")
+    return "\n".join(rows) + "\n" + note
+
+
 def data_table(st: dict) -> str:
     rows = ["| step | answers or groups |", "|---|---|"]
     rows += [f"| {k.replace('_', ' ')} | {v} |" for k, v in st["steps"].items()]
@@ -232,6 +255,8 @@ def main() -> None:
     text = replace(text, "programs", programs_table(json.loads((results / "programs.json").read_text())))
     if (results / "serve_load.json").exists():
         text = replace(text, "serve", serve_table(json.loads((results / "serve_load.json").read_text())))
+    if (results / "serve_faults.json").exists():
+        text = replace(text, "faults", faults_table(json.loads((results / "serve_faults.json").read_text())))
     stats = ROOT / "data" / "aspd" / "data_stats.json"
     if stats.exists():
         text = replace(text, "data", data_table(json.loads(stats.read_text())))

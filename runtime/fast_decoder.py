@@ -37,7 +37,9 @@ def supported(model: PreTrainedModel) -> bool:
 
 
 class StaticKV:
-    """Per-layer K and V in preallocated buffers [layers, kv_heads, capacity, head_dim], grown by doubling."""
+    """Per-layer K and V in preallocated buffers [layers, kv_heads, capacity, head_dim], grown by a
+    quarter (at least 256 tokens): few copies as a sequence grows, and a held sequence keeps at most
+    a quarter more memory than its tokens need (doubling could keep twice as much)."""
 
     def __init__(self, layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device,
                  capacity: int = 512):
@@ -45,11 +47,15 @@ class StaticKV:
         self.v = torch.empty_like(self.k)
         self.length = 0
 
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[2]
+
     def reserve(self, n: int) -> None:
         cap = self.k.shape[2]
         if self.length + n <= cap:
             return
-        new = max(2 * cap, self.length + n)
+        new = max(cap + max(cap // 4, 256), self.length + n)
         for name in ("k", "v"):
             old = getattr(self, name)
             buf = old.new_empty(old.shape[0], old.shape[1], new, old.shape[3])

@@ -63,7 +63,12 @@ class KVState:
         self._blocks = torch.zeros(capacity, dtype=torch.int32, device=device)
         self._branches = torch.zeros(capacity, dtype=torch.int32, device=device)
 
-    def _reserve(self, n: int) -> None:  # tags grow by doubling too
+    @property
+    def capacity(self) -> int:
+        """Tokens its K/V memory holds room for (what a memory budget must charge)."""
+        return self.cache.capacity if isinstance(self.cache, fast_decoder.StaticKV) else self.length
+
+    def _reserve(self, n: int) -> None:  # tags grow by doubling
         cap = self._blocks.numel()
         if self.length + n > cap:
             new = max(cap * 2, self.length + n)

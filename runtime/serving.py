@@ -453,7 +453,7 @@ class ServingLoop:
 
     def _hold(self, rid: str, session: Session) -> None:
         self._drop_session(rid)
-        if session.seq.length > self.config.session_tokens:  # over the whole budget: not held (a session
+        if session.seq.kv.capacity > self.config.session_tokens:  # over the whole budget: not held (a session
             self.engine.release(session.seq)  # only saves recomputing; its text still works without it)
             return
         self.sessions[rid] = session
@@ -468,7 +468,7 @@ class ServingLoop:
 
     @property
     def session_tokens(self) -> int:
-        return sum(s.seq.length for s in self.sessions.values())
+        return sum(s.seq.kv.capacity for s in self.sessions.values())  # the memory held, not just the tokens
 
     def _drop_session(self, rid: str) -> None:
         s = self.sessions.pop(rid, None)
