@@ -19,7 +19,9 @@ def test_aspd_bench_cli_on_the_embedded_model(tmp_path):
     out = tmp_path / "b"
     assert main(["bench", "--limit", "1", "--systems", "ar,aspd", "--max-new-tokens", "24", "--out", str(out)]) == 0
     s = json.loads((out / "summary.json").read_text())
-    assert s["meta"]["adapter"] == "runtime/adapters/smollm2-135m-aspd" and s["meta"]["fork_bias"] == -1.5
+    shipped = ROOT / "runtime" / "adapters" / "smollm2-135m-aspd"
+    calibrated = json.loads((shipped / "aspd_calibration.json").read_text())["fork_bias"]
+    assert s["meta"]["adapter"] == "runtime/adapters/smollm2-135m-aspd" and s["meta"]["fork_bias"] == calibrated
     assert s["meta"]["reference"] == "base-ar"  # no hf: the engine's base-model answers are the reference
     assert set(s["systems"]) == {"ar", "aspd"} and s["systems"]["ar"]["speedup_vs_ar"]["mean"] == 1.0
     rows = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]

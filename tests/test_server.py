@@ -126,7 +126,7 @@ def test_generate_contract(server):
     stop = httpx.post(url + "/generate", json={"text": "abc", "sampling_params": {
         "max_new_tokens": 20, "temperature": 0, "ignore_eos": True, "stop": r["text"][2:4]}}).json()
     assert stop["text"] == r["text"][:2] and stop["meta_info"]["finish_reason"]["type"] == "stop"
-    lp = httpx.post(url + "/generate", json={"text": "abcd", "sampling_params": {"max_new_tokens": 1},
+    lp = httpx.post(url + "/generate", json={"text": "abcd", "sampling_params": {"max_new_tokens": 1, "temperature": 0},
                                               "return_logprob": True, "logprob_start_len": 1,
                                               "top_logprobs_num": 2, "return_text_in_logprobs": True}).json()
     triples = lp["meta_info"]["input_token_logprobs"]
