@@ -252,18 +252,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _return_freed_memory() -> None:
-    """glibc raises its mmap threshold as large blocks are freed, after which freed K/V buffers stay
-    in its heap and the server's RSS never comes down: fixed at 1 MiB, every buffer that large is
-    mapped on its own and given back to the system when freed."""
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
@@ -277,7 +265,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
             min(args.max_running, args.prefill_chunk) < 1 or not 0 < args.prefill_share <= 1:
         raise UsageError("--max-running and --prefill-chunk must be >= 1, --prefill-share in (0, 1]; --max-queue, "
                          "--cache-tokens, --max-sessions and --session-tokens >= 0")
-    _return_freed_memory()
     eng = load_engine(args)
     loop = ServingLoop(eng, ServeConfig(max_running=args.max_running, max_waiting=args.max_queue,
                                         cache_tokens=args.cache_tokens, max_sessions=args.max_sessions,

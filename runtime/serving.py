@@ -18,6 +18,7 @@ the inbox (commands) and per-request `emit` callbacks (events).
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import queue
@@ -39,6 +40,23 @@ from .sampling import SamplingParams
 from .scheduler import QueueFull, Scheduler, SchedulerConfig
 
 log = logging.getLogger("aspd.serve")
+
+
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return None
+
+
+_LIBC = _libc()
+
+
+def give_back_memory() -> None:
+    """glibc keeps freed K/V buffers in its heap (its mmap threshold rises as large blocks are freed),
+    so a server's RSS would never come down after sessions end: hand the free pages back."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 class NotFound(EngineError):
@@ -455,6 +473,7 @@ class ServingLoop:
         self._drop_session(rid)
         if session.seq.kv.capacity > self.config.session_tokens:  # over the whole budget: not held (a session
             self.engine.release(session.seq)  # only saves recomputing; its text still works without it)
+            give_back_memory()
             return
         self.sessions[rid] = session
         self._evict()
@@ -462,9 +481,13 @@ class ServingLoop:
     def _evict(self) -> None:
         """Least recently used sessions go until both bounds hold."""
         cfg = self.config
+        evicted = False
         while self.sessions and (len(self.sessions) > cfg.max_sessions or self.session_tokens > cfg.session_tokens):
             _, s = self.sessions.popitem(last=False)
             self.engine.release(s.seq)
+            evicted = True
+        if evicted:
+            give_back_memory()
 
     @property
     def session_tokens(self) -> int:
@@ -474,6 +497,7 @@ class ServingLoop:
         s = self.sessions.pop(rid, None)
         if s is not None:
             self.engine.release(s.seq)
+            give_back_memory()
 
     def join(self, src_rids: list[str], dst_rid: str) -> None:
         """On the loop's thread: graft the branch sessions onto the destination session (SGLang's
