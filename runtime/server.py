@@ -33,13 +33,17 @@ RETRY_AFTER_S = 1  # what a 429 asks the client to wait: a queue slot frees at e
 DEFAULT_MAX_TOKENS = 128
 
 
-def error(status: int, message: str, kind: str | None = None) -> JSONResponse:
-    """The one error shape (OpenAI's): 5xx are `server_error`, 429 `rate_limit_error` with Retry-After."""
+def error_body(status: int, message: str, kind: str | None = None) -> dict:
+    """The one error shape (OpenAI's), in replies and in streams: 5xx are `server_error`, 429
+    `rate_limit_error`."""
     kind = kind or ("server_error" if status >= 500 else "rate_limit_error" if status == 429 else
                     "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "code": status}}
+
+
+def error(status: int, message: str, kind: str | None = None) -> JSONResponse:
     headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 429 else None
-    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status,
-                        headers=headers)
+    return JSONResponse(error_body(status, message, kind), status_code=status, headers=headers)
 
 
 class _Pending:
@@ -380,7 +384,7 @@ async def _sse_generate(evs: AsyncIterator[Event], eng, with_text: bool) -> Asyn
     """SGLang's stream: each event carries the cumulative text; the last has the full meta_info."""
     async for ev in evs:
         if ev.error is not None:
-            yield _sse({"error": {"message": ev.error, "code": ev.status}})
+            yield _sse(error_body(ev.status, ev.error))
             break
         if ev.done:
             yield _sse(_generate_json(ev.result, eng, with_text))
@@ -417,8 +421,7 @@ async def _sse_openai(evs: AsyncIterator[Event], head: dict, chat: bool, include
         yield _sse(chunk(None, None, first=True))
     async for ev in evs:
         if ev.error is not None:
-            kind = "server_error" if ev.status >= 500 else "invalid_request_error"
-            yield _sse({"error": {"message": ev.error, "type": kind, "code": ev.status}})
+            yield _sse(error_body(ev.status, ev.error))
             break
         delta = ev.text[sent:]
         sent = len(ev.text)

@@ -59,6 +59,11 @@ def give_back_memory() -> None:
         _LIBC.malloc_trim(0)
 
 
+def _first_logprob_token(req: Request) -> int:
+    """The first prompt token whose log-prob is returned (`logprob_start_len`, within the prompt)."""
+    return max(min(req.logprobs.start, len(req.ids) - 1), 0)
+
+
 class NotFound(EngineError):
     """An unknown rid (404)."""
 
@@ -314,7 +319,7 @@ class ServingLoop:
     def _start(self, req: Request) -> None:
         """Set up the request's sequence; its prompt is computed a chunk per loop turn (`_prefill_chunk`)."""
         if req.logprobs is not None:
-            req.lp_from = max(min(req.logprobs.start, len(req.ids) - 1) - 1, 0)
+            req.lp_from = max(_first_logprob_token(req) - 1, 0)
         req.seq, req.cached_tokens = self._sequence(req, req.lp_from)
         req.prompt_tokens = req.seq.length
         self.counters.prefill_tokens += req.prompt_tokens - req.cached_tokens
@@ -343,8 +348,8 @@ class ServingLoop:
             self.prefilling.remove(req)
             self._cache_insert(seq)
             if req.logprobs is not None:
-                start = max(min(req.logprobs.start, len(req.ids) - 1), 0)
-                req.input_logprobs = [req.prompt_lps.get(i, (None, req.ids[i], [])) for i in range(start, len(req.ids))]
+                req.input_logprobs = [req.prompt_lps.get(i, (None, req.ids[i], []))
+                                      for i in range(_first_logprob_token(req), len(req.ids))]
                 req.prompt_lps = {}
             req.gen = self.engine.generate_steps(seq, p, req.mode, logprobs=req.logprobs.top if req.logprobs else None,
                                                  on_run=lambda run: setattr(req, "run", run))
@@ -407,7 +412,7 @@ class ServingLoop:
 
     def _prompt_logprobs(self, req: Request, rows: torch.Tensor, first_row: int) -> None:
         """Row k holds the log-probs at prompt index first_row + k: those of the token after it."""
-        start = max(min(req.logprobs.start, len(req.ids) - 1), 0)
+        start = _first_logprob_token(req)
         for k in range(rows.shape[0]):
             i = first_row + k + 1
             if start <= i < len(req.ids):
@@ -493,11 +498,12 @@ class ServingLoop:
     def session_tokens(self) -> int:
         return sum(s.seq.kv.capacity for s in self.sessions.values())  # the memory held, not just the tokens
 
-    def _drop_session(self, rid: str) -> None:
+    def _drop_session(self, rid: str, trim: bool = True) -> None:
         s = self.sessions.pop(rid, None)
         if s is not None:
             self.engine.release(s.seq)
-            give_back_memory()
+            if trim:
+                give_back_memory()
 
     def join(self, src_rids: list[str], dst_rid: str) -> None:
         """On the loop's thread: graft the branch sessions onto the destination session (SGLang's
@@ -520,7 +526,8 @@ class ServingLoop:
         self.engine.graft(dst.seq, [s.seq for s in srcs])
         dst.text += "".join(s.text[len(dst.text):] for s in srcs)
         for rid in src_rids:
-            self._drop_session(rid)
+            self._drop_session(rid, trim=False)
+        give_back_memory()  # once for all the branches
         self.sessions.move_to_end(dst_rid)
         self._evict()
 
