@@ -9,7 +9,7 @@ text drifts into run-on words while lists lose their numbering. So:
 - `repetition_penalty` applies only to *word* tokens (a letter in them) already in the history;
 - `no_repeat_ngram_size` n: a token that would repeat an n-gram of the history is banned;
 - nothing of the above applies while a title is written; instead no title may repeat an earlier
-  title of its block (`title_bans`).
+  title of the answer (`title_bans`).
 
 The engine's sampler (`History`, `apply`) and the transformers baseline (`AntiLoopProcessor`)
 run this same code, so every system compared decodes under the same rule.
@@ -113,10 +113,11 @@ def apply(logits: torch.Tensor, histories: Sequence[History], penalty: float, n:
 
 
 def title_bans(titles: Sequence[Sequence[int]], words: torch.Tensor, end_title: int) -> frozenset[int]:
-    """While the last of a block's titles is written: the tokens that would repeat an earlier one.
-    A title's content starts at its first word (its number and marks are not compared) and counts
-    that start as a token: no title may repeat a 3-gram of an earlier title's content (so none opens
-    with an earlier one's first two tokens), nor close equal to an earlier one. Greedy decoding
+    """While the last of `titles` is written: the tokens that would repeat an earlier one (the engine
+    passes every title of the answer so far). A title's content starts at its first word (its number
+    and marks are not compared) and counts that start as a token: no title may repeat a
+    TITLE_NGRAM-gram of an earlier title's content (so none opens with an earlier one's first three
+    tokens), nor close equal to an earlier one. Greedy decoding
     otherwise writes the same title again and again, and equal titles give equal branches."""
     def content(t: Sequence[int]) -> list[int]:
         first = next((k for k, x in enumerate(t) if words[x]), len(t))
