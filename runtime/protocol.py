@@ -24,8 +24,9 @@ PARA, BRANCH, END_BRANCH, END_PARA = "<|para|>", "<|branch|>", "<|/branch|>", "<
 SPECIAL_TOKENS: tuple[str, ...] = (TITLE, END_TITLE, PARA, BRANCH, END_BRANCH, END_PARA)
 TITLE_SEP = ":"  # a branch opens with "<|branch|>" + title + ":"; its body follows (usually " ...").
 # A title is one plain line: the model may not write these in one (training titles never hold them),
-# or titles run on into the item's body and drift between numbering and emphasis styles.
-TITLE_BANNED_CHARS = "\n*_`#[]"
+# or titles run on into the item's body and drift between numbering and emphasis styles. The separator
+# is one of them: a title holding it ("3. Use Tools: 7. Use Tools") has run into a body.
+TITLE_BANNED_CHARS = "\n*_`#[]" + TITLE_SEP
 # What a branch needs of the answer's token budget (its title and a sentence of body): the model may
 # open a block, or add a title to one, only while each of its branches can still have this much.
 # Without it a block opened near the end of the budget has branches cut after a token or two.

@@ -119,3 +119,25 @@ def test_prompt_set_is_large_unique_and_clean():
     for p in prompts:
         if p.source != "seed":
             assert "{" not in p.text and " a a " not in p.text and " a an " not in p.text, p.text
+
+
+def test_added_prompt_tables_leave_the_first_set_and_its_splits_unchanged():
+    import random
+
+    from training.prompts import LISTLIKE_V2, OTHER_V2, benchmark_questions, build, dedup, seeds, synthesise
+
+    b = build(seed=0)
+    first, _, _ = dedup(seeds() + synthesise(random.Random(0)), benchmark_questions())
+    held = {p.id for p in b["eval"] + b["calib"]}
+    added = {f"template:{n}" for n in (*LISTLIKE_V2, *OTHER_V2)}
+    assert not any(p.source in added for p in b["eval"] + b["calib"])
+    assert {p.id for p in b["train"] if p.source not in added} == {p.id for p in first} - held
+    assert sum(p.source in added for p in b["train"]) >= 500
+
+
+def test_interleaved_generation_order_round_robins_sources():
+    from training.prompts import Prompt
+    from training.responses import interleaved
+
+    ps = [Prompt(f"a{i}", "x", "listlike", "a") for i in range(3)] + [Prompt("b0", "y", "other", "b")]
+    assert [p.id for p in interleaved(ps)] == ["a0", "b0", "a1", "a2"]

@@ -138,9 +138,31 @@ OTHER = {
 }
 
 
-def synthesise(rng: random.Random) -> list[Prompt]:
+# Added for adapter v4: role-play in character, what-ifs and free writing (emails, speeches, reviews,
+# scripts), the kinds of chat request the first tables covered least, and one more Fermi wording (the
+# kind must stay serial). Drawn from their own generator and kept out of the held-out and calibration
+# splits, so the first tables' prompts, ids and splits stay exactly as before (answers already
+# generated stay valid, and held-out figures stay comparable across adapters).
+LISTLIKE_V2 = {
+    "persona": (["As {r}, how would you introduce yourself to a room full of strangers?",
+                 "Imagine you are {r}. What would you tell a group of students visiting your workplace?",
+                 "You are {r}. Describe the most memorable moment of your career.",
+                 "As {r}, what would you say to motivate a new apprentice on their first day?"], {"r": ROLES}),
+    "whatif": (["What if {cf}?", "Imagine a world where {cf}. What would it be like?",
+                "Suppose {cf}. How would society be different?"], {"cf": COUNTERFACTUALS}),
+    "speech": (["Write an email to your neighbours about {e}.", "Write a short speech announcing {e}."], {"e": NEWS}),
+    "essay": (["Write a persuasive essay on {t}.", "Write a podcast script about {t}."], {"t": BLOG_TOPICS}),
+    "review": (["Write a short review of {p} you bought recently."], {"p": PRODUCTS}),
+    "letter": (["Write a letter to the members of {g} about the plans for next year."], {"g": GROUPS}),
+}
+OTHER_V2 = {
+    "estimate": (["Roughly how many {x}? Walk me through your reasoning."], {"x": FERMI}),
+}
+
+
+def synthesise(rng: random.Random, tables: tuple = (("listlike", LISTLIKE), ("other", OTHER))) -> list[Prompt]:
     out = []
-    for kind, table in (("listlike", LISTLIKE), ("other", OTHER)):
+    for kind, table in tables:
         for name, (templates, slots) in table.items():
             for k, (tpl, fill) in enumerate(itertools.product(templates, _fillers(name, slots, rng))):
                 out.append(Prompt(f"{name}-{k}", tpl.format(n=rng.choice(["three", "four", "five"]), **fill), kind,
@@ -237,6 +259,10 @@ def build(seed: int = 0, eval_per_kind: int = 100, calib_per_kind: int = 60) -> 
         calib += mine[eval_per_kind:eval_per_kind + calib_per_kind]
     held = {p.id for p in evals + calib}
     train = [p for p in prompts if p.id not in held]
+    extra = synthesise(random.Random(seed + 1), (("listlike", LISTLIKE_V2), ("other", OTHER_V2)))
+    extra, n_bench2, n_dup2 = dedup(prompts + extra, benchmark_questions())  # the first set wins a tie
+    train += extra[len(prompts):]
+    n_bench, n_dup = n_bench + n_bench2, n_dup + n_dup2
     return {"train": train, "calib": calib, "eval": evals, "dropped_benchmark": n_bench, "dropped_duplicate": n_dup}
 
 

@@ -6,6 +6,7 @@ where it stopped. `response` is the whole answer (opening included), `opening` t
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -29,10 +30,20 @@ def done_ids(path: Path) -> set[str]:
     return {json.loads(line)["id"] for line in path.read_text().splitlines() if line.strip()}
 
 
+def interleaved(prompts: list[Prompt]) -> list[Prompt]:
+    """Round-robin over the prompts' sources, so that any prefix of a run (a run stopped early) covers
+    every kind of question alike instead of the first templates only."""
+    by_source: dict[str, list[Prompt]] = {}
+    for p in prompts:
+        by_source.setdefault(p.source, []).append(p)
+    rounds = itertools.zip_longest(*by_source.values())
+    return [p for r in rounds for p in r if p is not None]
+
+
 def generate(engine: Engine, prompts: list[Prompt], out: Path, params: SamplingParams = PARAMS,
              batch: int = 16) -> int:
     """Answer every prompt not yet in `out`; returns how many were written now."""
-    todo = [p for p in prompts if p.id not in done_ids(out)]
+    todo = interleaved([p for p in prompts if p.id not in done_ids(out)])
     if not todo:
         return 0
     t0 = time.perf_counter()
