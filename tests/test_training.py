@@ -76,6 +76,9 @@ def test_training_steps_lower_the_loss_and_resume(tiny, sample, tmp_path):
     assert not any(n.endswith("embed_tokens.weight") for n in trainable)  # only the six rows, not the matrix
     _, again = train(copy.deepcopy(tiny.model), tiny.ids, [sample], tmp_path, cfg, log=lambda *_: None)
     assert again.step == 6 and again.losses == hist.losses  # resumed from the checkpoint: nothing redone
+    other = TrainConfig(rank=4, lr=1e-3, accum=1, epochs=6, checkpoint_every=3, warmup=1)
+    with pytest.raises(ValueError, match="another run"):  # another run's checkpoint is never resumed
+        train(copy.deepcopy(tiny.model), tiny.ids, [sample], tmp_path, other, log=lambda *_: None)
 
 
 def test_saved_adapter_merges_to_the_trained_model(tiny, sample, tmp_path):

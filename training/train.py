@@ -8,6 +8,7 @@ loss history are saved; `train(...)` continues from the last checkpoint in `out`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -114,8 +115,12 @@ def train(model, ids: SpecialIds, samples: list[Sample], ckpt: Path, cfg: TrainC
         weights[sorted(ids.markup)] = cfg.markup_weight
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / cfg.warmup) * max(0.05, 1 - k / total))
     hist = History()
+    run = fingerprint(samples, cfg, init)
     if (ckpt / "state.pt").exists():
         state = torch.load(ckpt / "state.pt", weights_only=False)
+        if state.get("run") != run:  # resuming another run's state would silently train the wrong thing
+            raise ValueError(f"{ckpt} holds the checkpoint of another run (other samples, settings or start); "
+                             "move it away or train into another data directory")
         from peft import set_peft_model_state_dict
         set_peft_model_state_dict(pm, state["adapter"])
         opt.load_state_dict(state["optimizer"])
@@ -142,18 +147,28 @@ def train(model, ids: SpecialIds, samples: list[Sample], ckpt: Path, cfg: TrainC
         if hist.step % 5 == 0 or hist.step == total:
             log(f"step {hist.step}/{total} loss {acc:.3f} ({hist.seconds / hist.step:.1f} s/step)")
         if hist.step % cfg.checkpoint_every == 0 or hist.step == total:
-            _save_checkpoint(pm, opt, sched, hist, ckpt)
+            _save_checkpoint(pm, opt, sched, hist, ckpt, run)
     pm.eval()
     return pm, hist
 
 
-def _save_checkpoint(pm, opt, sched, hist: History, ckpt: Path) -> None:
+def fingerprint(samples: list[Sample], cfg: TrainConfig, init: dict | None) -> str:
+    """What a checkpoint belongs to: the samples, the settings and the starting adapter."""
+    h = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode())
+    for s in samples:
+        h.update(repr((s.ids, s.labels)).encode())
+    for name, t in sorted((init or {}).items()):
+        h.update(name.encode() + t.float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _save_checkpoint(pm, opt, sched, hist: History, ckpt: Path, run: str) -> None:
     from peft import get_peft_model_state_dict
 
     ckpt.mkdir(parents=True, exist_ok=True)
     tmp = ckpt / "state.pt.tmp"
     torch.save({"adapter": get_peft_model_state_dict(pm), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "history": hist.model_dump()}, tmp)
+                "scheduler": sched.state_dict(), "history": hist.model_dump(), "run": run}, tmp)
     tmp.replace(ckpt / "state.pt")
 
 
