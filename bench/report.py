@@ -1,11 +1,16 @@
-"""Render the README's benchmark table from bench/results/*.json (the README never holds hand-typed figures).
+"""Render the benchmark tables of README.md and docs/*.md from bench/results/*.json (no hand-typed figures).
 
-    .venv/bin/python bench/report.py          # rewrites the block between the markers in README.md
+    .venv/bin/python bench/report.py          # rewrites every marker block in README.md and docs/*.md
+
+A table lives between `<!-- bench:NAME:begin -->` and `<!-- bench:NAME:end -->`; one block may appear in
+several files (each gets the same table, its links made relative to that file). Every marker in `MARKERS`
+must appear in at least one file, or nothing is written.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -232,41 +237,79 @@ def decoding_table(r: dict) -> str:
     return "\n".join(rows) + "\n" + note
 
 
+MARKERS = ("engine", "engine-adapter", "formats", "decoding", "programs", "serve", "faults", "data", "adapter",
+           "vicuna")
+
+
+def markdown_files() -> list[Path]:
+    """Where the tables live: the README and every page under docs/."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def relink(table: str, path: Path) -> str:
+    """A table's links are written relative to the repository root; make them relative to `path`."""
+
+    def fix(m: re.Match) -> str:
+        target = m.group(1)
+        if re.match(r"[a-z]+:|/|#", target):
+            return m.group(0)
+        return "](" + Path(os.path.relpath(ROOT / target, path.parent)).as_posix() + ")"
+
+    return re.sub(r"\]\(([^)\s]+)\)", fix, table)
+
+
 def replace(text: str, name: str, table: str) -> str:
     begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
     block = f"{begin}\n{table}\n{end}"
     return re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
 
 
-def main() -> None:
+def tables() -> dict[str, str]:
+    """Every table whose results exist, by marker name."""
     results = ROOT / "bench" / "results"
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    text = replace(text, "engine", engine_table(json.loads((results / "engine.json").read_text())))
+
+    def load(path: Path) -> dict:
+        return json.loads(path.read_text())
+
+    out = {"engine": engine_table(load(results / "engine.json"))}
     if (results / "engine_adapter.json").exists():
-        adapted_engine = json.loads((results / "engine_adapter.json").read_text())
-        text = replace(text, "engine-adapter", engine_adapter_table(adapted_engine))
+        out["engine-adapter"] = engine_adapter_table(load(results / "engine_adapter.json"))
     if (results / "formats.json").exists():
         adapted = results / "formats_adapter.json"
-        text = replace(text, "formats", formats_table(json.loads((results / "formats.json").read_text()),
-                                                      json.loads(adapted.read_text()) if adapted.exists() else None))
+        out["formats"] = formats_table(load(results / "formats.json"), load(adapted) if adapted.exists() else None)
     if (results / "decoding.json").exists():
-        text = replace(text, "decoding", decoding_table(json.loads((results / "decoding.json").read_text())))
-    text = replace(text, "programs", programs_table(json.loads((results / "programs.json").read_text())))
+        out["decoding"] = decoding_table(load(results / "decoding.json"))
+    out["programs"] = programs_table(load(results / "programs.json"))
     if (results / "serve_load.json").exists():
-        text = replace(text, "serve", serve_table(json.loads((results / "serve_load.json").read_text())))
+        out["serve"] = serve_table(load(results / "serve_load.json"))
     if (results / "serve_faults.json").exists():
-        text = replace(text, "faults", faults_table(json.loads((results / "serve_faults.json").read_text())))
+        out["faults"] = faults_table(load(results / "serve_faults.json"))
     stats = ROOT / "data" / "aspd" / "data_stats.json"
     if stats.exists():
-        text = replace(text, "data", data_table(json.loads(stats.read_text())))
+        out["data"] = data_table(load(stats))
     if (results / "adapter.json").exists():
-        text = replace(text, "adapter", adapter_table(json.loads((results / "adapter.json").read_text())))
+        out["adapter"] = adapter_table(load(results / "adapter.json"))
     vicuna = results / "vicuna80" / "summary.json"
     if vicuna.exists():
-        text = replace(text, "vicuna", vicuna_table(json.loads(vicuna.read_text())))
-    readme.write_text(text)
-    print("README tables regenerated from bench/results/")
+        out["vicuna"] = vicuna_table(load(vicuna))
+    return out
+
+
+def main() -> None:
+    texts = {path: path.read_text() for path in markdown_files()}
+    placed = {name: [p for p, t in texts.items()
+                     if f"<!-- bench:{name}:begin -->" in t and f"<!-- bench:{name}:end -->" in t] for name in MARKERS}
+    if missing := [name for name, paths in placed.items() if not paths]:
+        raise SystemExit(f"bench/report.py: no marker block for {', '.join(missing)} in README.md or docs/*.md")
+    new = dict(texts)
+    for name, table in tables().items():
+        for path in placed[name]:
+            new[path] = replace(new[path], name, relink(table, path))
+    for path, text in new.items():
+        if text != texts[path]:
+            path.write_text(text)
+    for name, paths in placed.items():
+        print(f"{name}: " + ", ".join(str(p.relative_to(ROOT)) for p in paths))
 
 
 if __name__ == "__main__":
