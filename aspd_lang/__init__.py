@@ -5,10 +5,10 @@ compilation to SGLang primitives) take the IR; they build on the engine's explic
 (`runtime.engine.Engine.fork`) and adaptive generation (`Engine.generate(..., mode="aspd")`).
 """
 
+from runtime import __version__
+
 from .dsl import Program, gen, program, select
 from .ir import ProgramError
-
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str):
@@ -17,4 +17,4 @@ def __getattr__(name: str):
 
         return AspdEndpoint
     raise AttributeError(name)
-__all__ = ["AspdEndpoint", "Program", "ProgramError", "gen", "program", "select"]
+__all__ = ["AspdEndpoint", "Program", "ProgramError", "__version__", "gen", "program", "select"]

@@ -17,7 +17,9 @@ import threading
 from sglang.lang.backend.runtime_endpoint import RuntimeEndpoint
 from sglang.utils import http_request
 
-from runtime.roles import RoleFormat, sglang_template
+from runtime.roles import RoleFormat
+
+from .roles import sglang_template
 
 
 class AspdEndpoint(RuntimeEndpoint):

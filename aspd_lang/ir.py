@@ -10,8 +10,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from runtime.errors import UserError
 
-class ProgramError(ValueError):
+
+class ProgramError(UserError, ValueError):
     """A malformed program, found before anything runs."""
 
 

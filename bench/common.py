@@ -58,8 +58,7 @@ def parser(out: Path, repeats: int) -> argparse.ArgumentParser:
 def engine(args: argparse.Namespace):
     """The engine on the benchmark's model, all cores, no progress bars."""
     from runtime.engine import Engine
-    from runtime.model_loader import load
+    from runtime.model_loader import load, use_all_cores
 
-    torch.set_num_threads(threads())
-    transformers.utils.logging.disable_progress_bar()
+    use_all_cores()
     return Engine(load(args.model, dtype=args.dtype, adapter=getattr(args, "adapter", None)))

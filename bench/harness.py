@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.engine import Engine
+from runtime.errors import UserError
 from runtime.sampling import SamplingParams
 
 from . import metrics
@@ -30,7 +31,7 @@ REFERENCE = "hf"  # quality is measured against the base model's own AR answer
 FALLBACK_REFERENCE = "base-ar"  # the same answers from our engine when `hf` is not run
 
 
-class BenchError(ValueError):
+class BenchError(UserError, ValueError):
     """A bench invocation that cannot run (bad system name, unusable results file)."""
 
 

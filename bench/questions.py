@@ -8,10 +8,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from runtime.errors import UserError
+
 VICUNA80 = Path(__file__).resolve().parent / "data" / "vicuna80" / "question.jsonl"
 
 
-class QuestionsError(ValueError):
+class QuestionsError(UserError, ValueError):
     """A questions file that cannot be used; the message names the file and line."""
 
 

@@ -23,12 +23,13 @@ import math
 import torch
 
 from .attention_plan import CascadePlan, Level
+from .errors import UserError
 
 BACKENDS = ("auto", "sdpa", "flashinfer", "cascade")  # cascade: FlashInfer's computation in torch (any device)
 INTERFACE_NAME = "aspd_cascade"
 
 
-class AttentionUnavailable(RuntimeError):
+class AttentionUnavailable(UserError, RuntimeError):
     """The requested backend cannot run here (no CUDA device, FlashInfer not installed)."""
 
 

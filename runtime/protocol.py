@@ -19,6 +19,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from .errors import UserError
+
 TITLE, END_TITLE = "<|title|>", "<|/title|>"
 PARA, BRANCH, END_BRANCH, END_PARA = "<|para|>", "<|branch|>", "<|/branch|>", "<|/para|>"
 SPECIAL_TOKENS: tuple[str, ...] = (TITLE, END_TITLE, PARA, BRANCH, END_BRANCH, END_PARA)
@@ -33,7 +35,7 @@ TITLE_BANNED_CHARS = "\n*_`#[]" + TITLE_SEP
 MIN_BRANCH_TOKENS = 32
 
 
-class ProtocolError(ValueError):
+class ProtocolError(UserError, ValueError):
     """Malformed ASPD markup."""
 
 

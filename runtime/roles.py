@@ -55,7 +55,8 @@ def role_format(tokenizer) -> RoleFormat:
 
 
 def sglang_template(fmt: RoleFormat):
-    """The roles as an SGLang `ChatTemplate` (plain style: the interpreter writes the strings)."""
+    """Deprecated: moved to `aspd_lang.roles.sglang_template` (the runtime builds no SGLang objects).
+    Kept only until `aspd_lang/native_backend.py` imports it from there; then delete this copy."""
     from sglang.lang.chat_template import ChatTemplate, ChatTemplateStyle
 
     return ChatTemplate(name="aspd", default_system_prompt=fmt.default_system,

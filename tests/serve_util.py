@@ -52,7 +52,7 @@ def serve_in_thread(engine: Engine, defaults: SamplingParams = PLAIN, access: Ac
 def serve_command(*args: str, timeout: float = 180) -> Iterator[tuple[str, int]]:
     """`aspd serve` as a user runs it, on a free loopback port; yields its URL and process id."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "serve", "--port", str(port), *args],
+    proc = subprocess.Popen([sys.executable, "-m", "aspd_cli", "serve", "--port", str(port), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"

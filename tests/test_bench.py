@@ -10,7 +10,8 @@ import pytest
 
 from bench import harness, metrics, questions, reports
 from bench.quality import answer_loss, cosine, sibling_similarity
-from runtime.engine import BlockStats, Engine, GenerationOutput
+from runtime.engine import Engine, GenerationOutput
+from runtime.outputs import BlockStats
 from runtime.protocol import Response
 from runtime.sampling import SamplingParams
 from tests.conftest import tiny_model
@@ -188,7 +189,7 @@ def test_malformed_questions_file_names_the_line(tmp_path, line, msg):
 
 
 def test_cli_reports_a_bad_questions_file_and_bad_systems(tmp_path, capsys):
-    from runtime.cli import main
+    from aspd_cli.main import main
 
     path = tmp_path / "q.jsonl"
     path.write_text('{"question_id": 1, "turns": ["hi?"]}\n[1, 2]\n')

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_aspd_bench_cli_on_the_embedded_model(tmp_path):
-    from runtime.cli import main
+    from aspd_cli.main import main
 
     out = tmp_path / "b"
     assert main(["bench", "--limit", "1", "--systems", "ar,aspd", "--max-new-tokens", "24", "--out", str(out)]) == 0

@@ -80,7 +80,7 @@ def test_sweep_on_a_tiny_model_is_monotone_and_stops_at_the_first_title():
 
 
 def test_cli_reports_an_impossible_calibration_without_a_traceback(capsys):
-    from runtime.cli import main
+    from aspd_cli.main import main
 
     assert main(["calibrate", "--per-kind", "100000"]) == 2  # refused before any model is loaded
     assert "not enough unseen training prompts" in capsys.readouterr().err

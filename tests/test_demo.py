@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from aspd_cli.demo import DEMO_PROMPT
 from bench.metrics import DEGENERATE_MAX, degenerate_rate
-from runtime.cli import DEMO_PROMPT
 from runtime.engine import Engine
 from runtime.model_loader import load
 from runtime.sampling import SamplingParams

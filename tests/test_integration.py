@@ -90,7 +90,7 @@ def test_unknown_model_path_is_a_clear_error():
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "aspd_cli", *args], capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("args,msg", [

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.engine import Engine
+from runtime.errors import UserError
 from runtime.model_loader import FORK_BIAS_FILE
 from runtime.sampling import SamplingParams
 from runtime.serving import complete_all
@@ -27,7 +28,7 @@ from runtime.serving import complete_all
 GRID = (5.0, 4.0, 3.0, 2.0, 1.0, 0.0, -0.5, -1.0, -1.25, -1.5, -1.75, -2.0, -2.5, -3.0, -4.0, -6.0)
 
 
-class CalibrationError(ValueError):
+class CalibrationError(UserError, ValueError):
     """Calibration cannot run or finds no offset (the message says why)."""
 
 

@@ -47,6 +47,7 @@ from .prompt_words import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data" / "aspd"  # the training data: prompts, answers, the dataset (`aspd data`)
 SHARED = ROOT.parent / "shared" / "data"
 BENCHMARKS = [ROOT / "bench" / "data" / "vicuna80" / "question.jsonl"]
 

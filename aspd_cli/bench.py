@@ -12,12 +12,13 @@ import shlex
 import sys
 from pathlib import Path
 
+import bench
+from bench.questions import VICUNA80
 from runtime.sampling import anti_loop_args, anti_loop_from
-from runtime.weight_format import DTYPES
 
-from .questions import VICUNA80
+from .common import add_model_args, console, load_model
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(bench.__file__).resolve().parent / "results"
 
 
 def add_parser(sub) -> None:
@@ -30,13 +31,12 @@ def add_parser(sub) -> None:
                    help="default: bench/results/<questions file's folder>[-first<K> with --limit]")
     b.add_argument("--judge-url", default=None, help="OpenAI-compatible endpoint for FastChat's 1-10 grading")
     b.add_argument("--judge-model", default="default")
-    b.add_argument("--model", default=None, help="base model (default: the embedded one)")
-    b.add_argument("--adapter", default="auto", help="ASPD adapter for ar/aspd: auto, none, or a directory")
-    b.add_argument("--dtype", default="auto", choices=DTYPES,
-                   help="the engine's weight format (ar, aspd, sot); hf always runs bfloat16")
+    add_model_args(b, attention=False,
+                   dtype_help="the engine's weight format (ar, aspd, sot); hf always runs bfloat16")
     anti_loop_args(b)
     b.add_argument("--temperature", type=float, default=0.0)
     b.add_argument("--seed", type=int, default=None, help="sampling seed (recorded; greedy ignores it)")
+    b.set_defaults(func=cmd_bench)
 
 
 def _in_repo(path: Path) -> str:
@@ -45,17 +45,11 @@ def _in_repo(path: Path) -> str:
     return str(path.relative_to(root) if path.is_relative_to(root) else path)
 
 
-def cmd_bench(args: argparse.Namespace, console) -> int:
-    import os
-
-    import torch
-    import transformers
-
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bench import harness, questions
     from runtime.engine import Engine
-    from runtime.model_loader import DEFAULT_MODEL, load, resolve_adapter
+    from runtime.model_loader import DEFAULT_MODEL, resolve_adapter
     from runtime.sampling import SamplingParams
-
-    from . import harness, questions
 
     names = harness.parse_systems(args.systems)
     qs = questions.load(args.questions)[:args.limit]
@@ -64,12 +58,10 @@ def cmd_bench(args: argparse.Namespace, console) -> int:
     out = args.out or RESULTS / (name if args.limit is None else f"{name}-first{args.limit}")
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
                             **anti_loop_from(args))
-    torch.set_num_threads(os.cpu_count() or 1)
-    transformers.utils.logging.disable_progress_bar()
     model = args.model or DEFAULT_MODEL
     adapter = resolve_adapter(model, args.adapter)
-    base = load(model, dtype=args.dtype, adapter="none")
-    tuned = load(model, dtype=args.dtype, adapter=adapter) if adapter else base
+    base = load_model(model, dtype=args.dtype, adapter="none")
+    tuned = load_model(model, dtype=args.dtype, adapter=adapter) if adapter else base
     sampling = (params.model_dump(exclude_defaults=True) | params.anti_loop
                 | {"decoding": "greedy" if params.greedy else "sampled"})
     meta = {"questions": _in_repo(args.questions), "command": "aspd " + shlex.join(sys.argv[1:]), "model": model,

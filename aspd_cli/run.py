@@ -1,10 +1,12 @@
-"""`aspd run PROGRAM.py`: run an example program on a backend and render it with rich."""
+"""`aspd run PROGRAM.py`: run an aspd_lang program file on a backend, render it with rich (roles,
+parallel blocks as tables, variables) and time it against the same program with `--serial`."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import warnings
+from typing import TYPE_CHECKING
 
 from rich.console import Group
 from rich.panel import Panel
@@ -12,23 +14,29 @@ from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 
-from . import ir
-from .executor import RunResult
-from .runner import Piece, Runner, layout, load_program_file
+from aspd_lang import ir
+
+from .common import UsageError, add_sampling_args, console, load_engine, sampling_from
+from .serve import DEFAULT_URL
+
+if TYPE_CHECKING:
+    from aspd_lang.executor import RunResult
+    from aspd_lang.runner import Piece
 
 
-def add_parser(sub, sampling_args) -> None:
+def add_parser(sub) -> None:
     r = sub.add_parser("run", help="run an aspd_lang program file (parallel blocks vs. --serial)")
     r.add_argument("file", help="a program file, e.g. programs/tips.py")
     r.add_argument("--arg", action="append", default=[], metavar="K=V", help="program argument (repeatable)")
     r.add_argument("--backend", choices=("engine", "native", "sglang"), default="native",
                    help="engine: IR on the in-process engine; native: SGLang interpreter on the in-process "
                         "engine (default); sglang: SGLang interpreter against --url")
-    r.add_argument("--url", default="http://127.0.0.1:30000", help="SGLang-compatible server for --backend sglang")
+    r.add_argument("--url", default=DEFAULT_URL, help="SGLang-compatible server for --backend sglang")
     r.add_argument("--serial", action="store_true", help="run parallel blocks one branch after another")
     r.add_argument("--no-compare", action="store_true", help="skip the --serial baseline run")
     r.add_argument("--json", action="store_true", help="print the results as JSON")
-    sampling_args(r)
+    add_sampling_args(r)
+    r.set_defaults(func=cmd_run)
 
 
 def _kv(items: list[str]) -> dict[str, str]:
@@ -36,12 +44,14 @@ def _kv(items: list[str]) -> dict[str, str]:
     for item in items:
         k, sep, v = item.partition("=")
         if not sep or not k:
-            raise ir.ProgramError(f"--arg needs K=V, got {item!r}")
+            raise UsageError(f"--arg needs K=V, got {item!r}")
         out[k.strip()] = v
     return out
 
 
 def render(name: str, prog: ir.Program, res: RunResult) -> Panel:
+    from aspd_lang.runner import layout
+
     parts = [_piece(p) for p in layout(prog, res)]
     title = f"{name} on {res.backend}{' (serial)' if res.serial else ''}"
     return Panel(Group(*parts), title=title, border_style="green")
@@ -73,7 +83,10 @@ def _stats(res: RunResult, base: RunResult | None) -> Table:
     return t
 
 
-def cmd_run(args: argparse.Namespace, console, load_engine, sampling_from) -> int:
+def cmd_run(args: argparse.Namespace) -> int:
+    from aspd_lang.runner import Runner, load_program_file
+    from runtime.sampling import SamplingParams
+
     # SGLang warns with a traceback when a branch fails; the error itself is reported in one line.
     warnings.filterwarnings("ignore", message="Error in stream_executor")
     pf = load_program_file(args.file)
@@ -83,8 +96,6 @@ def cmd_run(args: argparse.Namespace, console, load_engine, sampling_from) -> in
     has_block = any(isinstance(n, ir.Parallel) for n in _flatten(prog.body))
     engine = load_engine(args) if args.backend in ("engine", "native") else None
     if engine is not None:  # first-call overheads (allocations, kernels) are not the program's
-        from runtime.sampling import SamplingParams
-
         engine.generate(engine.new_sequence("warm up"), SamplingParams(max_new_tokens=2), "ar")
     runner = Runner(args.backend, sampling_from(args), engine=engine, url=args.url)
     results = []

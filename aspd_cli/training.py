@@ -1,8 +1,12 @@
-"""`aspd data ...` and `aspd train`: reproduce the shipped adapter from scratch.
+"""`aspd data ...`, `aspd train`, `aspd calibrate`: reproduce the shipped adapter from scratch.
 
     aspd data all              # prompts -> the base model's answers -> extraction + validation
     aspd train                 # LoRA + markup rows on data/aspd/dataset.jsonl -> the shipped adapter
     aspd calibrate             # the adapter's fork threshold, on the calibration split
+
+The training data lives in `training.prompts.DATA`, the adapter in `runtime.model_loader.SHIPPED_ADAPTER`.
+Models load in bfloat16 where the float model is what runs (training, the independence check), in
+`auto` where the engine decodes (answers, calibration).
 """
 
 from __future__ import annotations
@@ -13,17 +17,16 @@ import random
 from pathlib import Path
 
 from runtime.sampling import anti_loop_args, anti_loop_from
+from training.prompts import DATA
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "data" / "aspd"
-ADAPTER = ROOT / "runtime" / "adapters" / "smollm2-135m-aspd"
+from .common import add_model_args, console, load_model
 
 
 def add_parsers(sub) -> None:
     d = sub.add_parser("data", help="build the ASPD training data (prompts, answers, extraction, validation)")
     d.add_argument("step", choices=("prompts", "responses", "build", "all"))
     d.add_argument("--out", type=Path, default=DATA)
-    d.add_argument("--model", default=None, help="HF causal-LM directory (default: the embedded model)")
+    add_model_args(d, adapter=False, dtype=False, attention=False)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--limit", type=int, default=None, help="answer only the first N training prompts")
     d.add_argument("--batch", type=int, default=32, help="answers decoded together")
@@ -31,10 +34,11 @@ def add_parsers(sub) -> None:
     d.add_argument("--no-independence", action="store_true", help="skip the model's independence check")
     d.add_argument("--judge-url", default=None, help="optional LLM judge: an OpenAI-compatible server")
     d.add_argument("--judge-model", default="default")
+    d.set_defaults(func=cmd_data)
     t = sub.add_parser("train", help="fine-tune the ASPD adapter (LoRA + the six markup token rows)")
     t.add_argument("--data", type=Path, default=DATA)
-    t.add_argument("--out", type=Path, default=ADAPTER)
-    t.add_argument("--model", default=None)
+    t.add_argument("--out", type=Path, default=None, help="default: the shipped adapter's directory")
+    add_model_args(t, adapter=False, dtype=False, attention=False)
     t.add_argument("--epochs", type=float, default=1.0)
     t.add_argument("--rank", type=int, default=8)
     t.add_argument("--lr", type=float, default=3e-4)
@@ -46,31 +50,26 @@ def add_parsers(sub) -> None:
     t.add_argument("--token-lr", type=float, default=None, help="learning rate of the markup rows")
     t.add_argument("--markup-weight", type=float, default=1.0, help="loss weight of markup tokens")
     t.add_argument("--init", type=Path, default=None, help="start from this adapter's checkpoint (a second stage)")
+    t.set_defaults(func=cmd_train)
     c = sub.add_parser("calibrate", help="fit the adapter's fork threshold on the calibration split")
-    c.add_argument("--adapter", type=Path, default=ADAPTER)
+    c.add_argument("--adapter", type=Path, default=None, help="the adapter to calibrate (default: the shipped one)")
     c.add_argument("--data", type=Path, default=DATA)
-    c.add_argument("--model", default=None)
+    add_model_args(c, adapter=False, dtype=False, attention=False)
     c.add_argument("--per-kind", type=int, default=60, help="prompts of each kind (list-like, other)")
     c.add_argument("--target", type=float, default=0.10, help="highest fork rate allowed on non-list prompts")
     c.add_argument("--max-new-tokens", type=int, default=256)
     anti_loop_args(c)
+    c.set_defaults(func=cmd_calibrate)
 
 
-def _load(model: str | None, adapter: str = "none", dtype: str = "bfloat16"):
-    """bfloat16 where the float model is what runs (training, the independence check); `auto` where
-    the engine decodes (answers, calibration)."""
-    import os
+def _shipped_adapter() -> Path:
+    from runtime.model_loader import SHIPPED_ADAPTER
 
-    import torch
-
-    from runtime.model_loader import DEFAULT_MODEL, load
-
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    return load(model or DEFAULT_MODEL, dtype=dtype, adapter=adapter)
+    return SHIPPED_ADAPTER
 
 
-def cmd_data(args: argparse.Namespace, console) -> int:
-    from . import prompts
+def cmd_data(args: argparse.Namespace) -> int:
+    from training import prompts
 
     out: Path = args.out
     if args.step in ("prompts", "all"):
@@ -78,33 +77,33 @@ def cmd_data(args: argparse.Namespace, console) -> int:
         console.print(f"prompts: {counts} -> {out}")
     if args.step in ("responses", "all"):
         from runtime.engine import Engine
-
-        from .responses import generate
+        from training.responses import generate
 
         todo = prompts.read(out / "prompts_train.jsonl")[:args.limit]
-        generate(Engine(_load(args.model, dtype="auto")), todo, out / "responses.jsonl", batch=args.batch)
+        generate(Engine(load_model(args.model, adapter="none")), todo, out / "responses.jsonl", batch=args.batch)
     if args.step in ("build", "all"):
-        from .dataset import make, stats_table
-        from .independence import THRESHOLD
-        from .judge import Judge
+        from training.dataset import make, stats_table
+        from training.independence import THRESHOLD
+        from training.judge import Judge
 
         judge = Judge(args.judge_url, args.judge_model) if args.judge_url else None
         threshold = None if args.no_independence else args.threshold or THRESHOLD
-        stats = make(_load(args.model), out / "responses.jsonl", out, threshold=threshold,
-                     judge=judge, log=console.print)
+        stats = make(load_model(args.model, dtype="bfloat16", adapter="none"), out / "responses.jsonl", out,
+                     threshold=threshold, judge=judge, log=console.print)
         console.print(stats_table(stats))
         console.print(f"wrote {out / 'dataset.jsonl'} and {out / 'data_stats.json'}")
     return 0
 
 
-def cmd_train(args: argparse.Namespace, console) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
     from runtime import protocol as P
+    from training.card import write
+    from training.dataset import chat_ids, read
+    from training.samples import build
+    from training.train import TrainConfig, save_adapter, train
 
-    from .dataset import chat_ids, read
-    from .samples import build
-    from .train import TrainConfig, save_adapter, train
-
-    loaded = _load(args.model)
+    out = args.out or _shipped_adapter()
+    loaded = load_model(args.model, dtype="bfloat16", adapter="none")
     tok = loaded.tokenizer
     rows = read(args.data / "dataset.jsonl")
     rng = random.Random(args.seed)
@@ -133,37 +132,35 @@ def cmd_train(args: argparse.Namespace, console) -> int:
     ckpt = args.data / ("checkpoint" if init is None else "checkpoint-stage2")
     pm, hist = train(loaded.model, loaded.ids, samples, ckpt, cfg, log=console.print, init=init)
     stats_path = args.data / "data_stats.json"
-    previous = args.out / "training.json"
+    previous = out / "training.json"
     stage1 = None
     if init is not None and previous.exists():  # a second stage: keep the first stage's record
         rec = json.loads(previous.read_text())
         stage1 = rec.get("stage1") or {"config": rec["config"], "history": rec["history"]}
     extra = {"stage1": stage1, "samples": len(samples), "parallel_samples": sum(r["parallel"] for r in chosen),
              "data_stats": json.loads(stats_path.read_text()) if stats_path.exists() else None}
-    save_adapter(pm, args.out, hist, cfg, extra)
-    from .card import write
-
-    write(args.out)
-    console.print(f"adapter saved to {args.out} (final loss {hist.losses[-1]:.3f})")
+    save_adapter(pm, out, hist, cfg, extra)
+    write(out)
+    console.print(f"adapter saved to {out} (final loss {hist.losses[-1]:.3f})")
     return 0
 
 
-def cmd_calibrate(args: argparse.Namespace, console) -> int:
+def cmd_calibrate(args: argparse.Namespace) -> int:
     from runtime.engine import Engine
     from runtime.sampling import SamplingParams
+    from training import calibrate
+    from training.dataset import read
 
-    from . import calibrate
-    from .dataset import read
-
+    adapter = args.adapter or _shipped_adapter()
     trained_on = {r["prompt"] for r in read(args.data / "dataset.jsonl")}
     train = [json.loads(x) for x in (args.data / "prompts_calib.jsonl").read_text().splitlines()]
     texts, kinds = calibrate.calibration_prompts(train, trained_on, args.per_kind)
-    eng = Engine(_load(args.model, adapter=str(args.adapter), dtype="auto"))
+    eng = Engine(load_model(args.model, dtype="auto", adapter=str(adapter)))
     params = SamplingParams(max_new_tokens=args.max_new_tokens, **anti_loop_from(args))
-    console.print(f"calibrating the fork bias of {args.adapter} on {len(texts)} calibration prompts")
+    console.print(f"calibrating the fork bias of {adapter} on {len(texts)} calibration prompts")
     points = calibrate.sweep(eng, texts, kinds, params, log=console.print)
     chosen = calibrate.choose(points, args.target)
-    path = calibrate.write(args.adapter, chosen, points, {
+    path = calibrate.write(adapter, chosen, points, {
         "target_other": args.target, "prompts_per_kind": args.per_kind, "max_new_tokens": args.max_new_tokens,
         **params.anti_loop, "decoding": "greedy"})
     console.print(f"fork bias {chosen.bias:+.1f} (list-like {chosen.fork_rate['listlike']:.0%}, "

@@ -1,0 +1,7 @@
+"""`python -m aspd_cli ...` is `aspd ...`."""
+
+import sys
+
+from .main import main
+
+sys.exit(main())

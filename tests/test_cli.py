@@ -1,0 +1,54 @@
+"""The `aspd` command's wiring, without loading a model: the parser, the one set of model flags,
+serve's defaults, the one error handler, the version."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+
+import pytest
+
+from aspd_cli import serve
+from aspd_cli.main import main, parser
+from runtime.serving import ServeConfig
+
+COMMANDS = ("generate", "demo", "run", "data", "train", "calibrate", "bench", "serve")
+
+
+def test_every_command_parses_and_dispatches():
+    ap = parser()
+    argv = {"generate": ["hi"], "run": ["programs/tips.py"], "data": ["all"]}
+    for cmd in COMMANDS:
+        args = ap.parse_args([cmd, *argv.get(cmd, [])])
+        assert callable(args.func) and args.model is None, cmd
+
+
+def test_demo_keeps_its_own_token_budget():
+    assert parser().parse_args(["demo"]).max_new_tokens == 512
+    assert parser().parse_args(["generate", "hi"]).max_new_tokens == 256
+
+
+def test_serve_limits_default_to_serve_config():
+    assert serve.serve_config(parser().parse_args(["serve"])) == ServeConfig()
+    c = serve.serve_config(parser().parse_args(["serve", "--max-queue", "0", "--prefill-share", "1"]))
+    assert dataclasses.replace(ServeConfig(), max_waiting=0, prefill_share=1.0) == c
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["demo", "--titles", "one"], "at least two"),
+    (["serve", "--max-running", "0"], "--max-running and --prefill-chunk must be >= 1"),
+    (["run", "programs/missing.py"], "no program file"),
+    (["run", "programs/tips.py", "--arg", "topic"], "--arg needs K=V"),
+    (["generate", "hi", "--top-p", "0"], "invalid sampling parameter top_p"),
+])
+def test_user_errors_are_one_line_and_exit_2(argv, msg, capsys):
+    assert main(argv) == 2
+    out = " ".join(capsys.readouterr().err.split())
+    assert out.startswith("error:") and msg in out and "Traceback" not in out
+
+
+def test_the_version_is_defined_once():
+    import aspd_lang
+    import runtime
+
+    assert aspd_lang.__version__ == runtime.__version__ == importlib.metadata.version("aspd-lang")
