@@ -29,15 +29,6 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """UserError, and the errors of the two modules that do not derive theirs from it yet
-    (imported only when an error is being matched)."""
-    from aspd_lang.native_backend import BackendError
-    from runtime.engine import EngineError
-
-    return UserError, EngineError, BackendError
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: fail fast instead of waiting on the network
     args = parser().parse_args(argv)
@@ -46,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as e:
         first = e.errors()[0]
         err.print(f"[red]error:[/] invalid sampling parameter {'.'.join(map(str, first['loc']))}: {first['msg']}")
-    except user_errors() as e:
+    except UserError as e:
         err.print(f"[red]error:[/] {e}")
     return 2
 

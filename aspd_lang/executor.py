@@ -16,10 +16,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from runtime.engine import Engine, GenerationOutput, Sequence
+from runtime.engine import Engine, GenerationOutput
 from runtime.protocol import Response
 from runtime.roles import role_format
 from runtime.sampling import SamplingParams
+from runtime.sequence import SeqState
 
 from . import ir
 from .dsl import Program
@@ -87,7 +88,7 @@ class EngineExecutor:
         self.defaults = defaults or SamplingParams()
         self.serial = serial
         self.roles = role_format(engine.tok)
-        self.last_sequence: Sequence | None = None  # the last run's engine sequence, for inspection
+        self.last_sequence: SeqState | None = None  # the last run's engine sequence, for inspection
 
     def run(self, program: Program | ir.Program, **args: Any) -> RunResult:
         prog = program.ir() if isinstance(program, Program) else ir.check(program)
@@ -103,7 +104,7 @@ class _Run:
     def __init__(self, ex: EngineExecutor, prog: ir.Program, args: dict[str, str]):
         self.ex, self.eng, self.prog = ex, ex.engine, prog
         self.vars: dict[str, Any] = dict(args)
-        self.seq: Sequence | None = None
+        self.seq: SeqState | None = None
         self.text = ""
         self.pending = ""  # serial text not yet handed to the engine (a sequence needs a prompt)
         self.messages = 0
@@ -143,7 +144,7 @@ class _Run:
             self.eng.branch_extend(self.seq, branch, text)
             texts[branch] += text
 
-    def _flush(self) -> Sequence:
+    def _flush(self) -> SeqState:
         """Hand pending serial text to the engine (the first text starts the sequence)."""
         if self.seq is None:
             if not self.pending:

@@ -2,7 +2,7 @@
 
 SGLang runs each forked branch on its own thread and calls `generate` from all of them at once,
 with the full text each time. This backend maps every stream executor to the engine: a root
-executor to a `Sequence` (its text is extended by the delta since the last call), a forked child
+executor to a `SeqState` (its text is extended by the delta since the last call), a forked child
 to a branch of a plain block on its parent's sequence. Sibling `generate` calls meet at a
 rendezvous and decode as one set of engine branches over the shared prefix KV; the join
 (`concatenate_and_append`) splices the branch KV into the parent: no re-prefill.
@@ -22,12 +22,16 @@ from sglang.lang.choices import ChoicesDecision, ChoicesSamplingMethod, token_le
 from sglang.lang.interpreter import StreamExecutor
 from sglang.lang.ir import SglSamplingParams
 
-from runtime.engine import Engine, GenerationOutput, Sequence
-from runtime.roles import role_format, sglang_template
+from runtime.engine import Engine, GenerationOutput
+from runtime.errors import UserError
+from runtime.roles import role_format
 from runtime.sampling import SamplingParams
+from runtime.sequence import SeqState
+
+from .roles import sglang_template
 
 
-class BackendError(ValueError):
+class BackendError(UserError, ValueError):
     """A request NativeBackend cannot serve (an unsupported sampling option, a broken fork)."""
 
 
@@ -49,7 +53,7 @@ def to_sampling(sp: SglSamplingParams, defaults: SamplingParams) -> SamplingPara
 
 @dataclass(eq=False)
 class _Root:
-    seq: Sequence | None
+    seq: SeqState | None
     text: str  # the text the engine holds for this executor, as SGLang sees it
     arguments: int  # id() of the executor's arguments dict, shared with its forked children
     group: _Group | None = None

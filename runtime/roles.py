@@ -53,12 +53,3 @@ def role_format(tokenizer) -> RoleFormat:
         default = head[len(prefix["system"]):len(head) - len(tail)]
     return RoleFormat(prefix=prefix, suffix=suffix, default_system=default)
 
-
-def sglang_template(fmt: RoleFormat):
-    """Deprecated: moved to `aspd_lang.roles.sglang_template` (the runtime builds no SGLang objects).
-    Kept only until `aspd_lang/native_backend.py` imports it from there; then delete this copy."""
-    from sglang.lang.chat_template import ChatTemplate, ChatTemplateStyle
-
-    return ChatTemplate(name="aspd", default_system_prompt=fmt.default_system,
-                        role_prefix_and_suffix={r: (fmt.prefix[r], fmt.suffix[r]) for r in fmt.prefix},
-                        style=ChatTemplateStyle.PLAIN)

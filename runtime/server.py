@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from . import serving
+from . import __version__, serving
 from .api import AbortRequest, BadRequest, ChatRequest, CompletionRequest, GenerateRequest, JoinRequest
 from .engine import EngineError
 from .guard import Access, Guard
@@ -27,7 +27,6 @@ from .sampling import DEFAULTS, SamplingParams
 from .serving import Event, LogprobSpec, Result, ServingLoop
 from .vocab import token_texts
 
-VERSION = "0.1.0"
 RID_SEP = "\x1f"  # around a key's index in the rids it owns (a control character no rid may hold)
 RETRY_AFTER_S = 1  # what a 429 asks the client to wait: a queue slot frees at every finished request
 DEFAULT_MAX_TOKENS = 128
@@ -63,7 +62,7 @@ def create_app(engine_loop: ServingLoop, model_name: str, defaults: SamplingPara
                access: Access | None = None) -> FastAPI:
     """The app over a started serving loop; `defaults`' anti-loop settings apply where a request sets
     none (SGLang's frontend never sends them); `access`: API key, allowed hosts, body limit."""
-    app = FastAPI(title="aspd serve", version=VERSION)
+    app = FastAPI(title="aspd serve", version=__version__)
     app.add_middleware(Guard, access=access or Access())
     eng = engine_loop.engine
     vocab = eng.runner.vocab_size
@@ -207,7 +206,7 @@ def create_app(engine_loop: ServingLoop, model_name: str, defaults: SamplingPara
     async def server_info() -> dict:
         stats = await asyncio.wrap_future(engine_loop.call(engine_loop.stats))
         cfg = engine_loop.config
-        return {"model_path": model_name, "version": VERSION, "context_length": eng.max_len,
+        return {"model_path": model_name, "version": __version__, "context_length": eng.max_len,
                 "max_running_requests": cfg.max_running, "max_queued_requests": cfg.max_waiting,
                 "max_total_num_tokens": cfg.cache_tokens, "disable_radix_cache": cfg.cache_tokens == 0,
                 "internal_states": [stats]}

@@ -33,11 +33,14 @@ from typing import Any
 
 import torch
 
-from .engine import Engine, EngineError, GenerationOutput, Mode, Sequence, token_logprob
+from .engine import Engine, EngineError, Mode
 from .model_runner import Forward, KVSlice
+from .outputs import FinishReason, GenerationOutput, token_logprob
 from .radix_cache import RadixCache
+from .run import Run
 from .sampling import SamplingParams
 from .scheduler import QueueFull, Scheduler, SchedulerConfig
+from .sequence import SeqState
 
 log = logging.getLogger("aspd.serve")
 
@@ -119,10 +122,10 @@ class Request:
     # the loop's state
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     ids: list[int] = field(default_factory=list)
-    seq: Sequence | None = None
+    seq: SeqState | None = None
     gen: Any = None
     fwd: Forward | None = None
-    run: Any = None
+    run: Run | None = None  # the request's decoding run: its steps, its text so far (streaming), its output
     sent: str = ""
     prompt_tokens: int = 0
     cached_tokens: int = 0
@@ -137,7 +140,7 @@ class Request:
 @dataclass
 class Session:
     text: str
-    seq: Sequence
+    seq: SeqState
 
 
 @dataclass
@@ -351,8 +354,8 @@ class ServingLoop:
                 req.input_logprobs = [req.prompt_lps.get(i, (None, req.ids[i], []))
                                       for i in range(_first_logprob_token(req), len(req.ids))]
                 req.prompt_lps = {}
-            req.gen = self.engine.generate_steps(seq, p, req.mode, logprobs=req.logprobs.top if req.logprobs else None,
-                                                 on_run=lambda run: setattr(req, "run", run))
+            req.run = self.engine.start(seq, p, req.mode, logprobs=req.logprobs.top if req.logprobs else None)
+            req.gen = req.run.steps()
             try:
                 req.fwd = next(req.gen)
             except StopIteration as done:
@@ -363,7 +366,7 @@ class ServingLoop:
             log.exception("request %s failed in prefill", req.id)
             self._fail(req, f"internal error: {e}", 500)
 
-    def _sequence(self, req: Request, lp_from: int | None) -> tuple[Sequence, int]:
+    def _sequence(self, req: Request, lp_from: int | None) -> tuple[SeqState, int]:
         """The request's sequence and how many of its prompt tokens need no computing."""
         eng = self.engine
         if req.text is not None and lp_from is None:
@@ -398,7 +401,7 @@ class ServingLoop:
                 best = s
         return best
 
-    def _cache_insert(self, seq: Sequence) -> None:
+    def _cache_insert(self, seq: SeqState) -> None:
         """Offer the sequence's computed serial prefix to the radix cache (only what is new)."""
         if self.cache is None:
             return
@@ -542,7 +545,8 @@ class ServingLoop:
                     log.exception("request %s: no output at its abort", r.id)
                     out = None
                 self._cancel(r)
-                out = (out or GenerationOutput.empty(r.prompt_tokens)).model_copy(update={"finish_reason": "abort"})
+                out = (out or GenerationOutput.empty(r.prompt_tokens)).model_copy(
+                    update={"finish_reason": FinishReason.ABORT})
                 r.emit(Event(out.text, done=True, result=Result(
                     rid=rid, output=out, prompt_tokens=r.prompt_tokens, cached_tokens=r.cached_tokens,
                     input_logprobs=r.input_logprobs, latency_s=time.perf_counter() - r.t0)))

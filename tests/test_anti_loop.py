@@ -144,6 +144,7 @@ def test_aspd_titles_of_a_block_are_all_different():
 
 def test_the_tokens_a_title_may_not_hold(tiny):
     tok = tiny.tokenizer
-    assert tiny.ids.not_in_title == {tok.convert_tokens_to_ids("\n")}  # the only banned character it has
+    # the banned characters the tiny vocabulary has: the newline and the title separator
+    assert tiny.ids.not_in_title == {tok.convert_tokens_to_ids(c) for c in "\n:"}
     assert tokens_with(tok, "ab") == {tok.convert_tokens_to_ids("a"), tok.convert_tokens_to_ids("b")}
     assert token_texts(tok)[tok.convert_tokens_to_ids("q")] == "q"

@@ -1,0 +1,379 @@
+"""One decoding call on a sequence, as a step generator: a `Run` of one `RunKind`.
+
+`steps()` yields one `Forward` per step and is sent its logits; it returns the `GenerationOutput`.
+A run is also the handle a stream reads while it decodes (`partial_text`) and what an abort turns
+into an output (`output`). The engine's public entry points choose the kind:
+
+    ADAPTIVE / AR   generate: serial decoding; ADAPTIVE lets the model open blocks (<|para|>), which
+                    decode in parallel and join with <|/para|>, then serial decoding goes on
+    FORK            fork(markup=True): branches on the caller's titles, in ASPD markup; ends at the join
+    PLAIN_FORK      fork(): branches on plain-text seeds (any base model); ends at the join
+    BRANCHES        decode_branches: some branches of an open plain block, each with its own
+                    sampling; ends when they stop, the block stays open
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import time
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Literal, TypeVar
+
+import torch
+
+from .anti_loop import History, title_bans
+from .model_runner import Forward
+from .outputs import BlockStats, FinishReason, GenerationOutput, LogProb, token_logprob
+from .protocol import (
+    Allowed,
+    Branch,
+    Constraint,
+    ParallelBlock,
+    Phase,
+    Response,
+    SerialSegment,
+    Tag,
+    branch_seed,
+)
+from .sampler import Sampler
+from .sampling import SamplingParams
+from .sequence import CLOSE_BLOCK, SeqState, Stream
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+Mode = Literal["aspd", "ar"]
+T = TypeVar("T")
+Steps = Generator[Forward, torch.Tensor, T]  # yields one forward's worth of work, is sent its logits
+
+
+class RunKind(enum.Enum):
+    ADAPTIVE = "aspd"
+    AR = "ar"
+    FORK = "fork"
+    PLAIN_FORK = "plain_fork"
+    BRANCHES = "branches"
+
+    @property
+    def serial(self) -> bool:
+        """Serial decoding: a block's join feeds <|/para|> and decoding goes on after it."""
+        return self in (RunKind.ADAPTIVE, RunKind.AR)
+
+    @property
+    def markup(self) -> bool:
+        """Branches are written in ASPD markup (closed by <|/branch|>, under the constraint)."""
+        return self in (RunKind.ADAPTIVE, RunKind.AR, RunKind.FORK)
+
+    @property
+    def joins(self) -> bool:
+        """The run closes the block it decodes (BRANCHES leaves it open)."""
+        return self is not RunKind.BRANCHES
+
+
+def stop_strings(p: SamplingParams) -> tuple[str, ...]:
+    return tuple(x for x in p.stop if x)
+
+
+def stop_ids(p: SamplingParams, eos: frozenset[int]) -> set[int]:
+    return set(p.stop_token_ids) | (set() if p.ignore_eos else set(eos))
+
+
+class Run:
+    """The state of one generate, fork or decode_branches call.
+
+    `params` is the run's sampling; BRANCHES has none (each branch brings its own, see `branches`)
+    and `budget` caps its tokens instead.
+    """
+
+    def __init__(self, eng: Engine, seq: SeqState, kind: RunKind, params: SamplingParams | None,
+                 budget: int | None = None, logprobs: int | None = None):
+        self.eng, self.seq, self.kind, self.params = eng, seq, kind, params
+        self.ids = eng.ids
+        self.constraint = self._constraint()
+        self.sampler = Sampler(params, eng.runner.device) if params is not None else None
+        self.left = params.max_new_tokens if params is not None else budget
+        self.prompt_tokens = seq.length
+        self.forwards0 = eng.runner.forwards
+        self.t0 = time.perf_counter()
+        self.ttft: float | None = None
+        self.finish = FinishReason.LENGTH
+        self.stop_token: int | None = None
+        self.done = kind.serial and self.left <= 0  # generate with no tokens to write: no step at all
+        self.segments: list = []
+        self.blocks: list[BlockStats] = []
+        self.serial_count = self.parallel_count = 0
+        self.serial_start = 0  # start of the current serial segment in seq.serial.generated
+        self.header_start = 0
+        self.title_ids: list[list[int]] = []  # the current block's titles
+        self.earlier_titles: list[list[int]] = []  # those of this answer's earlier blocks
+        self.block_steps = 0
+        self.stops = stop_strings(params) if params is not None else ()
+        self.stop_ids = stop_ids(params, self.ids.eos) if params is not None else set()
+        self.logprobs: list[LogProb] | None = [] if logprobs is not None else None
+        self.top_k = logprobs or 0
+        self.only: list[int] | None = None  # BRANCHES: the branches this output reports
+        seq.serial.generated = []
+        seq.serial.history = History(eng.words)  # the anti-loop rule sees what this call writes, as in SGLang
+
+    def _constraint(self) -> Constraint:
+        if not self.kind.serial:  # a fork's branches: titled ones decode under the constraint's branch rules
+            phase = Phase.BRANCH if self.kind is RunKind.FORK else Phase.SERIAL
+            return Constraint(self.ids, adaptive=False, phase=phase)
+        p = self.params
+        bias = self.eng.loaded.fork_bias if p.fork_bias is None else p.fork_bias
+        return Constraint(self.ids, adaptive=self.kind is RunKind.ADAPTIVE, max_title_tokens=p.max_title_tokens,
+                          max_branches=p.max_branches, fork_bias=bias)
+
+    @classmethod
+    def branches(cls, eng: Engine, seq: SeqState, requests: dict[int, SamplingParams]) -> Run:
+        """BRANCHES: the given branches of the open plain block, each with its own sampling and stop
+        rules (seeded branches give the same text whether they decode alone or together); the run's
+        budget is the sum of theirs."""
+        run = cls(eng, seq, RunKind.BRANCHES, None, budget=sum(p.max_new_tokens for p in requests.values()))
+        for j, p in requests.items():
+            seq.open_branches[j].restart(History(eng.words), Sampler(p, eng.runner.device), stop_strings(p),
+                                         stop_ids(p, eng.ids.eos), p.max_new_tokens)
+        run.only = list(requests)
+        return run
+
+    # ----------------------------------------------------------------- main loop
+
+    def steps(self) -> Steps[GenerationOutput]:
+        """Decode to the end, one forward per step; returns the output."""
+        seq = self.seq
+        while not self.done:
+            if seq.open_branches:
+                yield from self._branch_step()
+            else:
+                yield from self._serial_step()
+            if not self.done and self.left <= 0:
+                self.finish, self.done = FinishReason.LENGTH, True
+                if seq.open_branches and self.kind.joins:
+                    seq.close("generation stopped inside a parallel block (max_new_tokens)")
+        return self.output()
+
+    def _sampled(self) -> None:
+        if self.ttft is None:
+            self.ttft = time.perf_counter() - self.t0
+
+    def _serial_step(self) -> Steps[None]:
+        logits = yield from self.eng.serial_logits_steps(self.seq)
+        self._serial_token(logits)
+
+    def _serial_token(self, logits: torch.Tensor) -> None:
+        s = self.seq.serial
+        allowed = self.constraint.allowed(tokens_left=self.left)
+        titles = [*self.earlier_titles, *self.title_ids]  # no title repeats one of this answer
+        if self.constraint.phase is Phase.TITLE and allowed.only is None and len(titles) > 1:
+            ban = title_bans(titles, self.eng.words, self.ids.end_title)
+            if ban:
+                allowed = dataclasses.replace(allowed, banned=allowed.banned | ban)
+        tok = self.sampler(logits[None], [s.history], [allowed])[0]
+        self._sampled()
+        if tok in self.stop_ids:
+            self.finish, self.done, self.stop_token = FinishReason.STOP, True, tok
+            return
+        if self.logprobs is not None:
+            self.logprobs.append(token_logprob(torch.log_softmax(logits, -1), tok, self.top_k))
+        self.left -= 1
+        self.serial_count += 1
+        s.generated.append(tok)
+        if allowed.anti_loop and tok not in self.ids.markup:
+            s.history.add(tok)
+        self._track_title(tok)
+        self.constraint.advance(tok)
+        s.push([tok])
+        if tok == self.ids.para:
+            self._flush_serial(self.header_start)
+            self.open_block([self.eng.decode(t) for t in self.title_ids])
+        elif self.stops and tok not in self.ids.markup and self._apply_stop(s, self.stops, self.serial_start):
+            self.finish, self.done = FinishReason.STOP, True
+
+    def partial_text(self) -> str:
+        """The answer's text so far without an unfinished parallel block or header: it only grows
+        (what a stream sends). Stop strings are not cut yet."""
+        done = Response(segments=tuple(self.segments)).plain_text()
+        if self.seq.open_branches:
+            return done
+        end = self.header_start if self.constraint.phase in (Phase.TITLE, Phase.TITLES_CLOSED) else None
+        toks = [t for t in self.seq.serial.generated[self.serial_start:end] if t not in self.ids.markup]
+        return done + self.eng.decode(toks)
+
+    def _track_title(self, tok: int) -> None:
+        if tok == self.ids.title:
+            if self.constraint.phase is not Phase.TITLES_CLOSED:  # the first title of a header
+                self.earlier_titles += self.title_ids
+                self.title_ids, self.header_start = [], len(self.seq.serial.generated) - 1
+            self.title_ids.append([])
+        elif self.constraint.phase is Phase.TITLE and tok != self.ids.end_title:
+            self.title_ids[-1].append(tok)
+
+    def _apply_stop(self, s: Stream, stops: tuple[str, ...], start: int = 0) -> bool:
+        """If a stop string appears in what `s` generated since `start`, cut text and cache right
+        before it (SGLang's semantics) and return True."""
+        seg = s.generated[start:]
+        n_keep, rest = self._cut_at_stop(seg, stops)
+        if n_keep is None:
+            return False
+        drop = len(seg) - n_keep
+        fed = drop - len(s.pending)  # the newest token is still pending
+        s.pending = []
+        if fed > 0:
+            self.seq.retract_stream(s, fed)
+        if self.logprobs is not None and s is self.seq.serial:
+            del self.logprobs[max(len(self.logprobs) - drop, 0):]
+        del s.generated[len(s.generated) - drop:]
+        if rest:  # the stop string began inside a token: keep that token's text before it
+            extra = self.eng.encode(rest)
+            s.generated.extend(extra)
+            s.push(extra)
+        return True
+
+    def _cut_at_stop(self, toks: list[int], stops: tuple[str, ...]) -> tuple[int | None, str]:
+        """(tokens to keep, leftover text) for the first stop string in decode(toks), or (None, "")."""
+        text = self.eng.decode(toks)
+        hits = [i for i in (text.find(x) for x in stops) if i >= 0]
+        if not hits:
+            return None, ""
+        cut = min(hits)
+        n = 0
+        while n < len(toks) and len(self.eng.decode(toks[:n + 1])) <= cut:
+            n += 1
+        return n, text[len(self.eng.decode(toks[:n])):cut]
+
+    # ----------------------------------------------------------------- blocks
+
+    def open_block(self, titles: list[str], seeds: list[list[int]] | None = None) -> None:
+        """One branch per title, seeded with the protocol's branch opening (or the given plain seeds)."""
+        seq = self.seq
+        block = seq.new_block()
+        branches = []
+        for j, title in enumerate(titles, start=1):
+            br = self.eng.new_stream(Tag(block, j), seq.serial.history.copy())
+            br.title, br.max_tokens = title, self.params.max_branch_tokens
+            br.push(seeds[j - 1] if seeds is not None else self.eng.encode(branch_seed(title)))
+            branches.append(br)
+        seq.start_block(branches)
+        self.block_steps = 0
+
+    def _branch_step(self) -> Steps[None]:
+        """One forward over the live branches; when all are closing, the join rides along."""
+        seq = self.seq
+        live = [b for b in seq.open_branches if b.finish is None or b.pending]
+        joining = all(b.finish is not None for b in seq.open_branches)
+        if joining and not self.kind.joins:
+            self.finish, self.done = FinishReason.BRANCHES, True
+            return
+        for b in live:
+            b.want_logits = b.finish is None
+        plan: list = ([seq.serial] if seq.serial.pending else []) + live
+        if joining:
+            plan.append(CLOSE_BLOCK)
+            if self.kind.serial:
+                seq.serial.pending, seq.serial.want_logits = [self.ids.end_para], True
+                plan.append(seq.serial)
+        logits = yield from self.eng.feed_steps(seq, plan)
+        self.block_steps += 1
+        if joining:
+            self._join()
+            if self.kind.serial:
+                self._serial_token(logits[seq.serial])
+            else:
+                if self.kind is RunKind.FORK:
+                    seq.serial.push([self.ids.end_para])  # fed with whatever follows
+                self.finish, self.done = FinishReason.JOIN, True
+            return
+        rows = [b for b in live if b in logits]
+        if rows:
+            for b, tok in zip(rows, self._sample_rows(rows, logits)):
+                self._branch_token(b, tok)
+            self._sampled()
+
+    def _sample_rows(self, rows: list[Stream], logits: dict[Stream, torch.Tensor]) -> list[int]:
+        """One token per branch: in one call where the branches share the run's sampler, else each its own."""
+        allowed = [self._branch_allowed(b) for b in rows]
+        if all(b.sampler is None for b in rows):
+            return self.sampler(torch.stack([logits[b] for b in rows]), [b.history for b in rows], allowed)
+        return [b.sampler(logits[b][None], [b.history], [a])[0] for b, a in zip(rows, allowed)]
+
+    def _branch_allowed(self, b: Stream) -> Allowed:
+        if self.kind.markup:
+            return self.constraint.allowed(len(b.generated), self.params.max_branch_tokens)
+        return Allowed(banned=self.ids.markup)
+
+    def _branch_token(self, b: Stream, tok: int) -> None:
+        self.left -= 1
+        self.parallel_count += 1
+        if self.kind.markup:
+            tok = self.constraint.map_sampled(tok)
+            if tok == self.ids.end_branch:
+                b.finish = FinishReason.STOP
+                b.push([tok])  # written to the cache with the next step, then it leaves
+                return
+        elif tok in (self.stop_ids if b.stop_ids is None else b.stop_ids):
+            b.finish = FinishReason.STOP  # EOS is not part of the text: nothing more to feed
+            return
+        b.generated.append(tok)
+        b.history.add(tok)
+        b.push([tok])
+        if self.kind.markup:
+            return
+        stops = self.stops if b.stops is None else b.stops
+        if stops and self._apply_stop(b, stops):
+            b.finish = FinishReason.STOP
+        elif len(b.generated) >= b.max_tokens:
+            b.finish = FinishReason.LENGTH  # its last token is still fed, with the next step
+
+    def _join(self) -> None:
+        seq = self.seq
+        for b in seq.open_branches:
+            seq.serial.history.merge(b.history)
+        self._record_block()
+        seq.end_block()
+        if self.kind.serial:
+            self.constraint.join()
+            seq.serial.generated.append(self.ids.end_para)
+        self.serial_start = len(seq.serial.generated)
+
+    def _record_block(self) -> None:
+        brs = self.seq.open_branches
+        if self.only is not None:
+            brs = [brs[j] for j in self.only]
+        branches = tuple(Branch(title=b.title, body=self.eng.decode(b.generated)) for b in brs)
+        self.segments.append(ParallelBlock(branches=branches))
+        self.blocks.append(BlockStats(titles=[b.title for b in brs], branch_tokens=[len(b.generated) for b in brs],
+                                      steps=self.block_steps))
+
+    def _flush_serial(self, end: int | None = None) -> None:
+        s = self.seq.serial
+        toks = [t for t in s.generated[self.serial_start:end] if t not in self.ids.markup]
+        if toks:
+            self.segments.append(SerialSegment(text=self.eng.decode(toks)))
+
+    # ----------------------------------------------------------------- result
+
+    def output(self) -> GenerationOutput:
+        """What the run wrote so far (at its end: the call's output)."""
+        if self.seq.open_branches:  # cut by max_new_tokens inside a block, or a plain block left open
+            self._record_block()
+        elif self.constraint.phase in (Phase.TITLE, Phase.TITLES_CLOSED):  # cut inside a block header
+            self._flush_serial(self.header_start)
+        else:
+            self._flush_serial()
+        resp = Response(segments=tuple(self.segments))
+        total = time.perf_counter() - self.t0
+        match self.kind:
+            case RunKind.PLAIN_FORK:  # no markup: each seed followed by its branch, in order
+                text = "".join(b.title + b.body for b in resp.blocks[0].branches)
+            case RunKind.BRANCHES:
+                text = "".join(b.body for b in resp.blocks[0].branches)
+            case _:
+                text = resp.plain_text()
+        return GenerationOutput(
+            text=text, markup=resp.markup(), response=resp, finish_reason=self.finish,
+            stop_token=self.stop_token, prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.serial_count + self.parallel_count,
+            serial_tokens=self.serial_count, parallel_tokens=self.parallel_count,
+            forward_passes=self.eng.runner.forwards - self.forwards0, blocks=self.blocks,
+            ttft_s=self.ttft if self.ttft is not None else total, total_s=total, token_logprobs=self.logprobs)
