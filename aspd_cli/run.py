@@ -50,9 +50,9 @@ def _kv(items: list[str]) -> dict[str, str]:
 
 
 def render(name: str, prog: ir.Program, res: RunResult) -> Panel:
-    from aspd_lang.runner import layout
+    from aspd_lang.runner import display_pieces
 
-    parts = [_piece(p) for p in layout(prog, res)]
+    parts = [_piece(p) for p in display_pieces(prog, res)]
     title = f"{name} on {res.backend}{' (serial)' if res.serial else ''}"
     return Panel(Group(*parts), title=title, border_style="green")
 

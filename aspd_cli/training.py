@@ -83,8 +83,8 @@ def cmd_data(args: argparse.Namespace) -> int:
         generate(Engine(load_model(args.model, adapter="none")), todo, out / "responses.jsonl", batch=args.batch)
     if args.step in ("build", "all"):
         from training.dataset import make, stats_table
+        from training.group_judge import Judge
         from training.independence import THRESHOLD
-        from training.judge import Judge
 
         judge = Judge(args.judge_url, args.judge_model) if args.judge_url else None
         threshold = None if args.no_independence else args.threshold or THRESHOLD

@@ -2,8 +2,9 @@
 
 SGLang runs each forked branch on its own thread and calls `generate` from all of them at once,
 with the full text each time. This backend maps every stream executor to the engine: a root
-executor to a `SeqState` (its text is extended by the delta since the last call), a forked child
-to a branch of a plain block on its parent's sequence. Sibling `generate` calls meet at a
+executor to a session (`runtime/sessions.py`, as `aspd serve` holds its rids: its sequence is
+extended by the text's delta since the last call), a forked child to a branch of a plain block on
+the sequence of the session that holds exactly its fork point. Sibling `generate` calls meet at a
 rendezvous and decode as one set of engine branches over the shared prefix KV; the join
 (`concatenate_and_append`) splices the branch KV into the parent: no re-prefill.
 
@@ -22,11 +23,13 @@ from sglang.lang.choices import ChoicesDecision, ChoicesSamplingMethod, token_le
 from sglang.lang.interpreter import StreamExecutor
 from sglang.lang.ir import SglSamplingParams
 
+from runtime.api import meta_info, sglang_sampling
 from runtime.engine import Engine, GenerationOutput
 from runtime.errors import UserError
+from runtime.outcomes import Result
 from runtime.roles import role_format
 from runtime.sampling import SamplingParams
-from runtime.sequence import SeqState
+from runtime.sessions import Session, Sessions, joined_text
 
 from .roles import sglang_template
 
@@ -36,26 +39,19 @@ class BackendError(UserError, ValueError):
 
 
 def to_sampling(sp: SglSamplingParams, defaults: SamplingParams) -> SamplingParams:
-    """SGLang's sampling parameters as the engine's (one conversion, clear errors for the rest)."""
-    for name in ("regex", "json_schema", "dtype"):
-        if getattr(sp, name, None) is not None:
-            raise BackendError(f"NativeBackend does not support constrained decoding ({name})")
-    if sp.n not in (None, 1):
-        raise BackendError("NativeBackend generates one completion per call (n=1)")
-    if sp.frequency_penalty or sp.presence_penalty:
-        raise BackendError("use repetition_penalty (backend default) instead of frequency/presence penalties")
-    stop = (sp.stop,) if isinstance(sp.stop, str) else tuple(sp.stop or ())
-    return defaults.model_copy(update=dict(
-        max_new_tokens=sp.max_new_tokens, max_branch_tokens=max(1, sp.max_new_tokens), stop=stop,
-        stop_token_ids=tuple(sp.stop_token_ids or ()), temperature=sp.temperature, top_p=sp.top_p,
-        top_k=max(0, sp.top_k), min_p=sp.min_p, ignore_eos=bool(sp.ignore_eos)))
+    """SGLang's sampling parameters as the engine's: the server's one mapping (`runtime.api`), the
+    backend's defaults for what SGLang does not set, its refusals as BackendError."""
+    try:
+        return sglang_sampling(sp, defaults, server="NativeBackend")
+    except ValueError as e:  # BadRequest, or a value SamplingParams refuses (pydantic names the field)
+        raise BackendError(str(e)) from None
 
 
 @dataclass(eq=False)
-class _Root:
-    seq: SeqState | None
-    text: str  # the text the engine holds for this executor, as SGLang sees it
-    arguments: int  # id() of the executor's arguments dict, shared with its forked children
+class _Root(Session):
+    """An executor's session: `text` is what the engine holds for it, as SGLang sees it."""
+
+    arguments: int = 0  # id() of the executor's arguments dict, shared with its forked children
     group: _Group | None = None
     ended: bool = False  # the program ended; free the sequence once its queued commands ran
 
@@ -94,7 +90,7 @@ class NativeBackend(BaseBackend):
         self.chat_template = sglang_template(role_format(engine.tok))
         self.lock = threading.RLock()  # the engine runs one call at a time
         self.cond = threading.Condition(self.lock)
-        self.roots: dict[str, _Root] = {}
+        self.roots: Sessions[_Root] = Sessions()  # by executor id (or "orphan-" + a child's, see _child)
         self.children: dict[str, _Child] = {}
         self.adaptive_next: set[str] = set()  # executors whose next gen is adaptive
         self.stats = {"generate_calls": 0, "batched_calls": 0, "batches": 0}
@@ -109,15 +105,12 @@ class NativeBackend(BaseBackend):
         st = self.roots.get(s.sid)
         if st is None:
             st = self._adopt(s) or _Root(seq=None, text="", arguments=id(s.arguments))
-            self.roots[s.sid] = st
+            self.roots.hold(s.sid, st)
         if st.group is not None:  # children ended without a KV join (gather_variable): drop their block
             self._drop_group(st)
         text = s.text_
-        if st.seq is None or not text.startswith(st.text) or st.seq.closed:
+        if st.seq is None or st.seq.closed or not st.follow(self.engine, text):
             st.seq, st.text = self.engine.new_sequence(text), text  # first use, or text rewritten
-        elif len(text) > len(st.text):
-            self.engine.extend(st.seq, text[len(st.text):])
-            st.text = text
         return st
 
     def _child(self, s: StreamExecutor) -> _Child | None:
@@ -126,12 +119,10 @@ class NativeBackend(BaseBackend):
         if ch is not None or s.fork_start_text_pos is None:
             return ch
         prefix = s.text_[:s.fork_start_text_pos]
-        parents = [r for r in self.roots.values() if r.arguments == id(s.arguments) and r.text == prefix and r.seq]
-        if parents:
-            root = parents[-1]
-        else:  # the parent never committed its prefix (SGLang skips that when its text lags): do it here
+        root = self.roots.holding(prefix, lambda r: r.arguments == id(s.arguments) and r.seq is not None)
+        if root is None:  # the parent never committed its prefix (SGLang skips that when its text lags): do it here
             root = _Root(seq=self.engine.new_sequence(prefix), text=prefix, arguments=id(s.arguments))
-            self.roots[f"orphan-{s.sid}"] = root
+            self.roots.hold(f"orphan-{s.sid}", root)
         if root.group is None:
             self.engine.open_block(root.seq)
             root.group = _Group(root=root)
@@ -143,8 +134,7 @@ class NativeBackend(BaseBackend):
         """A parent first seen after its children: take over the root they created for it."""
         for key, r in list(self.roots.items()):
             if key.startswith("orphan-") and r.arguments == id(s.arguments) and s.text_.startswith(r.text):
-                del self.roots[key]
-                return r
+                return self.roots.take(key)
         return None
 
     def _release(self, s: StreamExecutor, calls_running: int) -> None:
@@ -155,7 +145,7 @@ class NativeBackend(BaseBackend):
             return
         queue = getattr(s, "queue", None)
         if queue is None or queue.unfinished_tasks <= calls_running + 1:  # + the end-of-program marker
-            del self.roots[s.sid]
+            self.roots.take(s.sid)
 
     def _sync_child(self, ch: _Child, s: StreamExecutor) -> None:
         text = s.text_
@@ -311,14 +301,14 @@ class NativeBackend(BaseBackend):
                 raise BackendError("concatenate_and_append: no forked branches to join for this program")
             root = first.root
             for key in [k for k, r in self.roots.items() if r is root]:  # a parent first seen here
-                del self.roots[key]
-            self.roots[dst_rid] = root
+                self.roots.take(key)
+            self.roots.hold(dst_rid, root)
             by_sid = root.group.children
             missing = [r for r in src_rids if r not in by_sid]
             if missing or len(src_rids) != len(by_sid):
                 raise BackendError(f"concatenate_and_append: branches {missing or 'unlisted'} are not this fork's")
             self.engine.join(root.seq, order=[by_sid[r].branch for r in src_rids])
-            root.text += "".join(by_sid[r].text[len(root.text):] for r in src_rids)
+            root.text = joined_text(root.text, [by_sid[r].text for r in src_rids])
             for sid in by_sid:
                 self.children.pop(sid, None)
             root.group = None
@@ -331,7 +321,7 @@ class NativeBackend(BaseBackend):
                     ch.done = True
                     self.cond.notify_all()
                 elif ex.sid in self.roots:
-                    st = self.roots[ex.sid]
+                    st = self.roots.get(ex.sid)
                     st.ended = True
                     if st.group is not None and all(c.done for c in st.group.children.values()):
                         self._drop_group(st)  # branches that failed before their join
@@ -339,7 +329,8 @@ class NativeBackend(BaseBackend):
 
     def flush_cache(self) -> None:
         with self.lock:
-            self.roots = {k: r for k, r in self.roots.items() if r.group is not None}
+            for key in [k for k, r in self.roots.items() if r.group is None]:
+                self.roots.take(key)
 
 
 def _branch_output(out: GenerationOutput, k: int) -> GenerationOutput:
@@ -350,7 +341,6 @@ def _branch_output(out: GenerationOutput, k: int) -> GenerationOutput:
 
 
 def _meta(out: GenerationOutput, sid: str) -> dict:
-    return {"id": sid, "finish_reason": out.finish_reason, "prompt_tokens": out.prompt_tokens,
-            "completion_tokens": out.completion_tokens, "forward_passes": out.forward_passes,
-            "parallel_blocks": len(out.blocks), "segments": out.response.model_dump()["segments"],
-            "e2e_latency": out.total_s}
+    """SGLang's meta_info, as the server writes it (`runtime.api.meta_info`)."""
+    return meta_info(Result(rid=sid, output=out, prompt_tokens=out.prompt_tokens, cached_tokens=0,
+                            input_logprobs=None, latency_s=out.total_s))

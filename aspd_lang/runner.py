@@ -1,4 +1,4 @@
-"""Run a program file on one of the three backends, and lay its result out for display.
+"""Run a program file on one of the three backends, and turn its result into display pieces.
 
     engine  - the IR executed directly on the in-process engine (no SGLang)
     native  - compiled to an sgl.function, run by SGLang's interpreter on NativeBackend (in-process)
@@ -86,7 +86,7 @@ class Runner:
         gens = []
         for name in ir.names(prog.body):
             meta = state.get_meta_info(name) or {}
-            segs = meta.get("segments")
+            segs = (meta.get("aspd") or {}).get("segments")  # SGLang's meta_info: an ASPD answer's structure
             gens.append(GenEvent(name=name, value=str(state[name]), tokens=int(meta.get("completion_tokens") or 0),
                                  response=Response.model_validate({"segments": segs}) if segs else None))
         return RunResult(program=prog.name, backend=self.backend, serial=serial, text=text,
@@ -94,7 +94,7 @@ class Runner:
                          completion_tokens=sum(g.tokens for g in gens), seconds=seconds)
 
 
-# --------------------------------------------------------------------------- layout for display
+# --------------------------------------------------------------------------- display pieces
 
 
 class Piece(BaseModel):
@@ -107,7 +107,7 @@ class Piece(BaseModel):
     branches: tuple[str, ...] = ()
 
 
-def layout(prog: ir.Program, result: RunResult) -> list[Piece]:
+def display_pieces(prog: ir.Program, result: RunResult) -> list[Piece]:
     """The program's structure filled with the run's values (the same for every backend)."""
     v = result.variables
     adaptive = {g.name: g.response for g in result.gens if g.response is not None}

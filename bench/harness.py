@@ -6,7 +6,7 @@
 2. Scores: per answer, speed against `ar` and `hf` on the same question, and quality proxies against
    the base model's AR answer (the `hf` system's; without `hf`, the engine's base-model AR answers,
    untimed). Written back into `answers.jsonl`.
-3. Reports: `summary.json`, `report.md`, plots, rich tables (`bench/reports.py`).
+3. Reports: `summary.json`, `report.md`, plots, rich tables (`bench/run_report.py`).
 """
 
 from __future__ import annotations
@@ -207,7 +207,7 @@ def run(questions: list[Question], names: list[str], models: Models, params: Sam
     """Answer (resuming), score, summarise and report; returns the summary."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from . import reports
+    from . import run_report
     from .common import environment
 
     store = Store(out / "answers.jsonl")
@@ -228,7 +228,7 @@ def run(questions: list[Question], names: list[str], models: Models, params: Sam
     speed(rows)
     grader = None
     if judge_url:
-        from .judge import Grader
+        from .answer_grader import Grader
 
         grader = Grader(judge_url, judge_model)
     quality(rows, {q.key: q for q in questions}, models.base, grader, log=console.print)
@@ -236,9 +236,9 @@ def run(questions: list[Question], names: list[str], models: Models, params: Sam
     errors = [r for r in rows if r.get("error")]
     meta = {**meta, "reference": REFERENCE if REFERENCE in names else FALLBACK_REFERENCE,
             "judge_url": judge_url, "question_count": len(questions), "environment": environment()}
-    summary = reports.summarize(rows, names, meta)
-    files = reports.write(rows, summary, out)
-    reports.print_tables(summary, console)
+    summary = run_report.summarize(rows, names, meta)
+    files = run_report.write(rows, summary, out)
+    run_report.print_tables(summary, console)
     if errors:
         console.print(f"[red]{len(errors)} answers failed[/] (kept in answers.jsonl; a rerun retries them): "
                       f"{errors[0]['error']}")

@@ -1,16 +1,20 @@
 """Wire formats of `aspd serve`: SGLang's /generate and OpenAI's completions, as pydantic models.
 
 Every body is validated here (types, ranges, unsupported options) so that a bad request is a
-clear 400 before it reaches the serving loop; `to_sampling` maps each wire format onto the one
-`SamplingParams`.
+clear 400 before it reaches the serving loop. `sglang_sampling` maps SGLang's sampling parameters
+onto the one `SamplingParams` (the server's wire and NativeBackend's frontend calls alike), and
+`meta_info` is SGLang's answer metadata (the server's /generate and NativeBackend's gens alike).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .outcomes import Result
+from .outputs import FinishReason
 from .sampling import DEFAULTS, SamplingParams
 
 
@@ -84,27 +88,39 @@ class WireSampling(_Wire):
 
     def to_sampling(self, default_max: int, defaults: SamplingParams = DEFAULTS) -> SamplingParams:
         """`defaults`: the server's anti-loop settings, for a request that sets none."""
-        for name in ("regex", "json_schema", "ebnf", "structural_tag"):
-            if getattr(self, name) is not None:
-                raise BadRequest(f"constrained decoding ({name}) is not supported by aspd serve")
-        if self.n != 1:
-            raise BadRequest("n must be 1 (send a list of texts for several answers)")
-        if self.min_new_tokens:
-            raise BadRequest("min_new_tokens is not supported")
-        if self.frequency_penalty or self.presence_penalty:
-            raise BadRequest("frequency_penalty and presence_penalty are not supported; use repetition_penalty")
-        if self.top_k < -1:
-            raise BadRequest("top_k must be -1 (off) or positive")
-        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
-        n = default_max if self.max_new_tokens is None else self.max_new_tokens
-        return SamplingParams(
-            max_new_tokens=n, temperature=self.temperature, top_p=self.top_p, top_k=max(self.top_k, 0),
-            min_p=self.min_p, seed=self.sampling_seed if self.seed is None else self.seed,
-            repetition_penalty=_or(self.repetition_penalty, defaults.repetition_penalty),
-            no_repeat_ngram_size=_or(self.no_repeat_ngram_size, defaults.no_repeat_ngram_size),
-            stop=stop, stop_token_ids=tuple(self.stop_token_ids or ()), ignore_eos=self.ignore_eos,
-            max_branches=self.max_branches, max_branch_tokens=self.max_branch_tokens or max(1, n),
-            fork_bias=self.fork_bias)
+        return sglang_sampling(self, defaults, default_max)
+
+
+CONSTRAINED = ("regex", "json_schema", "ebnf", "structural_tag", "dtype")  # SGLang's constrained decoding
+
+
+def sglang_sampling(sp, defaults: SamplingParams = DEFAULTS, default_max: int | None = None,
+                    server: str = "aspd serve") -> SamplingParams:
+    """SGLang's sampling parameters as ours: the wire's (`WireSampling`) or its frontend's
+    (`SglSamplingParams`, on NativeBackend), any object with SGLang's field names. What it lacks or
+    leaves None comes from `defaults` (anti-loop settings, seed, ASPD caps); `max_new_tokens` None is
+    `default_max`. An option we do not implement is refused by name (BadRequest), never ignored."""
+    for name in CONSTRAINED:
+        if getattr(sp, name, None) is not None:
+            raise BadRequest(f"constrained decoding ({name}) is not supported by {server}")
+    if getattr(sp, "n", 1) not in (None, 1):
+        raise BadRequest("n must be 1 (send a list of texts for several answers)")
+    if getattr(sp, "min_new_tokens", 0):
+        raise BadRequest("min_new_tokens is not supported")
+    if getattr(sp, "frequency_penalty", 0) or getattr(sp, "presence_penalty", 0):
+        raise BadRequest("frequency_penalty and presence_penalty are not supported; use repetition_penalty")
+    if sp.top_k < -1:
+        raise BadRequest("top_k must be -1 (off) or positive")
+    n = sp.max_new_tokens if sp.max_new_tokens is not None else _or(default_max, defaults.max_new_tokens)
+    given = dict(
+        max_new_tokens=n, temperature=sp.temperature, top_p=sp.top_p, top_k=max(sp.top_k, 0), min_p=sp.min_p,
+        stop=(sp.stop,) if isinstance(sp.stop, str) else tuple(sp.stop or ()),
+        stop_token_ids=tuple(sp.stop_token_ids or ()), ignore_eos=bool(sp.ignore_eos),
+        seed=_or(getattr(sp, "seed", None), getattr(sp, "sampling_seed", None)),
+        max_branch_tokens=getattr(sp, "max_branch_tokens", None) or max(1, n),
+        **{k: getattr(sp, k, None) for k in ("repetition_penalty", "no_repeat_ngram_size", "max_branches",
+                                             "fork_bias")})
+    return SamplingParams(**{**defaults.model_dump(), **{k: v for k, v in given.items() if v is not None}})
 
 
 class GenerateRequest(_Wire):
@@ -289,3 +305,41 @@ class ChatRequest(_OpenAIBase):
 
 def _or(value, default):
     return default if value is None else value
+
+
+# ----------------------------------------------------------------- SGLang's answer metadata
+
+
+def meta_info(result: Result, decode: Callable[[list[int]], str] | None = None, rid: str | None = None) -> dict:
+    """SGLang's `meta_info` of one answer; `decode` writes each token's text into the log-prob
+    triples (`return_text_in_logprobs`); `rid` as the client wrote it (default: the result's)."""
+    o = result.output
+    meta = {"id": result.rid if rid is None else rid,
+            "finish_reason": _finish_reason(o.finish_reason, o.completion_tokens),
+            "prompt_tokens": result.prompt_tokens, "completion_tokens": o.completion_tokens,
+            "cached_tokens": result.cached_tokens, "e2e_latency": result.latency_s}
+    if result.input_logprobs is not None:
+        meta["input_token_logprobs"], meta["input_top_logprobs"] = _triples(result.input_logprobs, decode)
+        meta["output_token_logprobs"], meta["output_top_logprobs"] = _triples(o.token_logprobs or [], decode)
+    if o.blocks or o.parallel_tokens:
+        meta["aspd"] = {"markup": o.markup, "segments": [s.model_dump() for s in o.response.segments],
+                        "serial_tokens": o.serial_tokens, "parallel_tokens": o.parallel_tokens,
+                        "blocks": [b.model_dump() for b in o.blocks], "forward_passes": o.forward_passes}
+    return meta
+
+
+def _finish_reason(reason: FinishReason, completion_tokens: int) -> dict:
+    if reason == FinishReason.LENGTH:
+        return {"type": "length", "length": completion_tokens}
+    if reason == FinishReason.ABORT:
+        return {"type": "abort", "message": "aborted by /abort_request"}
+    return {"type": "stop", "matched": None}
+
+
+def _triples(entries: Sequence, decode: Callable[[list[int]], str] | None) -> tuple[list, list]:
+    """SGLang's [logprob, token id, text] triples and the top alternatives per position."""
+    def text(t: int) -> str | None:
+        return decode([t]) if decode is not None else None
+    main = [[lp, t, text(t)] for lp, t, _ in entries]
+    tops = [[[a_lp, a_t, text(a_t)] for a_lp, a_t in alts] if alts else None for _, _, alts in entries]
+    return main, tops

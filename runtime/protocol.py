@@ -400,7 +400,3 @@ class Constraint:
 
     def join(self) -> None:
         self.advance(self.ids.end_para)
-
-    def open_serial(self) -> None:
-        """Back to plain serial decoding (e.g. a fork that the caller opened explicitly has joined)."""
-        self.phase = Phase.SERIAL

@@ -1,8 +1,10 @@
 """A radix tree over token ids: which prefixes have cached KV, with LRU eviction under a token budget.
 
 Pure bookkeeping (no torch): each node covers a run of tokens and holds an opaque `value` for
-them (the server stores the KV slice there). Requests `match` their prompt to find the longest
-cached prefix, `lock` the matched path while they use it, and `insert` what they computed.
+them (the server stores the KV slice there). The server `match`es a prompt to find the longest
+cached prefix and copies its slices into the new sequence at once (so no request holds a path), and
+`insert`s what it computed. `lock`/`unlock` keep a path from eviction: `insert` locks the prefix it
+extends while it evicts.
 Insertion is an ask/commit pair: `can_insert(n)` says whether n new tokens fit after evicting
 unlocked least-recently-used leaves; `insert` then commits. `check()` verifies the invariants.
 """

@@ -2,7 +2,9 @@
 
 Every executor uses this one definition: the in-process executor writes the strings directly,
 NativeBackend hands them to SGLang's interpreter as a `ChatTemplate`, and `aspd serve` publishes
-them in /get_model_info for AspdEndpoint, so a program's text is the same on every backend. Pure
+them in /get_model_info for AspdEndpoint, so a program's text is the same on every backend.
+`chat_ids` is the other way to a chat: the template applied to messages, as the ids the model
+answers after (the engine's prompts, the server's chat completions, the training samples). Pure
 Python (the tokenizer is only asked to render a template).
 """
 
@@ -27,9 +29,22 @@ class RoleFormat(BaseModel):
                    suffix={r: "\n" for r in ROLES})
 
 
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def chat_ids(tokenizer, messages: str | list[dict[str, str]]) -> list[int]:
+    """The chat template over `messages` (role/content dicts; a string is one user message) with the
+    generation prompt, as token ids: what the model answers after."""
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(out["input_ids"] if hasattr(out, "keys") else out)  # newer tokenizers return an encoding
+
+
 def role_format(tokenizer) -> RoleFormat:
     """Derive per-role prefix/suffix strings by rendering marked messages through the template."""
-    if not getattr(tokenizer, "chat_template", None):
+    if not has_chat_template(tokenizer):
         return RoleFormat.plain()
 
     def render(roles: list[str]) -> str:

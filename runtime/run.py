@@ -36,9 +36,9 @@ from .protocol import (
     Tag,
     branch_seed,
 )
-from .sampler import Sampler
 from .sampling import SamplingParams
 from .sequence import CLOSE_BLOCK, SeqState, Stream
+from .token_sampler import Sampler
 
 if TYPE_CHECKING:
     from .engine import Engine

@@ -22,7 +22,7 @@ from .protocol import SERIAL, SERIAL_TAG, PositionCounter, Tag
 if TYPE_CHECKING:
     from .anti_loop import History
     from .model_runner import KVSlice, KVState
-    from .sampler import Sampler
+    from .token_sampler import Sampler
 
 
 class EngineError(UserError, ValueError):

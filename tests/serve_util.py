@@ -29,6 +29,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def info(url: str) -> dict:
+    """The serving loop's counters, from `/server_info`."""
+    return httpx.get(url + "/server_info", timeout=30).json()["internal_states"][0]
+
+
+def idle(url: str, timeout: float = 30) -> dict:
+    """Wait until nothing runs or waits and only held sessions stay live; their counters."""
+    t0 = time.time()
+    while True:
+        s = info(url)
+        if s["running"] == 0 and s["waiting"] == 0 and s["live_sequences"] == s["sessions"]:
+            return s
+        assert time.time() - t0 < timeout, s
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def serve_in_thread(engine: Engine, defaults: SamplingParams = PLAIN, access: Access | None = None,
                     **config) -> Iterator[tuple[str, ServingLoop]]:

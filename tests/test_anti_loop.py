@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_model
-from test_engine import _markup_heavy_model
 from transformers import LogitsProcessorList
 
 from runtime import protocol as P
 from runtime.anti_loop import History, apply, breaks_title_rule, processors, title_bans, word_mask
 from runtime.engine import Engine
 from runtime.protocol import Allowed
-from runtime.sampler import Sampler
 from runtime.sampling import SamplingParams
+from runtime.token_sampler import Sampler
 from runtime.vocab import token_texts, tokens_with
+from tests.model_util import markup_heavy_engine, tiny_model
 
 
 def test_word_mask_spares_whitespace_punctuation_digits_and_markup(tiny):
@@ -89,7 +88,7 @@ def test_engine_decodes_exactly_like_transformers_generate_with_the_processor(fa
 
 
 def test_aspd_history_is_the_answer_text_without_titles_or_markup():
-    eng = _markup_heavy_model(2)
+    eng = markup_heavy_engine(2)
     checked = 0
     for seed in range(30):
         seq = eng.new_sequence("q: ")
@@ -127,7 +126,7 @@ def test_training_titles_follow_the_decoders_title_rule():
 
 def test_aspd_titles_of_a_block_are_all_different():
     """Greedy on this markup-heavy model repeats titles in nearly every block without the rule."""
-    eng = _markup_heavy_model(1)
+    eng = markup_heavy_engine(1)
     blocks = 0
     for k in range(20):
         seq = eng.new_sequence("q: " + "abcdefghijklmnopqrst"[k] * 3)

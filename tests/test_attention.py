@@ -12,8 +12,8 @@ from runtime import attention
 from runtime.attention_plan import SeqStep, plan
 from runtime.model_runner import KVState
 from runtime.protocol import SERIAL_TAG, Tag
-from tests.conftest import tiny_model
-from tests.test_attention_plan import decoding_history
+from tests.model_util import tiny_model
+from tests.tags_util import decoding_history
 
 
 def _open_block_step(seed: int) -> tuple[list[Tag], int]:

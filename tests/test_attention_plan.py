@@ -8,23 +8,7 @@ import pytest
 
 from runtime.attention_plan import CascadePlan, PlanError, SeqStep, dense_mask, plan
 from runtime.protocol import DEAD, SERIAL_TAG, Tag, mask
-
-
-def decoding_history(rng: random.Random, closed_blocks: int, branches: int) -> list[Tag]:
-    """Tags of a cache as the engine writes it: a prompt, blocks whose seeds are prefilled branch
-    after branch and whose tokens are then decoded one per live branch per step (interleaved),
-    joins, serial text after each; some cut-off tokens marked dead."""
-    tags = [SERIAL_TAG] * rng.randint(1, 6)
-    for b in range(1, closed_blocks + 2):
-        for j in range(1, branches + 1):
-            tags += [Tag(b, j)] * rng.randint(1, 3)
-        for _ in range(rng.randint(0, 4)):
-            tags += [Tag(b, j) for j in range(1, branches + 1) if rng.random() < 0.8]
-        if rng.random() < 0.3:
-            tags.append(Tag(DEAD, 0))
-        if b <= closed_blocks:
-            tags += [SERIAL_TAG] * rng.randint(1, 4)
-    return tags
+from tests.tags_util import decoding_history
 
 
 def protocol_rows(tags: list[Tag], n_new: int, pool_start: int, pool: int) -> list[list[bool]]:

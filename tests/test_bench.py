@@ -8,13 +8,13 @@ import math
 
 import pytest
 
-from bench import harness, metrics, questions, reports
+from bench import harness, metrics, questions, run_report
 from bench.quality import answer_loss, cosine, sibling_similarity
 from runtime.engine import Engine, GenerationOutput
 from runtime.outputs import BlockStats
 from runtime.protocol import Response
 from runtime.sampling import SamplingParams
-from tests.conftest import tiny_model
+from tests.model_util import tiny_model
 
 
 def _out(serial: int, blocks: list[list[int]]) -> GenerationOutput:
@@ -205,16 +205,16 @@ def test_vicuna80_ships_and_parses():
 
 
 def test_quality_delta_marks_the_one_percent_line():
-    assert reports._delta(0.004, better_up=False)[1] == "green"
-    assert reports._delta(0.03, better_up=False)[1] == "red"
-    assert reports._delta(-0.03, better_up=True)[1] == "red"
-    assert reports._delta(-0.2, better_up=False)[1] == "green"  # lower loss is better
+    assert run_report._delta(0.004, better_up=False)[1] == "green"
+    assert run_report._delta(0.03, better_up=False)[1] == "red"
+    assert run_report._delta(-0.03, better_up=True)[1] == "red"
+    assert run_report._delta(-0.2, better_up=False)[1] == "green"  # lower loss is better
 
 
 def test_sglang_system_over_a_real_server(tmp_path):
     """`sglang@URL` against `aspd serve` (tiny model, in a thread): the streamed text, the tokens
     from usage, a first-token time; then the harness with it and the FastChat judge over the same server."""
-    from bench.judge import Grader, rating
+    from bench.answer_grader import Grader, rating
     from tests.serve_util import serve_in_thread
 
     qs = questions.load(_qfile(tmp_path, 2))

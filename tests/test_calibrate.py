@@ -10,7 +10,7 @@ from runtime.engine import Engine
 from runtime.model_loader import FORK_BIAS_FILE, read_fork_bias
 from runtime.protocol import Constraint, Phase
 from runtime.sampling import SamplingParams
-from tests.conftest import tiny_model
+from tests.model_util import tiny_model
 from training import calibrate
 
 

@@ -9,33 +9,21 @@ import pytest
 import sglang as sgl
 import torch
 
-from aspd_lang import ProgramError, gen, program, select
+from aspd_lang import ProgramError, gen, program
 from aspd_lang.executor import EngineExecutor, bind
 from aspd_lang.native_backend import BackendError, NativeBackend
-from aspd_lang.runner import Runner, layout, load_program_file
+from aspd_lang.runner import Runner, display_pieces, load_program_file
 from aspd_lang.sglang_compile import to_sglang
 from runtime import protocol as P
 from runtime.engine import Engine
 from runtime.sampling import SamplingParams
-from tests.conftest import tiny_model
-
-PROGRAMS = sorted(Path(__file__).parents[1].joinpath("programs").glob("*.py"))
-DEFAULTS = SamplingParams(repetition_penalty=1.1)
+from tests.dsl_util import DEFAULTS, PROGRAMS, fork_join
+from tests.model_util import tiny_model
 
 
 @pytest.fixture(scope="module")
 def eng() -> Engine:
     return Engine(tiny_model(max_positions=4096))  # a character-level tokenizer makes long texts
-
-
-@program
-def fork_join(s, topic):
-    s += f"notes on {topic}:\n"
-    with s.parallel(["a", "b", "c"]) as br:
-        br[0] += "first," + gen("x", max_tokens=6, ignore_eos=True)
-        br[1] += "second thing," + gen("y", max_tokens=9, ignore_eos=True) + " and" + gen("y2", max_tokens=4)
-        br[2] += "3:" + select("z", ["yes", "no"]) + gen("w", max_tokens=5, ignore_eos=True)
-    s += "\nso" + gen("after", max_tokens=5, ignore_eos=True)
 
 
 def _runs(eng):
@@ -54,7 +42,7 @@ def test_every_example_program_runs_the_same_on_every_backend(eng, path):
     for name, res in results.items():
         assert res.text == ref.text, name
         assert res.variables == ref.variables, name
-    assert layout(pf.main.ir(), ref)  # renders
+    assert display_pieces(pf.main.ir(), ref)  # renders
     assert pf.doc  # each program says what it shows
 
 

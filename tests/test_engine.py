@@ -11,7 +11,7 @@ from runtime.engine import Engine, EngineError
 from runtime.model_runner import Forward, KVState
 from runtime.protocol import PositionCounter, Tag
 from runtime.sampling import SamplingParams
-from tests.conftest import tiny_model
+from tests.model_util import markup_heavy_engine, tiny_model
 
 ATOL = 1e-5
 GREEDY = SamplingParams(max_new_tokens=200, max_branch_tokens=7, ignore_eos=True)
@@ -160,19 +160,9 @@ def test_serial_stop_string_cuts_text_and_cache(engine):
     _assert_join_exact(engine, seq)
 
 
-def _markup_heavy_model(seed: int):
-    lm = tiny_model(seed=seed)
-    head = lm.model.get_output_embeddings().weight
-    with torch.no_grad():  # make markup and EOS likely, so blocks open and close often
-        head[sorted(lm.ids.markup)] *= 0.0
-        head[sorted(lm.ids.markup)] += lm.model.get_input_embeddings().weight[sorted(lm.ids.markup)] * 40
-        head[sorted(lm.ids.eos)] = lm.model.get_input_embeddings().weight[sorted(lm.ids.eos)] * 6
-    return Engine(lm)
-
-
 def test_constrained_decoding_never_writes_malformed_markup():
     """(c) Random logits, many seeds, adaptive mode: the written text always parses."""
-    eng = _markup_heavy_model(1)
+    eng = markup_heavy_engine(1)
     blocks = 0
     for seed in range(40):
         seq = eng.new_sequence("q: ")
@@ -189,7 +179,7 @@ def test_constrained_decoding_never_writes_malformed_markup():
 
 def test_adaptive_written_tokens_match_training_tokenisation():
     """The tokens the engine fed are exactly what training builds from the same markup."""
-    eng = _markup_heavy_model(2)
+    eng = markup_heavy_engine(2)
     checked = 0
     for seed in range(30):
         seq = eng.new_sequence("q: ")
@@ -208,7 +198,7 @@ def test_adaptive_written_tokens_match_training_tokenisation():
 
 
 def test_ar_mode_never_emits_markup():
-    eng = _markup_heavy_model(3)
+    eng = markup_heavy_engine(3)
     for seed in range(10):
         seq = eng.new_sequence("q: ")
         eng.generate(seq, SamplingParams(max_new_tokens=50, temperature=1.0, seed=seed), "ar")

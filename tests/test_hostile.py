@@ -13,9 +13,8 @@ import pytest
 from bench.hostile_cases import ALL, answered_well, send
 from runtime.engine import Engine
 from runtime.guard import Access
-from tests.conftest import tiny_model
-from tests.serve_util import serve_in_thread
-from tests.test_server import idle, info
+from tests.model_util import tiny_model
+from tests.serve_util import idle, info, serve_in_thread
 
 LONG = {"max_new_tokens": 3000, "ignore_eos": True, "temperature": 0}
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from aspd_lang import ir
-from aspd_lang.runner import Runner, layout, load_program_file
+from aspd_lang.runner import Runner, display_pieces, load_program_file
 from runtime import protocol as P
 from runtime.engine import Engine
 from runtime.model_loader import ModelLoadError, embedded_checkpoint, load
@@ -133,7 +133,7 @@ def test_example_programs_run_on_native_backend_with_the_embedded_model(real_aut
     assert res.completion_tokens > 0
     for n in names:  # every value is in the program's text, where the program put it
         assert res.variables[n] in res.text
-    blocks = [p for p in layout(pf.main.ir(), res) if p.kind == "parallel"]
+    blocks = [p for p in display_pieces(pf.main.ir(), res) if p.kind == "parallel"]
     assert all(len(b.branches) >= 2 and all(b.branches) for b in blocks)
 
 

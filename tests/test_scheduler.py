@@ -81,3 +81,32 @@ def test_check_catches_broken_bookkeeping():
 def test_bad_config():
     with pytest.raises(ValueError):
         Scheduler(SchedulerConfig(max_running=0))
+
+
+def test_a_turn_computes_a_first_chunk_at_once_and_later_ones_as_decodes_pay():
+    stepping: set[int] = set()
+    s = Scheduler(SchedulerConfig(max_running=3, max_waiting=3, max_tokens=100, prefill_share=0.5),
+                  has_step=lambda r: id(r) in stepping)
+    for r in (a, b):
+        s.submit(r, 5)
+        s.start_prefill(s.admit())
+    assert s.decode_batch() == []
+    assert s.next_prefill() is a and s.next_prefill() is b  # each prompt's first chunk: at once
+    s.prefilled(a)
+    stepping.add(id(a))
+    assert s.decode_batch() == [a]
+    s.paid_prefill(1.0)  # b's chunks owe a second of decode time (at share 0.5: one second)
+    assert s.next_prefill() is None
+    s.paid_decode(0.5)
+    assert s.next_prefill() is None
+    s.paid_decode(0.5)
+    assert s.next_prefill() is b
+    stepping.clear()
+    s.paid_prefill(5.0)
+    assert s.next_prefill() is b  # nothing decodes: prompts run at once
+    s.check()
+    s.cancel(b)
+    assert s.next_prefill() is None and not s.prefilling
+    with pytest.raises(SchedulerError):
+        s.start_prefill(c)  # not running
+    s.check()

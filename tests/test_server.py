@@ -5,7 +5,6 @@ disconnects."""
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import pytest
@@ -14,9 +13,9 @@ from openai import OpenAI
 
 from aspd_lang.runner import Runner, load_program_file
 from runtime.engine import Engine
-from tests.conftest import tiny_model
-from tests.serve_util import serve_in_thread
-from tests.test_dsl_run import DEFAULTS, PROGRAMS, fork_join
+from tests.dsl_util import DEFAULTS, PROGRAMS, fork_join
+from tests.model_util import tiny_model
+from tests.serve_util import idle, info, serve_in_thread
 
 
 @pytest.fixture(scope="module")
@@ -29,20 +28,6 @@ def server(model):
     with serve_in_thread(Engine(model), defaults=DEFAULTS, max_running=8,
                          max_waiting=8) as (url, loop):
         yield url, loop
-
-
-def info(url: str) -> dict:
-    return httpx.get(url + "/server_info", timeout=30).json()["internal_states"][0]
-
-
-def idle(url: str, timeout: float = 30) -> dict:
-    t0 = time.time()
-    while True:
-        s = info(url)
-        if s["running"] == 0 and s["waiting"] == 0 and s["live_sequences"] == s["sessions"]:
-            return s
-        assert time.time() - t0 < timeout, s
-        time.sleep(0.05)
 
 
 def test_model_and_server_info(server):

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from runtime.engine import Engine, EngineError
+from runtime.http_errors import status_of
 from runtime.sampling import SamplingParams
 from runtime.serving import Event, LogprobSpec, Request, ServeConfig, ServingLoop
-from tests.conftest import tiny_model
+from tests.model_util import tiny_model
 
 GREEDY = SamplingParams(max_new_tokens=10, ignore_eos=True, repetition_penalty=1.1)
 
@@ -152,9 +153,9 @@ def test_the_prefix_cache_saves_prefill(model):
 
 def test_bad_requests_are_refused_and_leave_nothing(loop):
     too_long = last(submit(loop, "word " * 100, GREEDY.model_copy(update={"max_new_tokens": 10})))
-    assert too_long.status == 400 and "context window is 256" in too_long.error
+    assert status_of(too_long.outcome) == 400 and "context window is 256" in too_long.error
     empty = last(submit(loop, ""))
-    assert empty.status == 400 and "empty" in empty.error
+    assert status_of(empty.outcome) == 400 and "empty" in empty.error
     s = stats(loop)
     assert s["live_sequences"] == 0 and s["running"] == 0 and s["waiting"] == 0
 
@@ -165,7 +166,7 @@ def test_a_full_queue_answers_429(model):
         long = GREEDY.model_copy(update={"max_new_tokens": 60})
         qs = [submit(lp, f"request {i}", long) for i in range(4)]
         evs = [last(q) for q in qs]
-        assert sorted(e.status for e in evs) == [200, 200, 429, 429]
+        assert sorted(status_of(e.outcome) for e in evs) == [200, 200, 429, 429]
         assert stats(lp)["rejected"] == 2
     finally:
         lp.stop()

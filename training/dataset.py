@@ -17,15 +17,11 @@ from rich.table import Table
 
 from runtime import protocol as P
 from runtime.anti_loop import breaks_title_rule, word_mask
+from runtime.roles import chat_ids  # the prompt as the model sees it (also imported from here)
 
 from .extract import find_groups, loops, rewrite, thin, trim_to_line
 from .independence import THRESHOLD, independent, sibling_gains
 from .samples import build
-
-
-def chat_ids(tok, prompt: str) -> list[int]:
-    out = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
-    return list(out["input_ids"] if hasattr(out, "keys") else out)
 
 
 def make(loaded, responses: Path, out: Path, threshold: float | None = THRESHOLD, judge=None,

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from runtime.engine import Engine
-from tests.conftest import tiny_model
+from tests.model_util import tiny_model
 from tests.serve_util import serve_in_thread
 from training.extract import find_groups
-from training.judge import Judge, verdict
+from training.group_judge import Judge, verdict
 
 
 def test_all_three_questions_must_be_yes():

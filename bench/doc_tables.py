@@ -1,6 +1,6 @@
 """Render the benchmark tables of README.md and docs/*.md from bench/results/*.json (no hand-typed figures).
 
-    .venv/bin/python bench/report.py          # rewrites every marker block in README.md and docs/*.md
+    .venv/bin/python bench/doc_tables.py      # rewrites every marker block in README.md and docs/*.md
 
 A table lives between `<!-- bench:NAME:begin -->` and `<!-- bench:NAME:end -->`; one block may appear in
 several files (each gets the same table, its links made relative to that file). Every marker in `MARKERS`
@@ -201,11 +201,11 @@ def vicuna_table(summary: dict) -> str:
     import sys
 
     sys.path.insert(0, str(ROOT))
-    from bench import reports
+    from bench import run_report
 
     m = summary["meta"]
     env = m["environment"]
-    qual = [[txt + (" ⚠" if st == "red" else "") for txt, st in r] for r in reports.quality_rows(summary)]
+    qual = [[txt + (" ⚠" if st == "red" else "") for txt, st in r] for r in run_report.quality_rows(summary)]
     sp = m["sampling"]
     decoding = (f"{sp.get('decoding')}, {describe_anti_loop(sp)}, at most "
                 f"{sp.get('max_new_tokens')} new tokens")
@@ -213,8 +213,8 @@ def vicuna_table(summary: dict) -> str:
             f"the systems interleaved; {env['machine']['cores']} cores, torch {env['versions']['torch']}, "
             f"transformers {env['versions']['transformers']}, {env['date']}. Full report: "
             f"[bench/results/vicuna80/report.md](bench/results/vicuna80/report.md).")
-    return (reports.md_table(reports.SPEED_HEAD, reports.speed_rows(summary)) + "\n\n"
-            + reports.md_table(reports.QUALITY_HEAD, qual) + "\n" + note)
+    return (run_report.md_table(run_report.SPEED_HEAD, run_report.speed_rows(summary)) + "\n\n"
+            + run_report.md_table(run_report.QUALITY_HEAD, qual) + "\n" + note)
 
 
 def decoding_table(r: dict) -> str:
@@ -300,7 +300,7 @@ def main() -> None:
     placed = {name: [p for p, t in texts.items()
                      if f"<!-- bench:{name}:begin -->" in t and f"<!-- bench:{name}:end -->" in t] for name in MARKERS}
     if missing := [name for name, paths in placed.items() if not paths]:
-        raise SystemExit(f"bench/report.py: no marker block for {', '.join(missing)} in README.md or docs/*.md")
+        raise SystemExit(f"bench/doc_tables.py: no marker block for {', '.join(missing)} in README.md or docs/*.md")
     new = dict(texts)
     for name, table in tables().items():
         for path in placed[name]:
