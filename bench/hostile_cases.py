@@ -40,6 +40,8 @@ BAD_FIELDS = [
     Case("seed 2**64", "/generate", {"text": "a", "sampling_params": {"seed": 2**64}}, words=("seed",)),
     Case("seed below -2**63", "/generate", {"text": "a", "sampling_params": {"seed": -(2**63) - 1}}, words=("seed",)),
     Case("openai seed 2**70", "/v1/completions", {"prompt": "a", "seed": 2**70}, words=("seed",)),
+    Case("openai min_p 3", "/v1/chat/completions", {"messages": CHAT, "min_p": 3}, words=("min_p",)),
+    Case("openai top_k -5", "/v1/completions", {"prompt": "a", "top_k": -5}, words=("top_k",)),
     Case("stream as a string", "/generate", {"text": "a", "stream": "yes"}, words=("stream",)),
     Case("max_new_tokens true", "/generate", {"text": "a", "sampling_params": {"max_new_tokens": True}},
          words=("max_new_tokens",)),

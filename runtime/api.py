@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .outcomes import Result
 from .outputs import FinishReason
@@ -240,12 +240,17 @@ class _OpenAIBase(_Wire):
     def sampling(self, default_max: int, defaults: SamplingParams = DEFAULTS) -> SamplingParams:
         if self.logprobs:
             raise BadRequest("logprobs are not supported on the OpenAI endpoints; use /generate")
-        return WireSampling(max_new_tokens=default_max if self.max_tokens is None else self.max_tokens,
-                            n=self.n, stop=self.stop, temperature=self.temperature, top_p=self.top_p,
-                            top_k=self.top_k, min_p=self.min_p, frequency_penalty=self.frequency_penalty,
-                            presence_penalty=self.presence_penalty, repetition_penalty=self.repetition_penalty,
-                            no_repeat_ngram_size=self.no_repeat_ngram_size, ignore_eos=self.ignore_eos,
-                            seed=self.seed).to_sampling(default_max, defaults)
+        try:
+            wire = WireSampling(max_new_tokens=default_max if self.max_tokens is None else self.max_tokens,
+                                n=self.n, stop=self.stop, temperature=self.temperature, top_p=self.top_p,
+                                top_k=self.top_k, min_p=self.min_p, frequency_penalty=self.frequency_penalty,
+                                presence_penalty=self.presence_penalty, repetition_penalty=self.repetition_penalty,
+                                no_repeat_ngram_size=self.no_repeat_ngram_size, ignore_eos=self.ignore_eos,
+                                seed=self.seed)
+        except ValidationError as e:  # an extension out of range ("min_p": 3): a 400 naming it, not a crash
+            first = e.errors()[0]
+            raise BadRequest(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        return wire.to_sampling(default_max, defaults)
 
     @property
     def include_usage(self) -> bool:
