@@ -42,3 +42,15 @@ def markup_heavy_engine(seed: int) -> Engine:
         head[sorted(lm.ids.markup)] += lm.model.get_input_embeddings().weight[sorted(lm.ids.markup)] * 40
         head[sorted(lm.ids.eos)] = lm.model.get_input_embeddings().weight[sorted(lm.ids.eos)] * 6
     return Engine(lm)
+
+
+def forked_answers(eng: Engine, seeds: int = 30, **params):
+    """(sequence, output) of the sampled answers to "q: " that fork and finish, one per seed."""
+    from runtime.sampling import SamplingParams
+
+    for seed in range(seeds):
+        seq = eng.new_sequence("q: ")
+        out = eng.generate(seq, SamplingParams(max_new_tokens=200, max_branch_tokens=5, max_title_tokens=3,
+                                               temperature=1.0, seed=seed, **params), "aspd")
+        if out.finish_reason == "stop" and out.blocks:
+            yield seq, out

@@ -14,7 +14,7 @@ from runtime.protocol import Allowed
 from runtime.sampling import SamplingParams
 from runtime.token_sampler import Sampler
 from runtime.vocab import token_texts, tokens_with
-from tests.model_util import markup_heavy_engine, tiny_model
+from tests.model_util import forked_answers, markup_heavy_engine, tiny_model
 
 
 def test_word_mask_spares_whitespace_punctuation_digits_and_markup(tiny):
@@ -90,12 +90,7 @@ def test_engine_decodes_exactly_like_transformers_generate_with_the_processor(fa
 def test_aspd_history_is_the_answer_text_without_titles_or_markup():
     eng = markup_heavy_engine(2)
     checked = 0
-    for seed in range(30):
-        seq = eng.new_sequence("q: ")
-        out = eng.generate(seq, SamplingParams(max_new_tokens=200, max_branch_tokens=5, max_title_tokens=3,
-                                               temperature=1.0, seed=seed, no_repeat_ngram_size=3), "aspd")
-        if out.finish_reason != "stop" or not out.blocks:
-            continue
+    for seq, _ in forked_answers(eng, no_repeat_ngram_size=3):
         resp = P.parse(eng.text(seq).removeprefix("q: "))
         assert seq.serial.history.tokens == eng.encode(resp.plain_text())  # branches in order, titles left out
         checked += 1

@@ -11,7 +11,7 @@ from runtime.engine import Engine, EngineError
 from runtime.model_runner import Forward, KVState
 from runtime.protocol import PositionCounter, Tag
 from runtime.sampling import SamplingParams
-from tests.model_util import markup_heavy_engine, tiny_model
+from tests.model_util import forked_answers, markup_heavy_engine, tiny_model
 
 ATOL = 1e-5
 GREEDY = SamplingParams(max_new_tokens=200, max_branch_tokens=7, ignore_eos=True)
@@ -181,12 +181,7 @@ def test_adaptive_written_tokens_match_training_tokenisation():
     """The tokens the engine fed are exactly what training builds from the same markup."""
     eng = markup_heavy_engine(2)
     checked = 0
-    for seed in range(30):
-        seq = eng.new_sequence("q: ")
-        out = eng.generate(seq, SamplingParams(max_new_tokens=200, max_branch_tokens=5, max_title_tokens=3,
-                                               temperature=1.0, seed=seed), "aspd")
-        if out.finish_reason != "stop" or not out.blocks:
-            continue
+    for seq, _ in forked_answers(eng):
         toks, tags = seq.written_sequence()
         resp = P.parse(eng.text(seq).removeprefix("q: "))
         ref_toks, ref_tags = P.tokenize_response(resp, eng.encode, eng.ids)
