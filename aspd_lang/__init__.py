@@ -16,5 +16,9 @@ def __getattr__(name: str):
         from .http_backend import AspdEndpoint
 
         return AspdEndpoint
+    if name == "ProgramRunError":  # a backend error that ended a program (imports SGLang)
+        from .interpreter_guard import ProgramRunError
+
+        return ProgramRunError
     raise AttributeError(name)
-__all__ = ["AspdEndpoint", "Program", "ProgramError", "__version__", "gen", "program", "select"]
+__all__ = ["AspdEndpoint", "Program", "ProgramError", "ProgramRunError", "__version__", "gen", "program", "select"]

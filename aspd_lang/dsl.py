@@ -2,7 +2,8 @@
 
 A program is an ordinary Python function of a state `s` and its arguments. Calling `.ir()` traces
 it once with symbolic arguments into the checked IR (`ir.py`): text with variable references,
-gen/select nodes, roles and parallel blocks. Nothing runs until an executor takes the IR.
+gen/select nodes, roles and parallel blocks; `.ir(**args)` (what a run does) traces it with the
+argument values, so data can shape it. Nothing runs until an executor takes the IR.
 
     @program
     def tips(s, topic):
@@ -19,10 +20,12 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -72,19 +75,45 @@ class _Call(Expr):
     def __init__(self, cls: type, loc: ir.Loc, unknown: dict, **fields):
         super().__init__([self])
         self.cls, self.loc, self.unknown, self.fields = cls, loc, unknown, fields
+        self.problem: str | None = None  # an argument the IR's types cannot name well
 
 
 def gen(name: str, *, max_tokens: int = 128, stop: str | Sequence[str] = (), temperature: float = 0.0,
-        top_p: float = 1.0, top_k: int = 0, ignore_eos: bool = False, adaptive: bool = False, **unknown) -> Expr:
-    """Generate into variable `name`. `adaptive=True` lets the model fork by itself (ASPD)."""
-    stop = (stop,) if isinstance(stop, str) else tuple(stop)
-    return _Call(ir.Gen, _loc(), unknown, name=name, max_tokens=max_tokens, stop=stop, temperature=temperature,
-                 top_p=top_p, top_k=top_k, ignore_eos=ignore_eos, adaptive=adaptive)
+        top_p: float = 1.0, top_k: int = 0, ignore_eos: bool = False, adaptive: bool = False,
+        regex: str | None = None, json_schema: Any = None, **unknown) -> Expr:
+    """Generate into variable `name` (greedy unless `temperature` is set; `sgl.gen` samples at 1.0).
+    `adaptive=True` lets the model fork by itself (ASPD); `regex` or `json_schema` (JSON text, a
+    dict or a pydantic model class) constrain the output."""
+    loc = _loc()
+    problem = None
+    if isinstance(stop, str):
+        stop = (stop,)
+    elif isinstance(stop, Sequence) and all(isinstance(x, str) for x in stop):
+        stop = tuple(stop)
+    else:
+        problem, stop = f"stop must be a string or a list of strings, got {stop!r}", ()
+    call = _Call(ir.Gen, loc, unknown, name=name, max_tokens=max_tokens, stop=stop, temperature=temperature,
+                 top_p=top_p, top_k=top_k, ignore_eos=ignore_eos, adaptive=adaptive, regex=regex,
+                 json_schema=_schema_text(json_schema))
+    call.problem = problem
+    return call
+
+
+def _schema_text(schema: Any) -> str | None:
+    """A JSON schema as JSON text: from text, a dict, or a pydantic model class."""
+    if schema is None or isinstance(schema, str):
+        return schema
+    if isinstance(schema, type) and hasattr(schema, "model_json_schema"):
+        schema = schema.model_json_schema()
+    return json.dumps(schema)
 
 
 def select(name: str, choices: Sequence[str], **unknown) -> Expr:
     """Pick one of `choices` by the model's log-likelihood, into variable `name`."""
-    return _Call(ir.Select, _loc(), unknown, name=name, choices=tuple(choices))
+    call = _Call(ir.Select, _loc(), unknown, name=name, choices=() if isinstance(choices, str) else tuple(choices))
+    if isinstance(choices, str):
+        call.problem = f"choices must be a list of strings, got the string {choices!r}"
+    return call
 
 
 class State:
@@ -94,9 +123,11 @@ class State:
         self._prog = prog
         self._nodes: list = []
         self.title = title
+        self._open_block: ir.Loc | None = None  # set while `with s.parallel(...)` is open
 
     def __iadd__(self, other) -> State:
         loc, text = _loc(), ""
+        self._closed_for(loc, "`s += ...`")
         for item in (other.items if isinstance(other, Expr) else [other]):
             if isinstance(item, str | Sym):  # adjacent text and variables make one text node
                 text += str(item)
@@ -112,9 +143,16 @@ class State:
     def __getitem__(self, name: str) -> Sym:
         return Sym(name)
 
+    def _closed_for(self, loc: ir.Loc, what: str) -> None:
+        if self._open_block is not None:  # it would land before the block's branches: say so, never move it
+            raise ir.ProgramError(f"program {self._prog.name!r}, at {loc}: {what} on the parent inside the "
+                                  f"parallel block opened at {self._open_block}: write to a branch (b += ...) "
+                                  "or after the `with` block")
+
     @contextmanager
     def _role(self, role: str) -> Iterator[None]:
         loc, outer = _loc(3), self._nodes
+        self._closed_for(loc, f"s.{role}()")
         self._nodes = []
         try:
             yield
@@ -135,14 +173,23 @@ class State:
     def parallel(self, titles: Sequence[str], join: str = "kv") -> Iterator[list[State]]:
         """One state per title, decoded in parallel over the shared prefix and joined in order."""
         loc = _loc(3)
+        self._closed_for(loc, "s.parallel(...)")
         branches = [State(self._prog, str(t)) for t in titles]
-        yield branches
+        self._open_block = loc
+        try:
+            yield branches
+        finally:
+            self._open_block = None
         try:
             node = ir.Parallel(branches=tuple(ir.Branch(title=b.title, body=tuple(b._nodes)) for b in branches),
                                join=join, loc=loc)
         except ValidationError as e:
             raise self._prog._error(f"parallel block at {loc}", e) from None
         self._nodes.append(node)
+
+
+class DataArgument(ir.ProgramError):
+    """A program whose structure depends on an argument's value, traced without values."""
 
 
 class Program:
@@ -152,16 +199,59 @@ class Program:
         self.fn = fn
         self.name = fn.__name__
         self.params = tuple(inspect.signature(fn).parameters)[1:]
+        self._traced: dict[str, ir.Program] = {}  # by the JSON of the arguments traced with
         functools.update_wrapper(self, fn)
 
-    @functools.cached_property
-    def _ir(self) -> ir.Program:
-        s = State(self)
-        self.fn(s, *(Sym(p) for p in self.params))
-        return ir.check(ir.Program(name=self.name, params=self.params, body=tuple(s._nodes)))
+    def ir(self, **args: Any) -> ir.Program:
+        """The checked IR. Without arguments the program is traced once with symbolic ones (text
+        refers to them by name); with arguments it is traced with their values, so a list can be a
+        block's titles (`s.parallel(cities)`), a `select`'s choices or a loop's range. Runs trace
+        with the call's values, so the same program has the same structure on every backend."""
+        if not args:
+            return self._symbolic
+        key = json.dumps(args, sort_keys=True, default=str)
+        if key not in self._traced:
+            if len(self._traced) >= 64:  # a batch over many argument sets: keep the recent ones
+                self._traced.pop(next(iter(self._traced)))
+            self._traced[key] = self._trace(args)
+        return self._traced[key]
 
-    def ir(self) -> ir.Program:
-        return self._ir
+    def run(self, backend: str = "native", engine=None, url: str | None = None, sampling=None,
+            serial: bool = False, **args: Any):
+        """Run once: `tips.run(topic="tea", backend="engine")` -> a `RunResult` (`.text`, `.variables`,
+        `result["tip0"]`, `.seconds`, tokens). See `api.run_batch` for the options."""
+        from .api import run_batch
+
+        return run_batch(self, [args], backend, engine=engine, url=url, sampling=sampling, serial=serial).runs[0]
+
+    def run_batch(self, arg_sets: Sequence[dict[str, Any]], backend: str = "native", engine=None,
+                  url: str | None = None, sampling=None, serial: bool = False):
+        """Run once per argument set -> a `BatchResult` (`.runs`, totals)."""
+        from .api import run_batch
+
+        return run_batch(self, arg_sets, backend, engine=engine, url=url, sampling=sampling, serial=serial)
+
+    @functools.cached_property
+    def _symbolic(self) -> ir.Program:
+        return self._trace({p: Sym(p) for p in self.params})
+
+    def _trace(self, values: dict[str, Any]) -> ir.Program:
+        missing, unknown = [p for p in self.params if p not in values], sorted(set(values) - set(self.params))
+        if missing or unknown:
+            raise ir.ProgramError(f"program {self.name!r} takes ({', '.join(self.params)}): "
+                                  + ", ".join(filter(None, [missing and f"missing {missing}",
+                                                            unknown and f"unknown {unknown}"])))
+        s = State(self)
+        symbolic = any(isinstance(v, Sym) for v in values.values())
+        try:
+            self.fn(s, **values)
+        except (TypeError, AttributeError, ValueError, IndexError, KeyError) as e:
+            if not symbolic or isinstance(e, ir.ProgramError):
+                raise
+            raise DataArgument(
+                f"program {self.name!r} uses an argument as data ({e}): give its value, "
+                f"{self.name}.ir({self.params[0]}=...), or run it (a run traces with the call's values)") from None
+        return ir.check(ir.Program(name=self.name, params=self.params, body=tuple(s._nodes)))
 
     def _error(self, where: str, e: ValidationError) -> ir.ProgramError:
         first = e.errors()[0]
@@ -172,6 +262,8 @@ class Program:
             where = f"{item.cls.__name__.lower()}({item.fields['name']!r}) at {item.loc}"
             if item.unknown:
                 raise ir.ProgramError(f"program {self.name!r}, {where}: unknown argument(s) {sorted(item.unknown)}")
+            if item.problem:
+                raise ir.ProgramError(f"program {self.name!r}, {where}: {item.problem}")
             try:
                 return item.cls(loc=item.loc, **item.fields)
             except ValidationError as e:

@@ -56,9 +56,15 @@ class RunResult(BaseModel):
     parallel_tokens: int | None = None
     blocks: int | None = None
     branches: int | None = None
+    # the chat template's default system prompt, written before the first turn because the program
+    # opened no `s.system()` (every backend does this, as the template itself would)
+    default_system: str | None = None
+
+    def __getitem__(self, name: str) -> Any:  # result["tip0"], as SGLang's program state reads
+        return self.variables[name]
 
 
-def bind(program: ir.Program, args: dict[str, Any]) -> dict[str, str]:
+def bind(program: ir.Program, args: dict[str, Any]) -> dict[str, Any]:
     """Check call arguments against the program's parameters (a ProgramError names what is wrong)."""
     missing = [p for p in program.params if p not in args]
     unknown = sorted(set(args) - set(program.params))
@@ -66,14 +72,21 @@ def bind(program: ir.Program, args: dict[str, Any]) -> dict[str, str]:
         raise ir.ProgramError(f"program {program.name!r} takes ({', '.join(program.params)}): "
                               + ", ".join(filter(None, [missing and f"missing {missing}",
                                                         unknown and f"unknown {unknown}"])))
-    return {k: str(v) for k, v in args.items()}
+    return dict(args)  # text renders a value with str(); lists shaped the trace (`Program.ir(**args)`)
 
 
 def gen_params(node: ir.Gen, defaults: SamplingParams) -> SamplingParams:
     """A gen node's sampling: its own fields over the run's defaults (repetition penalty, seed)."""
-    return defaults.model_copy(update=dict(max_new_tokens=node.max_tokens, temperature=node.temperature,
-                                           top_p=node.top_p, top_k=node.top_k, stop=node.stop,
-                                           ignore_eos=node.ignore_eos, max_branch_tokens=node.max_tokens))
+    p = defaults.model_copy(update=dict(max_new_tokens=node.max_tokens, temperature=node.temperature,
+                                        top_p=node.top_p, top_k=node.top_k, stop=node.stop,
+                                        ignore_eos=node.ignore_eos, max_branch_tokens=node.max_tokens,
+                                        regex=node.regex, json_schema=node.json_schema))
+    if node.regex is None and node.json_schema is None:
+        return p
+    try:  # a grammar is checked (compiled once) by validation, which model_copy skips
+        return SamplingParams.model_validate(p.model_dump())
+    except ValueError as e:
+        raise ir.ProgramError(f"{node.label()} at {node.loc}: {' '.join(str(e).split())}") from None
 
 
 def choose(choices: tuple[str, ...], logprobs: list[list[float]]) -> str:
@@ -91,7 +104,7 @@ class EngineExecutor:
         self.last_sequence: SeqState | None = None  # the last run's engine sequence, for inspection
 
     def run(self, program: Program | ir.Program, **args: Any) -> RunResult:
-        prog = program.ir() if isinstance(program, Program) else ir.check(program)
+        prog = program.ir(**args) if isinstance(program, Program) else ir.check(program)
         run = _Run(self, prog, bind(prog, args))
         self.last_sequence = run.seq
         return run.result()
@@ -101,7 +114,7 @@ _GenRequest = ir.Gen  # what a node walk yields: "decode this gen here", answere
 
 
 class _Run:
-    def __init__(self, ex: EngineExecutor, prog: ir.Program, args: dict[str, str]):
+    def __init__(self, ex: EngineExecutor, prog: ir.Program, args: dict[str, Any]):
         self.ex, self.eng, self.prog = ex, ex.engine, prog
         self.vars: dict[str, Any] = dict(args)
         self.seq: SeqState | None = None
@@ -111,6 +124,7 @@ class _Run:
         self.gens: list[GenEvent] = []
         self.tokens = self.critical = self.parallel = self.blocks = self.branches = 0
         self.ttft: float | None = None
+        self.default_system: str | None = None
         self.forwards0 = self.eng.runner.forwards
         self.t0 = time.perf_counter()
         self._drive_serial(prog.body)
@@ -122,7 +136,8 @@ class _Run:
                          variables=self.vars, gens=self.gens, completion_tokens=self.tokens,
                          forward_passes=self.eng.runner.forwards - self.forwards0,
                          seconds=time.perf_counter() - self.t0, ttft_s=self.ttft, critical_path_tokens=self.critical,
-                         parallel_tokens=self.parallel, blocks=self.blocks, branches=self.branches)
+                         parallel_tokens=self.parallel, blocks=self.blocks, branches=self.branches,
+                         default_system=self.default_system)
 
     def _timed(self, out: GenerationOutput) -> None:
         """Note the first token's time (an output ends now; its first token came ttft_s after it began)."""
@@ -165,6 +180,7 @@ class _Run:
                 self._write(branch, self._render(n.parts), texts)
             elif isinstance(n, ir.Role):
                 if branch is None and self.messages == 0 and n.role != "system" and self.ex.roles.default_system:
+                    self.default_system = self.ex.roles.default_system
                     self._write(None, self.ex.roles.prefix["system"] + self.ex.roles.default_system
                                 + self.ex.roles.suffix["system"])
                 self._write(branch, self.ex.roles.prefix[n.role], texts)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from runtime.errors import UserError
 
@@ -57,6 +57,16 @@ class Gen(_Node):
     top_k: int = Field(0, ge=0)
     ignore_eos: bool = False
     adaptive: bool = False  # the model may open parallel blocks itself (ASPD)
+    # constrained output (SGLang's names; at most one): a regex, or a JSON schema as JSON text
+    regex: str | None = None
+    json_schema: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not x for x in v):
+            raise ValueError("a stop string is empty (it would match at once): drop it")
+        return v
 
     def label(self) -> str:
         return f"gen({self.name!r})"
@@ -147,16 +157,22 @@ def check(program: Program) -> Program:
     def fail(node, msg: str):
         raise ProgramError(f"program {program.name!r}, {node.label()} at {node.loc}: {msg}")
 
-    def walk(nodes, in_parallel: bool, defined: set[str], in_role: bool = False) -> set[str]:
+    def walk(nodes, in_parallel: bool, defined: set[str], in_role: bool = False,
+             siblings: dict[str, str] | None = None) -> set[str]:
         made: set[str] = set()
         for n in nodes:
             if isinstance(n, Text):
                 for p in n.parts:
+                    if isinstance(p, VarRef) and p.var not in defined and p.var in (siblings or {}):
+                        fail(n, f"reads variable {p.var!r} of sibling branch {siblings[p.var]!r}: branches run in "
+                                "parallel and cannot see each other; read it after the block")
                     if isinstance(p, VarRef) and p.var not in defined:
                         fail(n, f"reads variable {p.var!r} before it exists")
             elif isinstance(n, Gen | Select):
-                if isinstance(n, Select) and not n.choices:
-                    fail(n, "select needs at least one choice")
+                if isinstance(n, Select) and len(n.choices) < 2:
+                    fail(n, f"select needs at least 2 choices, got {len(n.choices)} (a fixed string is text: s += ...)")
+                if isinstance(n, Gen) and n.regex is not None and n.json_schema is not None:
+                    fail(n, "give at most one of regex and json_schema")
                 if n.name in defined:
                     fail(n, f"variable {n.name!r} is already defined")
                 if isinstance(n, Gen) and n.adaptive and in_parallel:
@@ -166,17 +182,23 @@ def check(program: Program) -> Program:
             elif isinstance(n, Role):
                 if in_role:
                     fail(n, "roles cannot be nested")
-                made |= walk(n.body, in_parallel, defined, True)
+                made |= walk(n.body, in_parallel, defined, True, siblings)
             elif isinstance(n, Parallel):
                 if in_parallel:
                     fail(n, "parallel blocks cannot be nested")
                 if len(n.branches) < 2:
                     fail(n, f"a parallel block needs at least 2 branches, got {len(n.branches)}")
+                titles = [b.title for b in n.branches]
+                if dup := next((t for t in titles if titles.count(t) > 1), None):
+                    fail(n, f"branch title {dup!r} appears {titles.count(dup)} times: titles name the branches, "
+                            "make them distinct")
+                owner = {name: b.title for b in n.branches for name in names(b.body)}
                 seen: dict[str, str] = {}
                 for b in n.branches:
                     if not b.body or not isinstance(b.body[0], Text):
                         fail(n, f"branch {b.title!r} must start with text (what the branch is about)")
-                    for name in walk(b.body, True, set(defined), in_role):
+                    others = {k: t for k, t in owner.items() if t != b.title}
+                    for name in walk(b.body, True, set(defined), in_role, others):
                         if name in seen:
                             fail(n, f"variable {name!r} is defined in branches {seen[name]!r} and {b.title!r}")
                         seen[name] = b.title

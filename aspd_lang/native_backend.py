@@ -31,6 +31,7 @@ from runtime.roles import role_format
 from runtime.sampling import SamplingParams
 from runtime.sessions import Session, Sessions, joined_text
 
+from . import interpreter_guard
 from .roles import sglang_template
 
 
@@ -42,7 +43,7 @@ def to_sampling(sp: SglSamplingParams, defaults: SamplingParams) -> SamplingPara
     """SGLang's sampling parameters as the engine's: the server's one mapping (`runtime.api`), the
     backend's defaults for what SGLang does not set, its refusals as BackendError."""
     try:
-        return sglang_sampling(sp, defaults, server="NativeBackend")
+        return sglang_sampling(sp, defaults, server="NativeBackend", grammars=True)  # regex, json_schema
     except ValueError as e:  # BadRequest, or a value SamplingParams refuses (pydantic names the field)
         raise BackendError(str(e)) from None
 
@@ -82,6 +83,7 @@ class NativeBackend(BaseBackend):
     supports_aspd = True
 
     def __init__(self, engine: Engine, defaults: SamplingParams | None = None, window_s: float = 0.02):
+        interpreter_guard.install()  # a failed call ends the program with its error, never a hang
         super().__init__()
         self.engine = engine
         self.defaults = defaults or SamplingParams()

@@ -4,16 +4,12 @@
     native  - compiled to an sgl.function, run by SGLang's interpreter on NativeBackend (in-process)
     sglang  - compiled, run by SGLang's interpreter against an SGLang-compatible server (URL)
 
-A program file defines `main` (an `@program`), `ARGS` (default arguments) and optionally
-`batch(**ARGS)` returning a list of argument sets to run `main` with.
+Program files are read by `program_file.py` (no torch or SGLang: `aspd run` checks them first).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -24,30 +20,7 @@ from runtime.sampling import SamplingParams
 from . import ir
 from .dsl import Program
 from .executor import Backend, EngineExecutor, GenEvent, RunResult, bind
-
-
-@dataclass(frozen=True)
-class ProgramFile:
-    path: Path
-    main: Program
-    args: dict[str, str]
-    batch: Any | None
-    doc: str
-
-
-def load_program_file(path: str | Path) -> ProgramFile:
-    path = Path(path)
-    if not path.is_file():
-        raise ir.ProgramError(f"no program file {path}")
-    spec = importlib.util.spec_from_file_location(f"aspd_program_{path.stem}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    main = getattr(mod, "main", None)
-    if not isinstance(main, Program):
-        raise ir.ProgramError(f"{path} must define `main`, an @program")
-    main.ir()  # check it before anything runs
-    return ProgramFile(path, main, dict(getattr(mod, "ARGS", {})), getattr(mod, "batch", None),
-                       (mod.__doc__ or "").strip().split("\n")[0])
+from .program_file import ProgramFile, load_program_file  # noqa: F401 - re-exported
 
 
 class Runner:
@@ -66,32 +39,53 @@ class Runner:
             else:
                 from .http_backend import AspdEndpoint
 
-                self._sgl_backend = AspdEndpoint(self.url)
+                self._sgl_backend = AspdEndpoint(self.url, seed=self.defaults.seed)
         return self._sgl_backend
 
     def run(self, program: Program, args: dict[str, Any], serial: bool = False) -> RunResult:
         if self.backend == "engine":
             return EngineExecutor(self.engine, self.defaults, serial=serial).run(program, **args)
+        from .interpreter_guard import ProgramRunError, failure
         from .sglang_compile import to_sglang
 
-        prog = program.ir()
+        prog = program.ir(**args)
         args = bind(prog, args)
         fn = to_sglang(prog, serial=serial)
         t0 = time.perf_counter()
-        state = fn.run(backend=self._sglang_backend(), **args)
-        text = state.text()
+        try:
+            state = fn.run(backend=self._sglang_backend(), **args)
+            text = state.text()
+            if state.error() is not None:
+                raise failure(state.stream_executor)
+        except ProgramRunError as e:  # the program and the source line of the node that failed
+            raise ProgramRunError(f"program {prog.name!r}, {e}{_where(prog, e.var)}") from e.__cause__
         seconds = time.perf_counter() - t0
-        if state.error() is not None:
-            raise state.error()
         gens = []
         for name in ir.names(prog.body):
             meta = state.get_meta_info(name) or {}
             segs = (meta.get("aspd") or {}).get("segments")  # SGLang's meta_info: an ASPD answer's structure
             gens.append(GenEvent(name=name, value=str(state[name]), tokens=int(meta.get("completion_tokens") or 0),
                                  response=Response.model_validate({"segments": segs}) if segs else None))
+        first_role = next((n.role for n in prog.body if isinstance(n, ir.Role)), None)
+        system = self._sglang_backend().chat_template.default_system_prompt  # as SGLang's interpreter writes it
         return RunResult(program=prog.name, backend=self.backend, serial=serial, text=text,
                          variables={**args, **{g.name: g.value for g in gens}}, gens=gens,
-                         completion_tokens=sum(g.tokens for g in gens), seconds=seconds)
+                         completion_tokens=sum(g.tokens for g in gens), seconds=seconds,
+                         default_system=system if first_role not in (None, "system") and system else None)
+
+
+def _where(prog: ir.Program, var: str | None) -> str:
+    """' (at file:line)' of the gen or select that defines `var`, if the program has one."""
+    nodes = list(prog.body)
+    while nodes:
+        n = nodes.pop(0)
+        if isinstance(n, ir.Gen | ir.Select) and n.name == var:
+            return f" (at {n.loc})"
+        if isinstance(n, ir.Role):
+            nodes += n.body
+        elif isinstance(n, ir.Parallel):
+            nodes += [x for b in n.branches for x in b.body]
+    return ""
 
 
 # --------------------------------------------------------------------------- display pieces
@@ -120,6 +114,10 @@ def display_pieces(prog: ir.Program, result: RunResult) -> list[Piece]:
         return "".join(render(n.parts) if isinstance(n, ir.Text) else str(v.get(n.name, "")) if
                        isinstance(n, ir.Gen | ir.Select) else flat(n.body) if isinstance(n, ir.Role) else ""
                        for n in nodes)
+
+    if result.default_system:  # not in the program, but in the text: shown, never silent
+        out += [Piece(kind="role", text="system (the chat template's default)"),
+                Piece(kind="text", text=result.default_system)]
 
     def walk(nodes) -> None:
         for n in nodes:

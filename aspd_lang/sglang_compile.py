@@ -24,7 +24,7 @@ from sglang.lang.ir import SglFunction, SglVariable
 
 from runtime import protocol as P
 
-from . import ir
+from . import interpreter_guard, ir
 from .dsl import Program
 
 _HEADER = re.compile(f"((?:{re.escape(P.TITLE)}.*?{re.escape(P.END_TITLE)})+)\\s*$", re.S)
@@ -34,6 +34,7 @@ _TITLE = re.compile(f"{re.escape(P.TITLE)}(.*?){re.escape(P.END_TITLE)}", re.S)
 def to_sglang(program: Program | ir.Program, serial: bool = False) -> SglFunction:
     """The program as an `sgl.function`. `serial=True` runs parallel blocks one branch at a time."""
     prog = program.ir() if isinstance(program, Program) else ir.check(program)
+    interpreter_guard.install()
 
     def body(s, **kwargs):
         _Compiled(prog, serial, {k: str(v) for k, v in kwargs.items()}).walk(s, prog.body)
@@ -46,8 +47,9 @@ def to_sglang(program: Program | ir.Program, serial: bool = False) -> SglFunctio
 
 def gen_kwargs(node: ir.Gen) -> dict[str, Any]:
     """A gen node as `sgl.gen` arguments (SGLang disables top-k with -1, we with 0)."""
-    return dict(max_tokens=node.max_tokens, stop=list(node.stop), temperature=node.temperature, top_p=node.top_p,
-                top_k=node.top_k or -1, ignore_eos=node.ignore_eos)
+    kw = dict(max_tokens=node.max_tokens, stop=list(node.stop), temperature=node.temperature, top_p=node.top_p,
+              top_k=node.top_k or -1, ignore_eos=node.ignore_eos)
+    return kw | {k: v for k, v in (("regex", node.regex), ("json_schema", node.json_schema)) if v is not None}
 
 
 class _Hook:
@@ -116,7 +118,9 @@ class _Compiled:
                 f += _on_executor(functools.partial(done, f.stream_executor.sid))
             if self.serial:
                 f.sync()
-        failed = [e for e in (f.error() for f in forks.states) if e is not None]  # error() waits for the branch
+        for f in forks.states:
+            f.sync()  # waits for the branch (or for its worker to stop)
+        failed = [e for e in (interpreter_guard.failure(f.stream_executor) for f in forks.states) if e is not None]
         if failed:  # a failed branch never reaches the join: end the branches and report it
             for f in forks.states:
                 f.stream_executor.end()

@@ -8,11 +8,13 @@ onto the one `SamplingParams` (the server's wire and NativeBackend's frontend ca
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .grammar import check
 from .outcomes import Result
 from .outputs import FinishReason
 from .sampling import DEFAULTS, SamplingParams
@@ -88,19 +90,21 @@ class WireSampling(_Wire):
 
     def to_sampling(self, default_max: int, defaults: SamplingParams = DEFAULTS) -> SamplingParams:
         """`defaults`: the server's anti-loop settings, for a request that sets none."""
-        return sglang_sampling(self, defaults, default_max)
+        return sglang_sampling(self, defaults, default_max, grammars=True)
 
 
-CONSTRAINED = ("regex", "json_schema", "ebnf", "structural_tag", "dtype")  # SGLang's constrained decoding
+GRAMMARS = ("regex", "json_schema")  # SGLang's constrained decoding that the engine implements (grammar.py)
+CONSTRAINED = ("ebnf", "structural_tag", "dtype")  # and what it does not
 
 
 def sglang_sampling(sp, defaults: SamplingParams = DEFAULTS, default_max: int | None = None,
-                    server: str = "aspd serve") -> SamplingParams:
+                    server: str = "aspd serve", grammars: bool = False) -> SamplingParams:
     """SGLang's sampling parameters as ours: the wire's (`WireSampling`) or its frontend's
     (`SglSamplingParams`, on NativeBackend), any object with SGLang's field names. What it lacks or
     leaves None comes from `defaults` (anti-loop settings, seed, ASPD caps); `max_new_tokens` None is
-    `default_max`. An option we do not implement is refused by name (BadRequest), never ignored."""
-    for name in CONSTRAINED:
+    `default_max`. An option we do not implement is refused by name (BadRequest), never ignored;
+    `grammars`: the caller serves `regex` / `json_schema` (the server and NativeBackend do)."""
+    for name in CONSTRAINED + (() if grammars else GRAMMARS):
         if getattr(sp, name, None) is not None:
             raise BadRequest(f"constrained decoding ({name}) is not supported by {server}")
     if getattr(sp, "n", 1) not in (None, 1):
@@ -119,8 +123,18 @@ def sglang_sampling(sp, defaults: SamplingParams = DEFAULTS, default_max: int | 
         seed=_or(getattr(sp, "seed", None), getattr(sp, "sampling_seed", None)),
         max_branch_tokens=getattr(sp, "max_branch_tokens", None) or max(1, n),
         **{k: getattr(sp, k, None) for k in ("repetition_penalty", "no_repeat_ngram_size", "max_branches",
-                                             "fork_bias")})
-    return SamplingParams(**{**defaults.model_dump(), **{k: v for k, v in given.items() if v is not None}})
+                                             "fork_bias", *GRAMMARS)})
+    try:
+        return SamplingParams(**{**defaults.model_dump(), **{k: v for k, v in given.items() if v is not None}})
+    except ValidationError as e:  # a grammar llguidance rejects, both grammars: a 400 naming the field
+        raise BadRequest(_first_error(e)) from None
+
+
+def _first_error(e: ValidationError) -> str:
+    first = e.errors()[0]
+    where = ".".join(map(str, first["loc"]))
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"{where}: {msg}" if where else msg
 
 
 class GenerateRequest(_Wire):
@@ -215,8 +229,9 @@ class _OpenAIBase(_Wire):
     no_repeat_ngram_size: int | None = None
     ignore_eos: bool = False
     aspd: bool = False
-    # OpenAI options aspd serve does not implement: refused by name, never silently ignored
+    # text, json_object (a JSON object, as SGLang) or json_schema ({"json_schema": {"schema": {...}}})
     response_format: dict | None = None
+    # OpenAI options aspd serve does not implement: refused by name, never silently ignored
     tools: list | None = None
     tool_choice: str | dict | None = None
     functions: list | None = None
@@ -228,14 +243,34 @@ class _OpenAIBase(_Wire):
     @model_validator(mode="after")
     def _unsupported(self):
         bad = [name for name, unset in (
-            ("response_format", self.response_format in (None, {"type": "text"})),
             ("tools", not self.tools), ("tool_choice", self.tool_choice in (None, "none")),
             ("functions", not self.functions), ("function_call", self.function_call in (None, "none")),
             ("logit_bias", not self.logit_bias), ("best_of", self.best_of in (None, 1)),
             ("lora_path", self.lora_path is None)) if not unset]
         if bad:
             raise ValueError(f"{bad[0]} is not supported by aspd serve")
+        self.schema()
         return self
+
+    def schema(self) -> str | None:
+        """`response_format` as a JSON schema's text (None: plain text); a shape or schema we cannot
+        serve is a ValueError naming response_format."""
+        rf = self.response_format
+        kind = rf.get("type") if rf is not None else "text"
+        if kind == "text":
+            return None
+        if kind == "json_object":
+            return '{"type": "object"}'
+        spec = rf.get("json_schema") if kind == "json_schema" else None
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+            raise ValueError('response_format must be {"type": "text"}, {"type": "json_object"} or '
+                             '{"type": "json_schema", "json_schema": {"schema": {...}}}')
+        text = json.dumps(spec.get("schema", {}))
+        try:
+            check("json_schema", text)
+        except ValueError as e:
+            raise ValueError(f"response_format: {e}") from None
+        return text
 
     def sampling(self, default_max: int, defaults: SamplingParams = DEFAULTS) -> SamplingParams:
         if self.logprobs:
@@ -246,10 +281,9 @@ class _OpenAIBase(_Wire):
                                 top_k=self.top_k, min_p=self.min_p, frequency_penalty=self.frequency_penalty,
                                 presence_penalty=self.presence_penalty, repetition_penalty=self.repetition_penalty,
                                 no_repeat_ngram_size=self.no_repeat_ngram_size, ignore_eos=self.ignore_eos,
-                                seed=self.seed)
+                                seed=self.seed, json_schema=self.schema())
         except ValidationError as e:  # an extension out of range ("min_p": 3): a 400 naming it, not a crash
-            first = e.errors()[0]
-            raise BadRequest(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+            raise BadRequest(_first_error(e)) from None
         return wire.to_sampling(default_max, defaults)
 
     @property

@@ -10,6 +10,9 @@ into an output (`output`). The engine's public entry points choose the kind:
     PLAIN_FORK      fork(): branches on plain-text seeds (any base model); ends at the join
     BRANCHES        decode_branches: some branches of an open plain block, each with its own
                     sampling; ends when they stop, the block stays open
+
+Each constrained stream (runtime/grammar.py: a generate's serial stream, each branch) has its own
+`Matcher`; a constrained generate never opens a block (the grammar covers the plain answer).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 import torch
 
 from .anti_loop import History, title_bans
+from .grammar import Matcher, matcher
 from .model_runner import Forward
 from .outputs import BlockStats, FinishReason, GenerationOutput, LogProb, token_logprob
 from .protocol import (
@@ -113,6 +117,9 @@ class Run:
         self.logprobs: list[LogProb] | None = [] if logprobs is not None else None
         self.top_k = logprobs or 0
         self.only: list[int] | None = None  # BRANCHES: the branches this output reports
+        self.grammars: dict[Stream, Matcher] = {}  # the constrained streams' matchers
+        if kind.serial:
+            self._constrain(seq.serial, params, self.stop_ids)
         seq.serial.generated = []
         seq.serial.history = History(eng.words)  # the anti-loop rule sees what this call writes, as in SGLang
 
@@ -122,7 +129,8 @@ class Run:
             return Constraint(self.ids, adaptive=False, phase=phase)
         p = self.params
         bias = self.eng.loaded.fork_bias if p.fork_bias is None else p.fork_bias
-        return Constraint(self.ids, adaptive=self.kind is RunKind.ADAPTIVE, max_title_tokens=p.max_title_tokens,
+        adaptive = self.kind is RunKind.ADAPTIVE and p.grammar is None  # a grammar covers the plain answer
+        return Constraint(self.ids, adaptive=adaptive, max_title_tokens=p.max_title_tokens,
                           max_branches=p.max_branches, fork_bias=bias)
 
     @classmethod
@@ -134,8 +142,14 @@ class Run:
         for j, p in requests.items():
             seq.open_branches[j].restart(History(eng.words), Sampler(p, eng.runner.device), stop_strings(p),
                                          stop_ids(p, eng.ids.eos), p.max_new_tokens)
+            run._constrain(seq.open_branches[j], p, stop_ids(p, eng.ids.eos))
         run.only = list(requests)
         return run
+
+    def _constrain(self, s: Stream, p: SamplingParams, ends: set[int]) -> None:
+        """`s` decodes under `p`'s grammar, if any; `ends`: the tokens that end it."""
+        if (g := matcher(p, self.eng.tok, ends, self.eng.runner.vocab_size)) is not None:
+            self.grammars[s] = g
 
     # ----------------------------------------------------------------- main loop
 
@@ -169,7 +183,8 @@ class Run:
             ban = title_bans(titles, self.eng.words, self.ids.end_title)
             if ban:
                 allowed = dataclasses.replace(allowed, banned=allowed.banned | ban)
-        tok = self.sampler(logits[None], [s.history], [allowed])[0]
+        g = self.grammars.get(s)
+        tok = self.sampler(logits[None], [s.history], [allowed], [g])[0]
         self._sampled()
         if tok in self.stop_ids:
             self.finish, self.done, self.stop_token = FinishReason.STOP, True, tok
@@ -184,10 +199,13 @@ class Run:
         self._track_title(tok)
         self.constraint.advance(tok)
         s.push([tok])
+        complete = g is not None and g.advance(tok)
         if tok == self.ids.para:
             self._flush_serial(self.header_start)
             self.open_block([self.eng.decode(t) for t in self.title_ids])
         elif self.stops and tok not in self.ids.markup and self._apply_stop(s, self.stops, self.serial_start):
+            self.finish, self.done = FinishReason.STOP, True
+        elif complete:
             self.finish, self.done = FinishReason.STOP, True
 
     def partial_text(self) -> str:
@@ -254,6 +272,8 @@ class Run:
             br.title, br.max_tokens = title, self.params.max_branch_tokens
             br.push(seeds[j - 1] if seeds is not None else self.eng.encode(branch_seed(title)))
             branches.append(br)
+            self._constrain(br, self.params, {self.ids.end_branch, *self.ids.eos} if self.kind.markup
+                            else self.stop_ids)
         seq.start_block(branches)
         self.block_steps = 0
 
@@ -293,9 +313,10 @@ class Run:
     def _sample_rows(self, rows: list[Stream], logits: dict[Stream, torch.Tensor]) -> list[int]:
         """One token per branch: in one call where the branches share the run's sampler, else each its own."""
         allowed = [self._branch_allowed(b) for b in rows]
+        gs = [self.grammars.get(b) for b in rows]
         if all(b.sampler is None for b in rows):
-            return self.sampler(torch.stack([logits[b] for b in rows]), [b.history for b in rows], allowed)
-        return [b.sampler(logits[b][None], [b.history], [a])[0] for b, a in zip(rows, allowed)]
+            return self.sampler(torch.stack([logits[b] for b in rows]), [b.history for b in rows], allowed, gs)
+        return [b.sampler(logits[b][None], [b.history], [a], [g])[0] for b, a, g in zip(rows, allowed, gs)]
 
     def _branch_allowed(self, b: Stream) -> Allowed:
         if self.kind.markup:
@@ -317,6 +338,10 @@ class Run:
         b.generated.append(tok)
         b.history.add(tok)
         b.push([tok])
+        if (g := self.grammars.get(b)) is not None and g.advance(tok):  # the grammar is complete
+            b.finish = FinishReason.STOP
+            b.push([self.ids.end_branch] if self.kind.markup else [])  # its last token is still fed
+            return
         if self.kind.markup:
             return
         stops = self.stops if b.stops is None else b.stops
@@ -329,6 +354,7 @@ class Run:
         seq = self.seq
         for b in seq.open_branches:
             seq.serial.history.merge(b.history)
+            self.grammars.pop(b, None)
         self._record_block()
         seq.end_block()
         if self.kind.serial:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 REPETITION_PENALTY = 1.0  # bench/decoding.py: 5-gram blocking alone never loops and keeps the text most natural
 NO_REPEAT_NGRAM_SIZE = 5
@@ -35,6 +35,10 @@ class SamplingParams(BaseModel):
     fork_bias: float | None = Field(None, ge=-100.0, le=100.0, description=(
         "added to the logit of <|title|> (opening a parallel block) in serial decoding; None: the "
         "loaded adapter's calibrated value (0 without one)"))
+    # Constrained generation (runtime/grammar.py), SGLang's names; at most one. A constrained call
+    # never opens a parallel block: its grammar covers the plain answer.
+    regex: str | None = Field(None, description="the output must match this regex (whole)")
+    json_schema: str | None = Field(None, description="the output must be JSON valid under this schema (JSON text)")
 
     @model_validator(mode="before")
     @classmethod
@@ -44,6 +48,29 @@ class SamplingParams(BaseModel):
             if isinstance(data.get("stop"), str):
                 data["stop"] = (data["stop"],)
         return data
+
+    @field_validator("regex", "json_schema")
+    @classmethod
+    def _grammar_ok(cls, v: str | None, info):
+        if v is not None:
+            from .grammar import check  # llguidance: loaded by the first constrained request only
+            check(info.field_name, v)
+        return v
+
+    @model_validator(mode="after")
+    def _one_grammar(self):
+        if self.regex is not None and self.json_schema is not None:
+            raise ValueError("give at most one of regex and json_schema")
+        return self
+
+    @property
+    def grammar(self) -> tuple[str, str] | None:
+        """(kind, source) of the output's grammar, or None."""
+        if self.regex is not None:
+            return "regex", self.regex
+        if self.json_schema is not None:
+            return "json_schema", self.json_schema
+        return None
 
     @property
     def anti_loop(self) -> dict:

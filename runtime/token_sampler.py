@@ -1,15 +1,20 @@
-"""Turn logits into tokens: the anti-loop rule, the protocol constraint, then greedy or sampled."""
+"""Turn logits into tokens: the anti-loop rule, the protocol constraint, a stream's grammar, then
+greedy or sampled."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from .anti_loop import History, apply
 from .protocol import Allowed
 from .sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from .grammar import Matcher
 
 
 class Sampler:
@@ -20,13 +25,17 @@ class Sampler:
             self.generator = torch.Generator(device=device)
             self.generator.manual_seed(params.seed if params.seed is not None else torch.seed())
 
-    def __call__(self, logits: torch.Tensor, history: Sequence[History], allowed: Sequence[Allowed]) -> list[int]:
-        """logits [rows, vocab] float32 -> one token per row."""
+    def __call__(self, logits: torch.Tensor, history: Sequence[History], allowed: Sequence[Allowed],
+                 grammar: Sequence[Matcher | None] = ()) -> list[int]:
+        """logits [rows, vocab] float32 -> one token per row; `grammar[row]`: that row's matcher, if any."""
         p = self.params
         logits = logits.clone()
+        plain = logits.clone() if any(g is not None for g in grammar) else None  # before the anti-loop rule
         apply(logits, history, p.repetition_penalty, p.no_repeat_ngram_size, [a.anti_loop for a in allowed])
         for row, a in enumerate(allowed):
             _constrain(logits[row], a)
+            if row < len(grammar) and grammar[row] is not None:
+                _grammar(logits[row], plain[row], a, grammar[row].mask(logits.device))
         if p.greedy:
             return logits.argmax(-1).tolist()
         return self._sample(logits)
@@ -64,3 +73,16 @@ def _constrain(row: torch.Tensor, allowed: Allowed) -> None:
         row.copy_(keep)
     elif allowed.banned:
         row[_index(allowed.banned, row.device)] = float("-inf")
+
+
+def _grammar(row: torch.Tensor, plain: torch.Tensor, allowed: Allowed, mask: torch.Tensor) -> None:
+    """The grammar's mask on top of the rules. Where the anti-loop rule banned every token the
+    grammar allows, the grammar wins (a forced repeat is still the only valid output); where the
+    protocol forces a token the grammar forbids (a markup branch at its cap), the protocol wins and
+    the text is cut there, as by a length cap."""
+    out = row.masked_fill(~mask, float("-inf"))
+    if not torch.isfinite(out).any():
+        _constrain(plain, allowed)
+        out = plain.masked_fill(~mask, float("-inf"))
+    if torch.isfinite(out).any():
+        row.copy_(out)

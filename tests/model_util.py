@@ -13,17 +13,18 @@ from runtime.model_loader import LoadedModel, add_special_tokens
 CHARS = list(" abcdefghijklmnopqrstuvwxyz.,:;!?-\n0123456789")
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {"<eos>": 0, "<unk>": 1, **{c: i + 2 for i, c in enumerate(CHARS)}}
+def tiny_tokenizer(chars: list[str] = CHARS) -> PreTrainedTokenizerFast:
+    vocab = {"<eos>": 0, "<unk>": 1, **{c: i + 2 for i, c in enumerate(chars)}}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
     tk.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>", unk_token="<unk>")
 
 
-def tiny_model(seed: int = 0, max_positions: int = 512) -> LoadedModel:
+def tiny_model(seed: int = 0, max_positions: int = 512, chars: list[str] = CHARS) -> LoadedModel:
+    """`chars`: the vocabulary (the default has no JSON punctuation)."""
     torch.manual_seed(seed)
-    tok = tiny_tokenizer()
+    tok = tiny_tokenizer(chars)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
                       tie_word_embeddings=False, eos_token_id=0, bos_token_id=None, pad_token_id=None)

@@ -51,6 +51,12 @@ def _err(fn) -> str:
     return str(e.value)
 
 
+def _one_line(fn) -> str:
+    msg = _err(fn)
+    assert "\n" not in msg and msg.startswith(f"program {fn.__name__!r}"), msg
+    return msg
+
+
 def test_nested_parallel_is_rejected_with_program_node_and_line():
     def nested(s):
         with s.parallel(["a", "b"]) as bs:
@@ -81,7 +87,80 @@ def test_duplicate_variable_across_branches():
 def test_select_without_choices():
     def sel(s):
         s += select("pick", [])
-    assert "select('pick')" in _err(sel) and "at least one choice" in _err(sel)
+    assert "select('pick')" in _err(sel) and "at least 2 choices, got 0" in _err(sel)
+
+
+def test_a_one_choice_select_says_to_write_text():
+    def one(s):
+        s += "x" + select("pick", ["only"])
+    assert "select needs at least 2 choices, got 1 (a fixed string is text: s += ...)" in _one_line(one)
+
+    def string(s):
+        s += "x" + select("pick", "ab")
+    assert "choices must be a list of strings, got the string 'ab'" in _one_line(string)
+
+
+def test_stop_that_is_not_a_string_or_is_empty():
+    def number(s):
+        s += "x" + gen("y", stop=10)
+    assert "gen('y')" in _one_line(number) and "stop must be a string or a list of strings, got 10" in _one_line(number)
+
+    def empty(s):
+        s += "x" + gen("y", stop=["", "\n"])
+    assert "a stop string is empty (it would match at once): drop it" in _one_line(empty)
+
+
+def test_duplicate_titles():
+    def dup(s):
+        with s.parallel(["a", "b", "a"]) as bs:
+            for i, b in enumerate(bs):
+                b += "go" + gen(f"x{i}")
+    assert "branch title 'a' appears 2 times: titles name the branches, make them distinct" in _one_line(dup)
+
+
+def test_writing_to_the_parent_inside_a_parallel_block():
+    def inside(s):
+        s += "list:"
+        with s.parallel(["a", "b"]) as bs:
+            bs[0] += "one" + gen("x")
+            s += "oops"
+            bs[1] += "two" + gen("y")
+    msg = _one_line(inside)
+    assert "`s += ...` on the parent inside the parallel block opened at test_dsl_ir.py:" in msg
+    assert f"test_dsl_ir.py:{inside.__code__.co_firstlineno + 4}:" in msg and "write to a branch (b += ...)" in msg
+
+
+def test_constrained_gen_is_in_the_ir():
+    from pydantic import BaseModel
+
+    class City(BaseModel):
+        name: str
+
+    def typed(s):
+        s += "n=" + gen("n", regex="[0-9]+") + " c=" + gen("c", json_schema=City)
+    p = program(typed).ir()
+    n, c = p.body[1], p.body[3]
+    assert n.regex == "[0-9]+" and json.loads(c.json_schema)["properties"]["name"]["type"] == "string"
+
+    def both(s):
+        s += "n=" + gen("n", regex="[0-9]+", json_schema="{}")
+    assert "give at most one of regex and json_schema" in _one_line(both)
+
+
+def test_a_list_argument_shapes_the_trace():
+    def cities(s, names):
+        with s.parallel(names) as bs:
+            for i, b in enumerate(bs):
+                b += b.title + gen(f"x{i}")
+        s += select("best", names)
+    prog = program(cities)
+    p = prog.ir(names=["Lima", "Oslo", "Rome"])
+    assert [b.title for b in p.body[0].branches] == ["Lima", "Oslo", "Rome"]
+    assert p.body[1].choices == ("Lima", "Oslo", "Rome")
+    with pytest.raises(ir.ProgramError, match="uses an argument as data .*give its value, cities.ir\\(names=...\\)"):
+        prog.ir()
+    with pytest.raises(ir.ProgramError, match="missing \\['names'\\]"):
+        prog.ir(other=1)
 
 
 def test_unknown_argument():
@@ -110,7 +189,8 @@ def test_branch_variables_are_visible_after_the_join_only():
         with s.parallel(["a", "b"]) as bs:
             bs[0] += "go" + gen("x")
             bs[1] += "see " + bs[1]["x"] + gen("y")
-    assert "reads variable 'x' before it exists" in _err(cross)
+    assert ("reads variable 'x' of sibling branch 'a': branches run in parallel and cannot see each other; "
+            "read it after the block") in _one_line(cross)
 
 
 def test_branch_must_start_with_text():

@@ -3,6 +3,9 @@ here, exact branches and joins, SGLang's own interpreter on NativeBackend, and c
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -42,7 +45,7 @@ def test_every_example_program_runs_the_same_on_every_backend(eng, path):
     for name, res in results.items():
         assert res.text == ref.text, name
         assert res.variables == ref.variables, name
-    assert display_pieces(pf.main.ir(), ref)  # renders
+    assert display_pieces(pf.main.ir(**args), ref)  # renders
     assert pf.doc  # each program says what it shows
 
 
@@ -208,11 +211,11 @@ def test_bad_input_gives_clear_errors(eng):
         bind(fork_join.ir(), {"topic": "x", "oops": 1})
 
     @sgl.function
-    def constrained(s):
-        s += "n=" + sgl.gen("n", regex="[0-9]+", max_tokens=3)
+    def penalised(s):
+        s += "n=" + sgl.gen("n", frequency_penalty=0.5, max_tokens=3)
 
-    state = constrained.run(backend=NativeBackend(eng, DEFAULTS))
-    assert isinstance(state.error(), BackendError) and "constrained decoding" in str(state.error())
+    state = penalised.run(backend=NativeBackend(eng, DEFAULTS))
+    assert isinstance(state.error(), BackendError) and "use repetition_penalty" in str(state.error())
     with pytest.raises(ProgramError, match="must define `main`"):
         load_program_file(Path(__file__))
 
@@ -220,8 +223,8 @@ def test_bad_input_gives_clear_errors(eng):
 @pytest.mark.filterwarnings("ignore:Error in stream_executor")
 def test_a_failing_branch_is_reported_and_frees_everything(eng):
     """A branch over the context window fails: its siblings do not wait for it forever, the error
-    reaches the caller, and no sequence or branch stays behind in the backend."""
-    from runtime.engine import EngineError
+    reaches the caller naming the gen, and no sequence or branch stays behind in the backend."""
+    from aspd_lang.interpreter_guard import ProgramRunError
 
     @program
     def too_long(s, doc):
@@ -231,9 +234,55 @@ def test_a_failing_branch_is_reported_and_frees_everything(eng):
             br[1] += doc + gen("y", max_tokens=3)
 
     be_runner = Runner("native", DEFAULTS, engine=eng)
-    with pytest.raises(EngineError, match="context window"):
+    with pytest.raises(ProgramRunError, match="program 'too_long', gen\\('y'\\) failed: .*context window.* "
+                                              "\\(at test_dsl_run.py:[0-9]+\\)$"):
         be_runner.run(too_long, {"doc": "w" * 5000})
     be = be_runner._sglang_backend()
     assert be.roots == {} and be.children == {}
     ok = be_runner.run(too_long, {"doc": "fine"})  # the backend still serves
     assert ok.variables["y"] is not None
+
+
+def test_python_api_run_and_run_batch(eng):
+    one = fork_join.run(topic="tea", backend="engine", engine=eng, sampling=DEFAULTS)
+    ref = Runner("engine", DEFAULTS, engine=eng).run(fork_join, {"topic": "tea"})
+    assert (one.text, one.variables) == (ref.text, ref.variables) and one["x"] == ref.variables["x"]
+    assert one.seconds > 0 and one.completion_tokens > 0
+    batch = fork_join.run_batch([{"topic": "tea"}, {"topic": "rain"}], backend="native", engine=eng, sampling=DEFAULTS)
+    assert len(batch) == 2 and batch[0].text == one.text and batch[1].variables["topic"] == "rain"
+    assert batch.completion_tokens == sum(r.completion_tokens for r in batch)
+
+
+def test_a_check_error_comes_before_torch_and_sglang_are_imported():
+    code = textwrap.dedent("""
+        import sys
+        from aspd_lang import ProgramError, gen, program
+
+        @program
+        def bad(s, names):
+            with s.parallel(names) as bs:
+                for b in bs:
+                    b += b.title + gen("x")
+
+        try:
+            bad.run(names=["a", "b"], backend="engine")
+        except ProgramError as e:
+            print(e)
+        print(sorted(m for m in ("torch", "transformers", "sglang") if m in sys.modules))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).parents[1]).stdout.splitlines()
+    assert "variable 'x' is defined in branches 'a' and 'b'" in out[0] and out[-1] == "[]"
+
+
+def test_the_default_system_prompt_is_reported_and_shown_on_every_backend(eng):
+    pf = load_program_file(PROGRAMS[0].parent / "tips.py")
+    results = {name: r.run(pf.main, pf.args, serial=ser) for name, (r, ser) in _runs(eng).items()}
+    system = results["engine"].default_system
+    assert {r.default_system for r in results.values()} == {system}
+    assert display_pieces(pf.main.ir(**pf.args), results["engine"])[0].text == ("user" if system is None else
+                                                                               "system (the chat template's default)")
+    # the tiny model's template has none; one that has is shown before the first turn, never silently
+    shown = display_pieces(pf.main.ir(**pf.args), results["engine"].model_copy(update={"default_system": "Be kind."}))
+    assert [(p.kind, p.text) for p in shown[:3]] == [("role", "system (the chat template's default)"),
+                                                     ("text", "Be kind."), ("role", "user")]

@@ -162,7 +162,8 @@ BAD = [
     ("huge max_new_tokens", {"text": "a", "sampling_params": {"max_new_tokens": 10 ** 9}}, 400),
     ("prompt over the context window", {"text": "a" * 5000}, 400),
     ("unknown sampling parameter", {"text": "a", "sampling_params": {"temprature": 0}}, 400),
-    ("regex", {"text": "a", "sampling_params": {"regex": "[0-9]+"}}, 400),
+    ("bad regex", {"text": "a", "sampling_params": {"regex": "([0-9]+"}}, 400),
+    ("ebnf", {"text": "a", "sampling_params": {"ebnf": "root ::= \"a\""}}, 400),
     ("token id out of range", {"input_ids": [10 ** 6]}, 400),
 ]
 
