@@ -11,6 +11,7 @@ from runtime.engine import Engine
 from runtime.model_loader import LoadedModel, add_special_tokens
 
 CHARS = list(" abcdefghijklmnopqrstuvwxyz.,:;!?-\n0123456789")
+JSON_CHARS = CHARS + list('{}[]"')  # a vocabulary that can write JSON (programs with json_schema gens)
 
 
 def tiny_tokenizer(chars: list[str] = CHARS) -> PreTrainedTokenizerFast:

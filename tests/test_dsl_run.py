@@ -3,6 +3,7 @@ here, exact branches and joins, SGLang's own interpreter on NativeBackend, and c
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -21,12 +22,12 @@ from runtime import protocol as P
 from runtime.engine import Engine
 from runtime.sampling import SamplingParams
 from tests.dsl_util import DEFAULTS, PROGRAMS, fork_join
-from tests.model_util import tiny_model
+from tests.model_util import JSON_CHARS, tiny_model
 
 
 @pytest.fixture(scope="module")
 def eng() -> Engine:
-    return Engine(tiny_model(max_positions=4096))  # a character-level tokenizer makes long texts
+    return Engine(tiny_model(max_positions=4096, chars=JSON_CHARS))  # a character-level tokenizer makes long texts
 
 
 def _runs(eng):
@@ -286,3 +287,13 @@ def test_the_default_system_prompt_is_reported_and_shown_on_every_backend(eng):
     shown = display_pieces(pf.main.ir(**pf.args), results["engine"].model_copy(update={"default_system": "Be kind."}))
     assert [(p.kind, p.text) for p in shown[:3]] == [("role", "system (the chat template's default)"),
                                                      ("text", "Be kind."), ("role", "user")]
+
+
+def test_json_per_branch_program_gives_objects_that_validate(eng):
+    pf = load_program_file(PROGRAMS[0].parent / "drink_facts.py")
+    res = Runner("engine", DEFAULTS, engine=eng).run(pf.main, pf.args)
+    facts = [res.variables[f"fact{i}"] for i in range(len(pf.args["drinks"]))]
+    for text in facts:  # each validates against the program's Fact schema
+        obj = json.loads(text)
+        assert set(obj) == {"name", "origin", "caffeine"} and isinstance(obj["caffeine"], bool), text
+        assert all(isinstance(obj[k], str) and len(obj[k]) <= 16 for k in ("name", "origin")), text

@@ -14,10 +14,9 @@ from pydantic import ValidationError
 from bench.constrained import Case, branches, schema_ok, serial
 from runtime.engine import Engine
 from runtime.sampling import SamplingParams
-from tests.model_util import CHARS, markup_heavy_engine, tiny_model
+from tests.model_util import JSON_CHARS, markup_heavy_engine, tiny_model
 from tests.serve_util import idle, serve_in_thread
 
-JSON_CHARS = CHARS + list('{}[]"')
 REGEXES = [r"\d{3}-\d{4}", r"(yes|no|maybe)", r"[a-z]{2,8}\.(com|org)", r"\d{4}-\d{2}-\d{2}",
            r"-?\d{1,3}(\.\d{1,2})?", r"[a-z]{3,5}( [a-z]{2,4}){1,3}!"]
 PERSON = {"type": "object", "properties": {

@@ -14,7 +14,7 @@ from openai import OpenAI
 from aspd_lang.runner import Runner, load_program_file
 from runtime.engine import Engine
 from tests.dsl_util import DEFAULTS, PROGRAMS, fork_join
-from tests.model_util import tiny_model
+from tests.model_util import JSON_CHARS, tiny_model
 from tests.serve_util import idle, info, serve_in_thread
 
 
@@ -26,6 +26,18 @@ def model():
 @pytest.fixture(scope="module")
 def server(model):
     with serve_in_thread(Engine(model), defaults=DEFAULTS, max_running=8,
+                         max_waiting=8) as (url, loop):
+        yield url, loop
+
+
+@pytest.fixture(scope="module")
+def json_model():  # a vocabulary that can write JSON: the example programs include json_schema gens
+    return tiny_model(max_positions=4096, chars=JSON_CHARS)
+
+
+@pytest.fixture(scope="module")
+def json_server(json_model):
+    with serve_in_thread(Engine(json_model), defaults=DEFAULTS, max_running=8,
                          max_waiting=8) as (url, loop):
         yield url, loop
 
@@ -42,13 +54,13 @@ def test_model_and_server_info(server):
 
 
 @pytest.mark.parametrize("path", PROGRAMS, ids=lambda p: p.stem)
-def test_programs_over_http_equal_the_in_process_run(server, model, path):
+def test_programs_over_http_equal_the_in_process_run(json_server, json_model, path):
     """Each example program through SGLang's interpreter and HTTP (AspdEndpoint: KV joins on the
     server) gives exactly the text and variables of the same program on NativeBackend in process."""
-    url, _ = server
+    url, _ = json_server
     pf = load_program_file(path)
     args = pf.batch(**pf.args)[0] if pf.batch else pf.args
-    ref = Runner("native", DEFAULTS, engine=Engine(model)).run(pf.main, args)
+    ref = Runner("native", DEFAULTS, engine=Engine(json_model)).run(pf.main, args)
     got = Runner("sglang", DEFAULTS, url=url).run(pf.main, args)
     assert (got.text, got.variables) == (ref.text, ref.variables)
     assert idle(url)["sessions"] == 0  # the program's sessions were released at its end
