@@ -53,10 +53,10 @@ def write(adapter: Path, evaluation: dict | None = None) -> Path:
         l1 = h1["losses"]
         lines += [
             f"- two stages. Stage 1: lr {c1['lr']}, {c1['epochs']} epoch(s), {h1['step']} steps in "
-            f"{h1['seconds'] / 60:.0f} min, loss {l1[0]:.3f} -> {sum(l1[-10:]) / len(l1[-10:]):.3f}. It learnt the "
-            "text but not the fork decision (`<|title|>` stayed far from the top token where lists begin), so",
-            f"  stage 2 (the figures above) started from it with the markup rows at lr {cfg.get('token_lr')} and "
-            f"markup tokens weighted x{cfg.get('markup_weight')} in the loss",
+            f"{h1['seconds'] / 60:.0f} min, loss {l1[0]:.3f} -> {sum(l1[-10:]) / len(l1[-10:]):.3f} "
+            f"(markup rows at lr {c1.get('token_lr')}, markup tokens weighted x{c1.get('markup_weight')}).",
+            f"  Stage 2 (the figures above) started from stage 1's adapter on the grown data set (markup rows at "
+            f"lr {cfg.get('token_lr')}, markup tokens weighted x{cfg.get('markup_weight')})",
         ]
     if evaluation:
         e = evaluation
