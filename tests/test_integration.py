@@ -128,12 +128,12 @@ def test_example_programs_run_on_native_backend_with_the_embedded_model(real_aut
     pf = load_program_file(path)
     args = pf.batch(**pf.args)[0] if pf.batch else pf.args
     res = Runner("native", SamplingParams(repetition_penalty=1.2), engine=real_auto).run(pf.main, args)
-    names = ir.names(pf.main.ir().body)
+    names = ir.names(pf.main.ir(**args).body)  # a run traces with the arguments (list arguments shape it)
     assert names and all(isinstance(res.variables[n], str) and res.variables[n] for n in names), res.variables
     assert res.completion_tokens > 0
     for n in names:  # every value is in the program's text, where the program put it
         assert res.variables[n] in res.text
-    blocks = [p for p in display_pieces(pf.main.ir(), res) if p.kind == "parallel"]
+    blocks = [p for p in display_pieces(pf.main.ir(**args), res) if p.kind == "parallel"]
     assert all(len(b.branches) >= 2 and all(b.branches) for b in blocks)
 
 
