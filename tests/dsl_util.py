@@ -19,3 +19,22 @@ def fork_join(s, topic):
         br[1] += "second thing," + gen("y", max_tokens=9, ignore_eos=True) + " and" + gen("y2", max_tokens=4)
         br[2] += "3:" + select("z", ["yes", "no"]) + gen("w", max_tokens=5, ignore_eos=True)
     s += "\nso" + gen("after", max_tokens=5, ignore_eos=True)
+
+
+def text_then_fork(branches: int, part_tokens: int, pick: bool = False):
+    """A hand-written SGLang program (no compiled hints) with only text before its fork: `branches`
+    gens of `part_tokens` joined by KV, a serial tail, and optionally a select after it."""
+    import sglang as sgl
+
+    @sgl.function
+    def raw(s, topic):
+        s += f"about {topic}:"
+        forks = s.fork(branches)
+        for i, f in enumerate(forks):
+            f += f" part {i}:" + sgl.gen("p", max_tokens=part_tokens, temperature=0, ignore_eos=True)
+        forks.join("concate_and_append")
+        s += " then" + sgl.gen("tail", max_tokens=4, temperature=0, ignore_eos=True)
+        if pick:
+            s += " pick " + sgl.select("pick", choices=["red", "blue"])
+
+    return raw

@@ -17,7 +17,7 @@ from aspd_lang.interpreter_guard import ProgramRunError
 from aspd_lang.native_backend import NativeBackend
 from aspd_lang.runner import Runner, display_pieces, load_program_file
 from runtime.engine import Engine
-from tests.dsl_util import DEFAULTS
+from tests.dsl_util import DEFAULTS, text_then_fork
 from tests.model_util import tiny_model
 from tests.serve_util import idle, serve_in_thread
 
@@ -54,26 +54,19 @@ def within_deadline(fn):
     return box["value"]
 
 
-@sgl.function
-def text_then_fork(s, topic):  # no gen before the fork: SGLang may fork before committing the text
-    s += f"about {topic}:"
-    forks = s.fork(2)
-    for i, f in enumerate(forks):
-        f += f" part {i}:" + sgl.gen("p", max_tokens=4, temperature=0, ignore_eos=True)
-    forks.join("concate_and_append")
-    s += " then" + sgl.gen("tail", max_tokens=4, temperature=0, ignore_eos=True)
+TEXT_THEN_FORK = text_then_fork(2, 4)  # no gen before the fork: SGLang may fork before committing the text
 
 
 def test_kv_join_after_text_only_prefix_returns_and_joins_on_the_server(server, model):
     url, _ = server
 
     def go():
-        state = text_then_fork.run(topic="tea", backend=AspdEndpoint(url))
+        state = TEXT_THEN_FORK.run(topic="tea", backend=AspdEndpoint(url))
         return state, state.text(), state.error()
 
     state, text, error = within_deadline(go)
     assert error is None, error
-    ref = text_then_fork.run(topic="tea", backend=NativeBackend(Engine(model), DEFAULTS))
+    ref = TEXT_THEN_FORK.run(topic="tea", backend=NativeBackend(Engine(model), DEFAULTS))
     assert (text, state["tail"]) == (ref.text(), ref["tail"])  # the join was the server's KV join, no 404
     del state  # SGLang ends the program when its state is dropped: the server frees its sessions
     assert idle(url)["sessions"] == 0

@@ -21,7 +21,7 @@ from aspd_lang.sglang_compile import to_sglang
 from runtime import protocol as P
 from runtime.engine import Engine
 from runtime.sampling import SamplingParams
-from tests.dsl_util import DEFAULTS, PROGRAMS, fork_join
+from tests.dsl_util import DEFAULTS, PROGRAMS, fork_join, text_then_fork
 from tests.model_util import JSON_CHARS, tiny_model
 
 
@@ -108,16 +108,7 @@ def test_handwritten_sglang_program_batches_siblings_on_native_backend(eng):
     """A stock SGLang program (no hints): forked gens meet in one batch, joins splice the KV."""
     be = NativeBackend(eng, DEFAULTS)
 
-    @sgl.function
-    def raw(s, topic):
-        s += f"about {topic}:"
-        forks = s.fork(3)
-        for i, f in enumerate(forks):
-            f += f" part {i}:" + sgl.gen("p", max_tokens=6, temperature=0, ignore_eos=True)
-        forks.join("concate_and_append")
-        s += " then" + sgl.gen("tail", max_tokens=4, temperature=0, ignore_eos=True)
-        s += " pick " + sgl.select("pick", choices=["red", "blue"])
-
+    raw = text_then_fork(3, 6, pick=True)
     state = raw.run(topic="tea", backend=be)
     assert state.error() is None, state.error()
     assert be.stats["batches"] == 1 and be.stats["batched_calls"] == 3
