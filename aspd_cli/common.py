@@ -51,12 +51,15 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=0)
     anti_loop_args(p)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--fork-bias", type=float, default=None,
+                   help="ASPD mode: offset of the fork threshold (+2 forks more often, -2 less; "
+                   "default: the adapter's calibrated value)")
     add_model_args(p)
 
 
 def sampling_from(args: argparse.Namespace, **extra) -> SamplingParams:
     return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                          top_k=args.top_k, seed=args.seed, **anti_loop_from(args), **extra)
+                          top_k=args.top_k, seed=args.seed, fork_bias=args.fork_bias, **anti_loop_from(args), **extra)
 
 
 def load_model(model: str | None, *, dtype: str = "auto", adapter: str | None = "auto") -> LoadedModel:

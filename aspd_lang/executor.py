@@ -80,7 +80,8 @@ def gen_params(node: ir.Gen, defaults: SamplingParams) -> SamplingParams:
     p = defaults.model_copy(update=dict(max_new_tokens=node.max_tokens, temperature=node.temperature,
                                         top_p=node.top_p, top_k=node.top_k, stop=node.stop,
                                         ignore_eos=node.ignore_eos, max_branch_tokens=node.max_tokens,
-                                        regex=node.regex, json_schema=node.json_schema))
+                                        regex=node.regex, json_schema=node.json_schema,
+                                        **({"fork_bias": node.fork_bias} if node.fork_bias is not None else {})))
     if node.regex is None and node.json_schema is None:
         return p
     try:  # a grammar is checked (compiled once) by validation, which model_copy skips

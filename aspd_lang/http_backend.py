@@ -3,7 +3,8 @@
 SGLang's HTTP client sends each executor's whole text with every request and never says which
 executor a request came from, so a server cannot tell which requests a `concate_and_append`
 join names. This subclass adds the executor's id as the request's `rid` (SGLang's own field) on
-every single-text request, marks the request after an adaptive gen with `"aspd": true`, sends
+every single-text request, marks the request after an adaptive gen with `"aspd": true` (and its
+`fork_bias`, if set), sends
 `seed` (the run's `--seed`, as the in-process backends use it for every gen), and takes
 the chat roles the server publishes (the model's own template, as NativeBackend uses). A parent
 whose text SGLang never committed before its fork (it skips that while its text lags, as in a
@@ -28,7 +29,7 @@ from .roles import sglang_template
 
 
 class AspdEndpoint(RuntimeEndpoint):
-    def __init__(self, base_url: str, seed: int | None = None, **kw):
+    def __init__(self, base_url: str, seed: int | None = None, fork_bias: float | None = None, **kw):
         interpreter_guard.install()  # a failed request ends the program with its error, never a hang
         super().__init__(base_url, **kw)
         self.is_aspd = bool(self.model_info.get("aspd"))
@@ -37,15 +38,16 @@ class AspdEndpoint(RuntimeEndpoint):
         if self.is_aspd and "roles" in self.model_info:  # the server's model's own chat roles
             self.chat_template = sglang_template(RoleFormat.model_validate(self.model_info["roles"]))
         self.seed = seed  # sent with every gen (SGLang's frontend has no seed): as the in-process backends
-        self._adaptive: set[str] = set()
+        self.fork_bias = fork_bias  # sent with every adaptive gen that sets none
+        self._adaptive: dict[str, float | None] = {}  # executors whose next gen is adaptive: its fork bias
         self._committed: dict[str, str] = {}  # an executor's last text sent with max_new_tokens=0
         self._fork_prefix: dict[str, str] = {}  # a forked executor's fork-point text, by its id
         self._lock = threading.Lock()
 
-    def next_gen_adaptive(self, sid: str) -> None:
+    def next_gen_adaptive(self, sid: str, fork_bias: float | None = None) -> None:
         """Called on the executor's thread right before an adaptive gen (see sglang_compile)."""
         with self._lock:
-            self._adaptive.add(sid)
+            self._adaptive[sid] = fork_bias
 
     def concatenate_and_append(self, src_rids: list[str], dst_rid: str) -> None:
         with self._lock:
@@ -93,5 +95,8 @@ class AspdEndpoint(RuntimeEndpoint):
                 if self.seed is not None:
                     data["sampling_params"].setdefault("seed", self.seed)
                 if s.sid in self._adaptive:
-                    self._adaptive.discard(s.sid)
+                    bias = self._adaptive.pop(s.sid)
+                    bias = self.fork_bias if bias is None else bias
                     data["aspd"] = True
+                    if bias is not None:
+                        data["sampling_params"]["fork_bias"] = bias

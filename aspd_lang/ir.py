@@ -57,6 +57,8 @@ class Gen(_Node):
     top_k: int = Field(0, ge=0)
     ignore_eos: bool = False
     adaptive: bool = False  # the model may open parallel blocks itself (ASPD)
+    # an adaptive gen's logit offset for opening a block (+ forks more); None: the adapter's calibrated one
+    fork_bias: float | None = Field(None, ge=-100.0, le=100.0)
     # constrained output (SGLang's names; at most one): a regex, or a JSON schema as JSON text
     regex: str | None = None
     json_schema: str | None = None
@@ -171,6 +173,9 @@ def check(program: Program) -> Program:
             elif isinstance(n, Gen | Select):
                 if isinstance(n, Select) and len(n.choices) < 2:
                     fail(n, f"select needs at least 2 choices, got {len(n.choices)} (a fixed string is text: s += ...)")
+                if isinstance(n, Gen) and n.fork_bias is not None and not n.adaptive:
+                    fail(n, "fork_bias applies to an adaptive gen (the model decides where to fork): "
+                            "add adaptive=True or drop fork_bias")
                 if isinstance(n, Gen) and n.regex is not None and n.json_schema is not None:
                     fail(n, "give at most one of regex and json_schema")
                 if n.name in defined:

@@ -94,7 +94,7 @@ class NativeBackend(BaseBackend):
         self.cond = threading.Condition(self.lock)
         self.roots: Sessions[_Root] = Sessions()  # by executor id (or "orphan-" + a child's, see _child)
         self.children: dict[str, _Child] = {}
-        self.adaptive_next: set[str] = set()  # executors whose next gen is adaptive
+        self.adaptive_next: dict[str, float | None] = {}  # executors whose next gen is adaptive: its fork bias
         self.stats = {"generate_calls": 0, "batched_calls": 0, "batches": 0}
 
     def get_model_name(self) -> str:
@@ -182,12 +182,12 @@ class NativeBackend(BaseBackend):
                 ch.done = True
                 self.cond.notify_all()
 
-    def next_gen_adaptive(self, sid: str) -> None:
+    def next_gen_adaptive(self, sid: str, fork_bias: float | None = None) -> None:
         """Called on an executor's thread right before an adaptive gen (see sglang_compile)."""
         with self.lock:
             if sid in self.children:
                 raise BackendError("an adaptive gen inside a forked branch (blocks do not nest)")
-            self.adaptive_next.add(sid)  # consumed by the next generate of this executor
+            self.adaptive_next[sid] = fork_bias  # consumed by the next generate of this executor
 
     # ----------------------------------------------------------------- SGLang backend API
 
@@ -212,7 +212,9 @@ class NativeBackend(BaseBackend):
             if ch is None:
                 st = self._root(s)
                 adaptive = s.sid in self.adaptive_next
-                self.adaptive_next.discard(s.sid)
+                bias = self.adaptive_next.pop(s.sid, None)
+                if bias is not None:
+                    params = params.model_copy(update={"fork_bias": bias})
                 out = self.engine.generate(st.seq, params, mode="aspd" if adaptive else "ar")
                 st.text += out.text
                 self._release(s, 1)

@@ -39,7 +39,7 @@ class Runner:
             else:
                 from .http_backend import AspdEndpoint
 
-                self._sgl_backend = AspdEndpoint(self.url, seed=self.defaults.seed)
+                self._sgl_backend = AspdEndpoint(self.url, seed=self.defaults.seed, fork_bias=self.defaults.fork_bias)
         return self._sgl_backend
 
     def run(self, program: Program, args: dict[str, Any], serial: bool = False) -> RunResult:

@@ -92,7 +92,7 @@ class _Compiled:
                     s += sgl.gen(n.name, **gen_kwargs(n))
                 elif getattr(s.stream_executor.backend, "supports_aspd", False):
                     s += _on_executor(functools.partial(s.stream_executor.backend.next_gen_adaptive,
-                                                        s.stream_executor.sid))
+                                                        s.stream_executor.sid, n.fork_bias))
                     s += sgl.gen(n.name, **gen_kwargs(n))
                 else:
                     self._adaptive_client(s, n)
@@ -175,7 +175,11 @@ class _Compiled:
             s += P.END_PARA
             markup += P.END_PARA
             part += 1
-        s.set_var(n.name, _plain(markup))
+        resp = _parsed(markup)
+        s.set_var(n.name, resp.answer_text() if resp else markup)
+        if resp is not None:  # the structure, as aspd serve and NativeBackend report it in meta_info
+            s.stream_executor.meta_info[n.name] = {"completion_tokens": n.max_tokens - max(left, 0),
+                                                   "aspd": {"segments": [x.model_dump() for x in resp.segments]}}
 
 
 def _tokens(s, name: str, text: str) -> int:
@@ -185,8 +189,8 @@ def _tokens(s, name: str, text: str) -> int:
     return int(meta.get("completion_tokens") or max(1, len(text) // 4))
 
 
-def _plain(markup: str) -> str:
+def _parsed(markup: str) -> P.Response | None:
     try:
-        return P.parse(markup).plain_text()
+        return P.parse(markup)
     except P.ProtocolError:
-        return markup  # a malformed block (e.g. cut by the token cap): keep the text as written
+        return None  # a malformed block (e.g. cut by the token cap): the text is kept as written

@@ -229,6 +229,7 @@ class _OpenAIBase(_Wire):
     no_repeat_ngram_size: int | None = None
     ignore_eos: bool = False
     aspd: bool = False
+    fork_bias: float | None = None  # with aspd: the fork threshold's offset (None: the adapter's calibrated one)
     # text, json_object (a JSON object, as SGLang) or json_schema ({"json_schema": {"schema": {...}}})
     response_format: dict | None = None
     # OpenAI options aspd serve does not implement: refused by name, never silently ignored
@@ -281,7 +282,7 @@ class _OpenAIBase(_Wire):
                                 top_k=self.top_k, min_p=self.min_p, frequency_penalty=self.frequency_penalty,
                                 presence_penalty=self.presence_penalty, repetition_penalty=self.repetition_penalty,
                                 no_repeat_ngram_size=self.no_repeat_ngram_size, ignore_eos=self.ignore_eos,
-                                seed=self.seed, json_schema=self.schema())
+                                seed=self.seed, json_schema=self.schema(), fork_bias=self.fork_bias)
         except ValidationError as e:  # an extension out of range ("min_p": 3): a 400 naming it, not a crash
             raise BadRequest(_first_error(e)) from None
         return wire.to_sampling(default_max, defaults)

@@ -13,6 +13,7 @@ runner and the training collator both call these functions; nothing else redefin
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -81,9 +82,29 @@ class Response(BaseModel):
     segments: tuple[Segment, ...]
 
     def plain_text(self) -> str:
-        """Markup removed: serial text and branch bodies, branches in order."""
+        """Markup removed: serial text and branch bodies, branches in order. Lossless for training
+        answers (their branch bodies restate their items' leads), so the data pipeline checks it."""
         return "".join(s.text if isinstance(s, SerialSegment) else "".join(b.text for b in s.branches)
                        for s in self.segments)
+
+    def answer_text(self) -> str:
+        """The answer as a reader gets it (engine output, server, DSL variables): `plain_text`, but a
+        branch whose text does not open with its title is led by "title: " (the model wrote it after
+        that seed), and each branch ends a line, so a block never reads as run-on text."""
+        out = ""
+        for seg in self.segments:
+            if isinstance(seg, SerialSegment):
+                out += seg.text
+                continue
+            for b in seg.branches:
+                if out and not out.endswith("\n"):
+                    out += "\n"
+                head = _words(b.title)
+                titled = _words(b.text[:4 * len(b.title) + 16])[:len(head)] == head
+                out += b.text if titled else f"{b.title}{TITLE_SEP} {b.text}"
+            if not out.endswith("\n"):
+                out += "\n"
+        return out
 
     def markup(self) -> str:
         return "".join(render_segment(s) for s in self.segments)
@@ -91,6 +112,12 @@ class Response(BaseModel):
     @property
     def blocks(self) -> list[ParallelBlock]:
         return [s for s in self.segments if isinstance(s, ParallelBlock)]
+
+
+def _words(text: str) -> list[str]:
+    """What a title and the opening of its branch are compared on: words of letters, lower case
+    ("2. **Use tools**: ..." opens with the title "Use tools")."""
+    return re.findall(r"[^\W\d_]+", text.lower())
 
 
 def branch_seed(title: str) -> str:

@@ -211,7 +211,7 @@ class Run:
     def partial_text(self) -> str:
         """The answer's text so far without an unfinished parallel block or header: it only grows
         (what a stream sends). Stop strings are not cut yet."""
-        done = Response(segments=tuple(self.segments)).plain_text()
+        done = Response(segments=tuple(self.segments)).answer_text()
         if self.seq.open_branches:
             return done
         end = self.header_start if self.constraint.phase in (Phase.TITLE, Phase.TITLES_CLOSED) else None
@@ -395,7 +395,7 @@ class Run:
             case RunKind.BRANCHES:
                 text = "".join(b.body for b in resp.blocks[0].branches)
             case _:
-                text = resp.plain_text()
+                text = resp.answer_text()
         return GenerationOutput(
             text=text, markup=resp.markup(), response=resp, finish_reason=self.finish,
             stop_token=self.stop_token, prompt_tokens=self.prompt_tokens,

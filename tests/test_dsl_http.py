@@ -146,3 +146,38 @@ def test_constrained_gens_match_their_grammar_on_every_backend(server, model):
     assert re.fullmatch("[0-9]{2}", ref["n"]) and ref["a"] in ("yes", "no") and re.fullmatch("-?[0-9]+", ref["b"])
     for name, res in runs.items():
         assert res.variables == ref, name
+
+
+@program
+def adaptive(s, bias):
+    s += "list three tips:\n" + gen("tips", max_tokens=120, adaptive=True, fork_bias=bias)
+
+
+def test_fork_bias_and_the_adaptive_answer_are_the_same_on_every_backend(server, model):
+    """`fork_bias` reaches the engine on every backend (+100 opens a block at once, -100 never does);
+    the answer variable is the rendered answer (branches led by their titles) and the display shows
+    the same block everywhere."""
+    url, _ = server
+    for bias, forks in ((100.0, True), (-100.0, False)):
+        runs = {"sglang": Runner("sglang", DEFAULTS, url=url).run(adaptive, {"bias": bias}),
+                "native": Runner("native", DEFAULTS, engine=Engine(model)).run(adaptive, {"bias": bias}),
+                "engine": Runner("engine", DEFAULTS, engine=Engine(model)).run(adaptive, {"bias": bias})}
+        ref = runs["engine"]
+        pieces = display_pieces(adaptive.ir(bias=bias), ref)
+        blocks = [p for p in pieces if p.kind == "parallel"]
+        assert bool(blocks) == forks, bias
+        for p in blocks:  # every branch's title is in the answer, at its branch
+            for t, body in zip(p.titles, p.branches):
+                assert body.strip() in ref.variables["tips"] and t in ref.variables["tips"]
+        for name, res in runs.items():
+            assert (res.text, res.variables) == (ref.text, ref.variables), (name, bias)
+            assert display_pieces(adaptive.ir(bias=bias), res) == pieces, (name, bias)
+
+
+def test_fork_bias_on_a_gen_that_is_not_adaptive_is_refused():
+    @program
+    def plain(s):
+        s += "q" + gen("a", max_tokens=4, fork_bias=2.0)
+
+    with pytest.raises(Exception, match="fork_bias applies to an adaptive gen.*add adaptive=True"):
+        plain.ir()

@@ -176,7 +176,9 @@ def test_adaptive_gen_client_loop_on_a_backend_without_aspd():
     be = _Scripted()
     state = to_sglang(ask).run(backend=be)
     assert state.error() is None, state.error()
-    assert state["answer"] == "Intro.all about Aall about B Done."
+    assert state["answer"] == "Intro.\nA: all about A\nB: all about B\n Done."  # titled, a line per branch
+    segs = state.get_meta_info("answer")["aspd"]["segments"]  # the structure, as aspd serve reports it
+    assert [b["title"] for b in segs[1]["branches"]] == ["A", "B"]
     assert state.text().endswith(f"{P.BRANCH}A: all about A{P.END_BRANCH}{P.BRANCH}B: all about B{P.END_BRANCH}"
                                  f"{P.END_PARA} Done.")
     assert sum(P.END_BRANCH in c for c in be.calls) == 2

@@ -172,7 +172,7 @@ def test_constrained_decoding_never_writes_malformed_markup():
         if out.finish_reason != "stop":
             continue
         resp = P.parse(eng.text(seq).removeprefix("q: "))  # raises on any malformed markup
-        assert resp.plain_text() == out.text
+        assert resp.answer_text() == out.text
         blocks += len(resp.blocks)
     assert blocks >= 30
 

@@ -29,6 +29,18 @@ def test_parse_render_roundtrip_and_plain_text():
     assert Response.model_validate_json(resp.model_dump_json()) == resp
 
 
+def test_answer_text_leads_each_branch_with_its_title_unless_it_opens_with_it():
+    resp = Response(segments=(
+        SerialSegment(text="Tips:"),
+        ParallelBlock(branches=(Branch(title="1. Sleep well", body=" 1. **Sleep well**: rest.\n"),
+                                Branch(title="Drink water", body=" Eight cups a day."),
+                                Branch(title="Walk", body=""))),
+        SerialSegment(text="Done.")))
+    assert resp.answer_text() == ("Tips:\n1. **Sleep well**: rest.\nDrink water: Eight cups a day.\nWalk: \n"
+                                  "Done.")
+    assert resp.plain_text() == "Tips:1. **Sleep well**: rest.\nEight cups a day.Done."  # lossless, for training
+
+
 @pytest.mark.parametrize("bad", [
     "<|title|>A<|/title|><|para|><|branch|>A: x<|/branch|><|/para|>",  # one branch
     "<|title|>A<|/title|><|title|>B<|/title|>text",  # no <|para|>
