@@ -15,6 +15,8 @@ from pydantic import BaseModel
 
 from runtime.errors import UserError
 
+from .events import OnEvent
+
 if TYPE_CHECKING:
     from runtime.engine import Engine
     from runtime.sampling import SamplingParams
@@ -53,8 +55,9 @@ class BatchResult(BaseModel):
 
 def run_batch(program: Program, arg_sets: Sequence[dict[str, Any]], backend: Backend = "native",
               engine: Engine | None = None, url: str | None = None, sampling: SamplingParams | None = None,
-              serial: bool = False) -> BatchResult:
-    """Run `program` once per argument set (one after another) on one backend."""
+              serial: bool = False, on_event: OnEvent | None = None) -> BatchResult:
+    """Run `program` once per argument set (one after another) on one backend; `on_event` hears
+    every run's progress (events.py)."""
     if backend not in ("engine", "native", "sglang"):
         raise UserError(f"backend must be engine, native or sglang, got {backend!r}")
     for args in arg_sets:  # all checks first: a bad set fails before anything loads or runs
@@ -66,6 +69,6 @@ def run_batch(program: Program, arg_sets: Sequence[dict[str, Any]], backend: Bac
     if backend != "sglang" and engine is None:
         engine = default_engine()
     runner = Runner(backend, sampling or SamplingParams(), engine=engine, url=url or DEFAULT_URL)
-    runs = [runner.run(program, dict(args), serial=serial) for args in arg_sets]
+    runs = [runner.run(program, dict(args), serial=serial, on_event=on_event) for args in arg_sets]
     return BatchResult(runs=runs, completion_tokens=sum(r.completion_tokens for r in runs),
                        seconds=sum(r.seconds for r in runs))

@@ -233,6 +233,41 @@ class Program:
 
         return run_batch(self, arg_sets, backend, engine=engine, url=url, sampling=sampling, serial=serial)
 
+    def stream(self, backend: str = "native", engine=None, url: str | None = None, sampling=None,
+               serial: bool = False, **args: Any):
+        """Run once, yielding its events as they happen (`events.py`): text, branch progress, values,
+        then `finished` with the `RunResult`. An error of the run is raised by the iterator."""
+        from .api import run_batch
+        from .events import iterate
+
+        self._check_call(args)  # raises here, before the run's thread starts
+        return iterate(lambda on_event: run_batch(self, [args], backend, engine=engine, url=url, sampling=sampling,
+                                                  serial=serial, on_event=on_event).runs[0])
+
+    async def arun(self, backend: str = "native", engine=None, url: str | None = None, sampling=None,
+                   serial: bool = False, **args: Any):
+        """`run` for asyncio: decodes on a worker thread, the event loop stays free."""
+        import asyncio
+
+        return await asyncio.to_thread(self.run, backend, engine, url, sampling, serial, **args)
+
+    def astream(self, backend: str = "native", engine=None, url: str | None = None, sampling=None,
+                serial: bool = False, **args: Any):
+        """`stream` as an async iterator: `async for ev in tips.astream(topic="tea"): ...`."""
+        from .api import run_batch
+        from .events import aiterate
+
+        self._check_call(args)
+        return aiterate(lambda on_event: run_batch(self, [args], backend, engine=engine, url=url, sampling=sampling,
+                                                   serial=serial, on_event=on_event).runs[0])
+
+    def _check_call(self, args: dict[str, Any]) -> None:
+        """The checks of a call with these arguments (missing or unknown ones, the traced program)."""
+        if args or not self.params:
+            self.ir(**args)
+        else:
+            self._trace(args)  # names the missing arguments
+
     @functools.cached_property
     def _symbolic(self) -> ir.Program:
         return self._trace({p: Sym(p) for p in self.params})

@@ -24,6 +24,7 @@ from runtime.sequence import SeqState
 
 from . import ir
 from .dsl import Program
+from .events import BranchProgress, OnEvent, TextDelta, ValueDone
 
 Backend = Literal["engine", "native", "sglang"]
 
@@ -97,10 +98,12 @@ def choose(choices: tuple[str, ...], logprobs: list[list[float]]) -> str:
 
 
 class EngineExecutor:
-    def __init__(self, engine: Engine, defaults: SamplingParams | None = None, serial: bool = False):
+    def __init__(self, engine: Engine, defaults: SamplingParams | None = None, serial: bool = False,
+                 on_event: OnEvent | None = None):
         self.engine = engine
         self.defaults = defaults or SamplingParams()
         self.serial = serial
+        self.on_event = on_event  # streaming (events.py): text token by token, branch progress, values
         self.roles = role_format(engine.tok)
         self.last_sequence: SeqState | None = None  # the last run's engine sequence, for inspection
 
@@ -126,6 +129,8 @@ class _Run:
         self.tokens = self.critical = self.parallel = self.blocks = self.branches = 0
         self.ttft: float | None = None
         self.default_system: str | None = None
+        self.emit = ex.on_event or (lambda ev: None)
+        self.titles: dict[int, str] = {}  # the open block's branch titles, by engine branch index
         self.forwards0 = self.eng.runner.forwards
         self.t0 = time.perf_counter()
         self._drive_serial(prog.body)
@@ -195,6 +200,7 @@ class _Run:
                 if branch is None:
                     self._flush()
                 value = choose(n.choices, self.eng.score(self.seq, n.choices, branch))
+                self.emit(ValueDone(var=n.name, value=value, branch=branch, title=self.titles.get(branch)))
                 self.gens.append(GenEvent(name=n.name, value=value))
                 self.vars[n.name] = value
                 self._write(branch, value, texts)
@@ -220,7 +226,22 @@ class _Run:
 
     def _serial_gen(self, node: ir.Gen) -> str:
         seq = self._flush()
-        out = self.eng.generate(seq, gen_params(node, self.ex.defaults), mode="aspd" if node.adaptive else "ar")
+        sent = ""
+
+        def progress(run) -> None:  # the gen's new text; the model's own block: its branches' tokens
+            nonlocal sent
+            text = run.partial_text()
+            if len(text) > len(sent):
+                self.emit(TextDelta(var=node.name, text=text[len(sent):]))
+                sent = text
+            for j, (title, n) in enumerate(run.branch_progress()):
+                self.emit(BranchProgress(var=node.name, branch=j, title=title, tokens=n))
+
+        out = self.eng.generate(seq, gen_params(node, self.ex.defaults), mode="aspd" if node.adaptive else "ar",
+                                on_step=progress if self.ex.on_event else None)
+        if out.text.startswith(sent) and len(out.text) > len(sent):  # stop strings may cut the streamed tail
+            self.emit(TextDelta(var=node.name, text=out.text[len(sent):]))
+        self.emit(ValueDone(var=node.name, value=out.text))
         self._record(node, out.text, out, out.response if node.adaptive else None)
         return out.text
 
@@ -240,22 +261,36 @@ class _Run:
         walks = {}
         for b in node.branches:
             j = self.eng.add_branch(seq)
-            texts[j] = ""
+            texts[j], self.titles[j] = "", b.title
             walks[j] = self._walk(b.body, j, texts)
         waiting = {j: self._advance(w, None, first=True) for j, w in walks.items()}
         waiting = {j: g for j, g in waiting.items() if g is not None}
         branch_tokens = dict.fromkeys(walks, 0)
+        for j in walks:
+            if j not in waiting:  # a branch without a gen is done at once
+                self.emit(BranchProgress(var="", branch=j, title=self.titles[j], tokens=0, done=True))
         while waiting:
             batch = dict([next(iter(waiting.items()))]) if self.ex.serial else waiting
-            out = self.eng.decode_branches(seq, {j: gen_params(g, self.ex.defaults) for j, g in batch.items()})
+
+            def progress(run, batch=batch) -> None:  # this call's tokens, after the branch's earlier gens'
+                now = run.branch_progress()
+                for j, g in batch.items():
+                    self.emit(BranchProgress(var=g.name, branch=j, title=self.titles[j],
+                                             tokens=branch_tokens[j] + now[j][1]))
+
+            out = self.eng.decode_branches(seq, {j: gen_params(g, self.ex.defaults) for j, g in batch.items()},
+                                           on_step=progress if self.ex.on_event else None)
             self._timed(out)
             self.tokens += out.completion_tokens
             block = out.response.blocks[0]
             for (j, g), br, n in zip(list(batch.items()), block.branches, out.blocks[0].branch_tokens):
                 branch_tokens[j] += n
+                self.emit(ValueDone(var=g.name, value=br.body, branch=j, title=self.titles[j]))
                 self.gens.append(GenEvent(name=g.name, value=br.body, tokens=n))
                 nxt = self._advance(walks[j], br.body)
                 if nxt is None:
+                    self.emit(BranchProgress(var=g.name, branch=j, title=self.titles[j], tokens=branch_tokens[j],
+                                             done=True))
                     del waiting[j]
                 else:
                     waiting[j] = nxt
@@ -263,6 +298,7 @@ class _Run:
         self.parallel += sum(branch_tokens.values())
         self.blocks, self.branches = self.blocks + 1, self.branches + len(walks)
         self.eng.join(seq, reprefill=node.join == "reprefill")
+        self.titles = {}
         self.text += "".join(texts[j] for j in walks)
 
     @staticmethod

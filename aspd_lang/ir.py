@@ -73,6 +73,13 @@ class Gen(_Node):
     def label(self) -> str:
         return f"gen({self.name!r})"
 
+    def describe(self) -> str:
+        """The gen with its token cap and temperature (greedy by default, unlike `sgl.gen`) and
+        every other parameter it sets."""
+        given = {k: v for k, v in self if k not in ("kind", "name", "loc")
+                 and (k in ("max_tokens", "temperature") or v != type(self).model_fields[k].default)}
+        return f"gen({', '.join([repr(self.name), *(f'{k}={v!r}' for k, v in given.items())])})"
+
 
 class Select(_Node):
     kind: Literal["select"] = "select"
@@ -81,6 +88,9 @@ class Select(_Node):
 
     def label(self) -> str:
         return f"select({self.name!r})"
+
+    def describe(self) -> str:
+        return f"select({self.name!r}, choices={list(self.choices)!r})"
 
 
 class Role(_Node):
@@ -126,7 +136,7 @@ class Program(BaseModel):
 
         def walk(nodes, depth):
             for n in nodes:
-                lines.append("  " * depth + f"{n.label()}  @{n.loc}")
+                lines.append("  " * depth + f"{n.describe() if isinstance(n, Gen | Select) else n.label()}  @{n.loc}")
                 if isinstance(n, Role):
                     walk(n.body, depth + 1)
                 elif isinstance(n, Parallel):

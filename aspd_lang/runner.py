@@ -19,6 +19,7 @@ from runtime.sampling import SamplingParams
 
 from . import ir
 from .dsl import Program
+from .events import OnEvent
 from .executor import Backend, EngineExecutor, GenEvent, RunResult, bind
 from .program_file import ProgramFile, load_program_file  # noqa: F401 - re-exported
 
@@ -42,15 +43,17 @@ class Runner:
                 self._sgl_backend = AspdEndpoint(self.url, seed=self.defaults.seed, fork_bias=self.defaults.fork_bias)
         return self._sgl_backend
 
-    def run(self, program: Program, args: dict[str, Any], serial: bool = False) -> RunResult:
+    def run(self, program: Program, args: dict[str, Any], serial: bool = False,
+            on_event: OnEvent | None = None) -> RunResult:
+        """One run; `on_event` hears its progress (events.py: what each backend reports)."""
         if self.backend == "engine":
-            return EngineExecutor(self.engine, self.defaults, serial=serial).run(program, **args)
+            return EngineExecutor(self.engine, self.defaults, serial=serial, on_event=on_event).run(program, **args)
         from .interpreter_guard import ProgramRunError, failure
         from .sglang_compile import to_sglang
 
         prog = program.ir(**args)
         args = bind(prog, args)
-        fn = to_sglang(prog, serial=serial)
+        fn = to_sglang(prog, serial=serial, on_event=on_event)
         t0 = time.perf_counter()
         try:
             state = fn.run(backend=self._sglang_backend(), **args)

@@ -26,18 +26,20 @@ from runtime import protocol as P
 
 from . import interpreter_guard, ir
 from .dsl import Program
+from .events import BranchProgress, OnEvent, ValueDone
 
 _HEADER = re.compile(f"((?:{re.escape(P.TITLE)}.*?{re.escape(P.END_TITLE)})+)\\s*$", re.S)
 _TITLE = re.compile(f"{re.escape(P.TITLE)}(.*?){re.escape(P.END_TITLE)}", re.S)
 
 
-def to_sglang(program: Program | ir.Program, serial: bool = False) -> SglFunction:
-    """The program as an `sgl.function`. `serial=True` runs parallel blocks one branch at a time."""
+def to_sglang(program: Program | ir.Program, serial: bool = False, on_event: OnEvent | None = None) -> SglFunction:
+    """The program as an `sgl.function`. `serial=True` runs parallel blocks one branch at a time;
+    `on_event` hears each gen and select as it finishes and each branch as it ends (events.py)."""
     prog = program.ir() if isinstance(program, Program) else ir.check(program)
     interpreter_guard.install()
 
     def body(s, **kwargs):
-        _Compiled(prog, serial, {k: str(v) for k, v in kwargs.items()}).walk(s, prog.body)
+        _Compiled(prog, serial, {k: str(v) for k, v in kwargs.items()}, on_event).walk(s, prog.body)
 
     params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in ("s", *prog.params)]
     body.__signature__ = inspect.Signature(params)  # SGLang reads the argument names from it
@@ -71,14 +73,24 @@ def _on_executor(callback) -> SglVariable:
 
 
 class _Compiled:
-    def __init__(self, prog: ir.Program, serial: bool, args: dict[str, str]):
-        self.prog, self.serial, self.args = prog, serial, args
+    def __init__(self, prog: ir.Program, serial: bool, args: dict[str, str], on_event: OnEvent | None = None):
+        self.prog, self.serial, self.args, self.on_event = prog, serial, args, on_event
+
+    def _report(self, s, name: str, where: tuple[int, str] | None) -> None:
+        """Queue, on the executor, the event of `name`'s value (once its command has run)."""
+        if self.on_event is None:
+            return
+        exe = s.stream_executor
+        branch, title = where or (None, None)
+        s += _on_executor(lambda: self.on_event(ValueDone(var=name, value=str(exe.variables.get(name, "")),
+                                                          branch=branch, title=title)))
 
     def _render(self, s, parts) -> str:
         return "".join(p if isinstance(p, str) else (self.args[p.var] if p.var in self.args else str(s[p.var]))
                        for p in parts)
 
-    def walk(self, s, nodes) -> None:
+    def walk(self, s, nodes, where: tuple[int, str] | None = None) -> None:
+        """Compile `nodes` onto state `s`; `where`: (index, title) of the branch they run in."""
         for n in nodes:
             if isinstance(n, ir.Text):
                 text = self._render(s, n.parts)
@@ -86,18 +98,22 @@ class _Compiled:
                     s += text
             elif isinstance(n, ir.Role):
                 with getattr(s, n.role)():
-                    self.walk(s, n.body)
+                    self.walk(s, n.body, where)
             elif isinstance(n, ir.Gen):
                 if not n.adaptive:
                     s += sgl.gen(n.name, **gen_kwargs(n))
+                    self._report(s, n.name, where)
                 elif getattr(s.stream_executor.backend, "supports_aspd", False):
                     s += _on_executor(functools.partial(s.stream_executor.backend.next_gen_adaptive,
                                                         s.stream_executor.sid, n.fork_bias))
                     s += sgl.gen(n.name, **gen_kwargs(n))
+                    self._report(s, n.name, where)
                 else:
                     self._adaptive_client(s, n)
+                    self._report(s, n.name, where)
             elif isinstance(n, ir.Select):
                 s += sgl.select(n.name, choices=list(n.choices), temperature=0.0)
+                self._report(s, n.name, where)
             elif isinstance(n, ir.Parallel):
                 self._parallel(s, n)
 
@@ -110,12 +126,15 @@ class _Compiled:
         if hint and not self.serial:
             hint(s.stream_executor, children)
         done = getattr(backend, "branch_done", None)
-        for f, b in zip(forks.states, n.branches):
+        for j, (f, b) in enumerate(zip(forks.states, n.branches)):
             if hint and self.serial:
                 hint(s.stream_executor, [f.stream_executor])
-            self.walk(f, b.body)
+            self.walk(f, b.body, (j, b.title))
             if done:  # siblings still decoding stop waiting for this branch once its work has run
                 f += _on_executor(functools.partial(done, f.stream_executor.sid))
+            if self.on_event is not None:
+                names = list(ir.names(b.body))
+                f += _on_executor(functools.partial(self._branch_done, f.stream_executor, j, b.title, names))
             if self.serial:
                 f.sync()
         for f in forks.states:
@@ -130,6 +149,10 @@ class _Compiled:
             for name in ir.names(b.body):
                 s.set_var(name, f.get_var(name))
                 s.stream_executor.meta_info[name] = f.get_meta_info(name)
+
+    def _branch_done(self, exe, j: int, title: str, gens: list[str]) -> None:
+        tokens = sum(int((exe.meta_info.get(g) or {}).get("completion_tokens") or 0) for g in gens)
+        self.on_event(BranchProgress(var=gens[-1] if gens else "", branch=j, title=title, tokens=tokens, done=True))
 
     @staticmethod
     def _join(s, forks, how: str) -> None:

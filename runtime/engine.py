@@ -11,7 +11,9 @@ one forward at a time, the serving loop drives many at once (`start`).
 
 from __future__ import annotations
 
+import functools
 import weakref
+from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from typing import TypeVar
 
@@ -191,13 +193,16 @@ class Engine:
 
     # ----------------------------------------------------------------- the forward step
 
-    def _drive(self, steps: Steps[T]) -> T:
-        """Run a step generator to the end, one forward at a time (batch of one). A serving loop
-        drives many at once instead, with one `forward_many` per step."""
+    def _drive(self, steps: Steps[T], after: Callable[[], None] | None = None) -> T:
+        """Run a step generator to the end, one forward at a time (batch of one), calling `after`
+        once each step's tokens are taken. A serving loop drives many at once instead, with one
+        `forward_many` per step."""
         try:
             fwd = next(steps)
             while True:
                 fwd = steps.send(self.runner.forward_many([fwd])[0])
+                if after is not None:
+                    after()
         except StopIteration as done:
             return done.value
 
@@ -240,9 +245,12 @@ class Engine:
         self._check_room(seq.length, 1)
         return Run(self, seq, RunKind(mode), params, logprobs=logprobs)
 
-    def generate(self, seq: SeqState, params: SamplingParams, mode: Mode = "aspd") -> GenerationOutput:
-        """Decode serially; in `aspd` mode the model may open parallel blocks, which run in parallel."""
-        return self._drive(self.start(seq, params, mode).steps())
+    def generate(self, seq: SeqState, params: SamplingParams, mode: Mode = "aspd",
+                 on_step: Callable[[Run], None] | None = None) -> GenerationOutput:
+        """Decode serially; in `aspd` mode the model may open parallel blocks, which run in parallel.
+        `on_step(run)` after each step: `run.partial_text()`, `run.branch_progress()` (streaming)."""
+        run = self.start(seq, params, mode)
+        return self._drive(run.steps(), on_step and functools.partial(on_step, run))
 
     def fork(self, seq: SeqState, seeds: Seq[str], params: SamplingParams, markup: bool = False) -> GenerationOutput:
         """Explicit fork: decode one branch per seed in parallel over the shared prefix, then join.
@@ -288,14 +296,16 @@ class Engine:
         self._check_room(seq.length + len(ids), 0)
         self._branch(seq, branch).push(ids)
 
-    def decode_branches(self, seq: SeqState, requests: dict[int, SamplingParams]) -> GenerationOutput:
+    def decode_branches(self, seq: SeqState, requests: dict[int, SamplingParams],
+                        on_step: Callable[[Run], None] | None = None) -> GenerationOutput:
         """Decode the given branches together (one forward per step) until each stops; each
         request's `max_new_tokens` caps its branch. Other branches' pending text rides along."""
         if not requests:
             raise EngineError("nothing to decode")
         for j in requests:
             seq.ensure_pending(self._branch(seq, j))
-        return self._drive(Run.branches(self, seq, requests).steps())
+        run = Run.branches(self, seq, requests)
+        return self._drive(run.steps(), on_step and functools.partial(on_step, run))
 
     def join(self, seq: SeqState, reprefill: bool = False, order: Seq[int] | None = None,
              discard: bool = False) -> None:

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,7 +176,9 @@ def apply_adapter(model: PreTrainedModel, adapter: str) -> tuple[PreTrainedModel
         raise ModelLoadError("applying an adapter needs `peft`: pip install peft") from None
     if not os.path.isdir(adapter):
         raise ModelLoadError(f"adapter not found: {adapter!r}")
-    peft_model = PeftModel.from_pretrained(model, adapter)
+    with warnings.catch_warnings():  # peft (pinned) reads a property transformers deprecates: not the user's concern
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        peft_model = PeftModel.from_pretrained(model, adapter)
     factors = {}
     for name, mod in peft_model.named_modules():
         if "default" in getattr(mod, "lora_A", {}):
@@ -208,8 +211,10 @@ def find_adapter() -> str | None:
 
 
 def use_all_cores() -> None:
-    """How every command and benchmark runs the model: torch on all cores, no progress bars."""
+    """How every command and benchmark runs the model: torch on all cores it may use (`aspd cluster`
+    pins each worker to its own), no progress bars."""
     from transformers.utils import logging as hf_logging
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else
+                              os.cpu_count() or 1))
     hf_logging.disable_progress_bar()

@@ -99,8 +99,7 @@ class Response(BaseModel):
             for b in seg.branches:
                 if out and not out.endswith("\n"):
                     out += "\n"
-                head = _words(b.title)
-                titled = _words(b.text[:4 * len(b.title) + 16])[:len(head)] == head
+                titled = _opens_with(b.text, b.title)
                 out += b.text if titled else f"{b.title}{TITLE_SEP} {b.text}"
             if not out.endswith("\n"):
                 out += "\n"
@@ -114,10 +113,12 @@ class Response(BaseModel):
         return [s for s in self.segments if isinstance(s, ParallelBlock)]
 
 
-def _words(text: str) -> list[str]:
-    """What a title and the opening of its branch are compared on: words of letters, lower case
-    ("2. **Use tools**: ..." opens with the title "Use tools")."""
-    return re.findall(r"[^\W\d_]+", text.lower())
+def _opens_with(text: str, title: str) -> bool:
+    """Whether a branch's text restates its title first: their first two words of letters agree,
+    by their first four letters ("2. **Staying fit**: ..." opens with "Stay fit"; "Fit: ..." not)."""
+    head = re.findall(r"[^\W\d_]+", title.lower())[:2]
+    words = re.findall(r"[^\W\d_]+", text[:4 * len(title) + 16].lower())[:len(head)]
+    return len(words) == len(head) and all(a == b or (len(a) >= 4 and a[:4] == b[:4]) for a, b in zip(head, words))
 
 
 def branch_seed(title: str) -> str:

@@ -208,6 +208,10 @@ class Run:
         elif complete:
             self.finish, self.done = FinishReason.STOP, True
 
+    def branch_progress(self) -> list[tuple[str, int]]:
+        """Each open branch's title and tokens so far (empty outside a block)."""
+        return [(b.title, len(b.generated)) for b in self.seq.open_branches]
+
     def partial_text(self) -> str:
         """The answer's text so far without an unfinished parallel block or header: it only grows
         (what a stream sends). Stop strings are not cut yet."""

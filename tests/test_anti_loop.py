@@ -108,6 +108,9 @@ def test_a_title_may_not_repeat_an_earlier_title_of_its_block():
     assert title_bans([[0, 1, 2, 3, 4], [0, 1, 2]], words, end) == frozenset()  # it may open with "A"
     assert title_bans([[0, 1, 2, 3, 4], [0, 1, 2, 3]], words, end) == {4}  # but not with "A B C"
     assert title_bans([[0, 1, 2, 3], [0, 1, 4], [0, 1, 4]], words, end) == {end}  # against every title
+    assert title_bans([[0, 1, 2, 3], [0, 1, 2]], words, end) == {3}  # "A B" may not open a later title
+    assert title_bans([[0, 1, 2], [0, 1]], words, end) == {2}  # nor "A"
+    assert title_bans([[0, 1, 2, 3], [0, 1, 4]], words, end) == frozenset()
 
 
 def test_training_titles_follow_the_decoders_title_rule():
@@ -117,6 +120,7 @@ def test_training_titles_follow_the_decoders_title_rule():
     assert breaks_title_rule([[0, 1, 2, 3, 4], [0, 1, 5], [0, 1, 2, 3, 4, 5]], words, end)  # opens like the 1st
     assert breaks_title_rule([[0, 1, 5], [0, 1, 2], [0, 1, 5]], words, end)  # closes equal to the first
     assert not breaks_title_rule([[0, 1, 5]], words, end)
+    assert breaks_title_rule([[0, 1, 2, 3], [0, 1, 2, 3, 4]], words, end)  # opens with the whole 1st
 
 
 def test_aspd_titles_of_a_block_are_all_different():

@@ -17,7 +17,7 @@ from aspd_lang.interpreter_guard import ProgramRunError
 from aspd_lang.native_backend import NativeBackend
 from aspd_lang.runner import Runner, display_pieces, load_program_file
 from runtime.engine import Engine
-from tests.dsl_util import DEFAULTS, text_then_fork
+from tests.dsl_util import DEFAULTS, check_stream_events, fork_join, text_then_fork
 from tests.model_util import tiny_model
 from tests.serve_util import idle, serve_in_thread
 
@@ -181,3 +181,10 @@ def test_fork_bias_on_a_gen_that_is_not_adaptive_is_refused():
 
     with pytest.raises(Exception, match="fork_bias applies to an adaptive gen.*add adaptive=True"):
         plain.ir()
+
+
+def test_stream_over_http_reports_each_value_and_branch_and_ends_with_the_runs_result(server):
+    url, _ = server
+    ref = Runner("sglang", DEFAULTS, url=url).run(fork_join, {"topic": "tea"})
+    events = within_deadline(lambda: list(fork_join.stream(backend="sglang", url=url, sampling=DEFAULTS, topic="tea")))
+    check_stream_events(events, ref, "sglang")

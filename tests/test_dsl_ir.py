@@ -36,6 +36,8 @@ def test_trace_structure_and_locations():
     assert asst.body[2].parts == ("\nIn short, ", ir.VarRef(var="tip0"))
     assert g.loc.file == "test_dsl_ir.py" and g.loc.line == tips.fn.__code__.co_firstlineno + 8
     assert "parallel(3 branches)" in p.pretty()
+    # every gen shows its cap and temperature (greedy here, unlike sgl.gen) and what else it sets
+    assert "gen('tip1', max_tokens=48, stop=('\\n',), temperature=0.0)" in p.pretty()
 
 
 def test_ir_json_round_trip():

@@ -112,6 +112,18 @@ def test_cli_generate_json():
     assert out["completion_tokens"] <= 12 and out["text"] and out["parallel_tokens"] == 0
 
 
+def test_readme_generate_example_forks_with_the_shipped_adapter_and_prints_no_warning():
+    """The README's first command: the shipped adapter opens a block of >= 3 branches, every branch
+    reads with its title, and nothing but the answer reaches the terminal (no library warnings)."""
+    r = _cli("generate", "Give three tips for staying healthy.", "--mode", "aspd", "--json")
+    assert r.returncode == 0, r.stderr
+    assert "Warning" not in r.stderr, r.stderr
+    out = json.loads(r.stdout)
+    assert out["blocks"] and len(out["blocks"][0]["titles"]) >= 3
+    resp = P.Response.model_validate(out["response"])
+    assert resp.answer_text() == out["text"]
+
+
 # --------------------------------------------------------------------------- DSL programs, embedded model
 
 PROGRAMS = sorted((Path(__file__).parents[1] / "programs").glob("*.py"))
