@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from runtime.errors import UserError
 
-from . import bench, demo, generate, run, serve, training
+from . import bench, cluster, demo, generate, run, serve, training
 from .common import err
 
 
@@ -26,6 +26,7 @@ def parser() -> argparse.ArgumentParser:
     training.add_parsers(sub)
     bench.add_parser(sub)
     serve.add_parser(sub)
+    cluster.add_parser(sub)
     return ap
 
 

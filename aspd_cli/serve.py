@@ -83,7 +83,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access = Access.for_bind(args.host, keys, tuple(h for h in args.allowed_hosts.split(",") if h),
                                  args.max_body_bytes)
         app = create_app(loop, eng.loaded.name, SamplingParams(**anti_loop_from(args)), access)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", http=http1_protocol())
     finally:
         loop.stop()
     return 0
+
+
+def http1_protocol():
+    """uvicorn's HTTP/1.1 protocol, closing an HTTP/2 connection preface quietly instead of logging
+    "Invalid HTTP request received": sglang-router sends one to every worker it registers (it probes
+    for gRPC first). Any other malformed request is still logged."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Http1(H11Protocol):
+        def data_received(self, data: bytes) -> None:
+            if data.startswith(b"PRI * HTTP/2.0"):
+                self.transport.close()
+                return
+            super().data_received(data)
+
+    return Http1

@@ -123,6 +123,36 @@ def serve_table(r: dict) -> str:
     return "\n".join(rows) + "\n" + note
 
 
+def cluster_table(r: dict) -> str:
+    one, two = r["one_worker"], r["two_workers"]
+    lat = one["latency"]
+
+    def mix(x: dict) -> str:
+        return (f"{x['programs_per_s']:.2f} programs/s, prefix hit rate {x['prefix_hit_rate']:.1%}, "
+                f"{x['kv_joins']} KV / {x['text_joins']} text joins, {x['errors']} errors")
+
+    rows = [
+        "| metric | value |",
+        "|---|---|",
+        f"| short request p50 / p99, direct | {lat['direct_p50_s'] * 1000:.0f} ms / "
+        f"{lat['direct_p99_s'] * 1000:.0f} ms |",
+        f"| the same through the router | {lat['routed_p50_s'] * 1000:.0f} ms / {lat['routed_p99_s'] * 1000:.0f} ms "
+        f"(overhead p50 {lat['overhead_p50_ms']:+.1f} ms) |",
+        f"| 1 worker ({one['cores'][0]}), {r['clients']} clients: req/s direct / routed | "
+        f"{one['direct']['throughput_rps']:.2f} / {one['routed']['throughput_rps']:.2f} |",
+        f"| 2 workers ({' and '.join(two['cores'])}), routed: req/s | {two['routed']['throughput_rps']:.2f} "
+        f"(**{r['two_over_one_throughput']:.2f}x** one worker) |",
+        f"| errors under load (1 worker, 2 workers) | {one['routed']['errors']}, {two['routed']['errors']} |",
+        f"| fork-heavy mix, 1 worker, `cache_aware` | {mix(one['fork_mix_cache_aware'])} |",
+        f"| fork-heavy mix, 2 workers, `cache_aware` | {mix(two['fork_mix_cache_aware'])} |",
+        f"| fork-heavy mix, 2 workers, `round_robin` | {mix(two['fork_mix_round_robin'])} |",
+    ]
+    note = (f"\n`python bench/serve_cluster.py`; embedded SmolLM2-135M, {r['weights']}, {r['max_new_tokens']} new "
+            f"tokens a request, {r['seconds']:.0f} s a phase; workers `aspd serve {' '.join(r['server_args'])}`, "
+            f"one core each when two (cores are the bound on this machine); {_machine(r['environment'])}.")
+    return "\n".join(rows) + "\n" + note
+
+
 def faults_table(r: dict) -> str:
     h, m, st = r["hostile"], r["memory"], r["stalls"]
     rows = [
@@ -237,8 +267,8 @@ def decoding_table(r: dict) -> str:
     return "\n".join(rows) + "\n" + note
 
 
-MARKERS = ("engine", "engine-adapter", "formats", "decoding", "programs", "serve", "faults", "data", "adapter",
-           "vicuna")
+MARKERS = ("engine", "engine-adapter", "formats", "decoding", "programs", "serve", "cluster", "faults", "data",
+           "adapter", "vicuna")
 
 
 def markdown_files() -> list[Path]:
@@ -282,6 +312,8 @@ def tables() -> dict[str, str]:
     out["programs"] = programs_table(load(results / "programs.json"))
     if (results / "serve_load.json").exists():
         out["serve"] = serve_table(load(results / "serve_load.json"))
+    if (results / "serve_cluster.json").exists():
+        out["cluster"] = cluster_table(load(results / "serve_cluster.json"))
     if (results / "serve_faults.json").exists():
         out["faults"] = faults_table(load(results / "serve_faults.json"))
     stats = ROOT / "data" / "aspd" / "data_stats.json"

@@ -137,6 +137,24 @@ def _first_error(e: ValidationError) -> str:
     return f"{where}: {msg}" if where else msg
 
 
+class AspdOptions(_Wire):
+    """ASPD's options of one /generate request, in SGLang's `session_params` (`{"aspd": {...}}`): the
+    one free-form object sglang-router forwards as written (it drops fields SGLang does not define,
+    such as `aspd` and `fork_bias`, and proxies /generate only). `join` and `release` act on `rid`:
+    the KV join (/concate_and_append_request) and the session's release (/abort_request)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    adaptive: bool = False
+    fork_bias: float | None = Field(None, ge=-100.0, le=100.0)
+    join: list[str] | None = None
+    release: bool = False
+
+
+class SessionParams(_Wire):
+    aspd: AspdOptions = AspdOptions()  # SGLang's own keys (id, offset, ...) are ignored, as before
+
+
 class GenerateRequest(_Wire):
     """SGLang's /generate body. Unknown top-level fields are ignored (clients send many), unknown
     sampling parameters are not (a typo would silently change the output)."""
@@ -152,6 +170,12 @@ class GenerateRequest(_Wire):
     return_text_in_logprobs: bool = False
     image_data: object | None = None
     aspd: bool = False
+    session_params: SessionParams | list | None = None  # SGLang's; a dict's "aspd" carries ours
+
+    @property
+    def options(self) -> AspdOptions:
+        sp = self.session_params
+        return sp.aspd if isinstance(sp, SessionParams) else AspdOptions()
 
     @model_validator(mode="after")
     def _one_prompt(self):
@@ -180,13 +204,17 @@ class GenerateRequest(_Wire):
         if isinstance(sp, list):
             if len(sp) != n:
                 raise BadRequest(f"sampling_params: {len(sp)} entries for {n} prompts")
-            return sp
-        return [sp or WireSampling()] * n
+        else:
+            sp = [sp or WireSampling()] * n
+        bias = self.options.fork_bias
+        return sp if bias is None else [x if x.fork_bias is not None else x.model_copy(update={"fork_bias": bias})
+                                        for x in sp]
 
     @property
     def aspd_mode(self) -> bool:
         sp = self.sampling_params
-        return self.aspd or any(x.aspd for x in (sp if isinstance(sp, list) else [sp] if sp else []))
+        return self.aspd or self.options.adaptive or \
+            any(x.aspd for x in (sp if isinstance(sp, list) else [sp] if sp else []))
 
     def rids(self, n: int) -> list[str | None]:
         if self.rid is None:
@@ -230,6 +258,7 @@ class _OpenAIBase(_Wire):
     ignore_eos: bool = False
     aspd: bool = False
     fork_bias: float | None = None  # with aspd: the fork threshold's offset (None: the adapter's calibrated one)
+    session_params: SessionParams | list | None = None  # {"aspd": {...}}: the two above, through a router
     # text, json_object (a JSON object, as SGLang) or json_schema ({"json_schema": {"schema": {...}}})
     response_format: dict | None = None
     # OpenAI options aspd serve does not implement: refused by name, never silently ignored
@@ -240,6 +269,13 @@ class _OpenAIBase(_Wire):
     logit_bias: dict | None = None
     best_of: int | None = None
     lora_path: str | None = None
+
+    @model_validator(mode="after")
+    def _session_aspd(self):
+        if isinstance(self.session_params, SessionParams):
+            self.aspd = self.aspd or self.session_params.aspd.adaptive
+            self.fork_bias = self.session_params.aspd.fork_bias if self.fork_bias is None else self.fork_bias
+        return self
 
     @model_validator(mode="after")
     def _unsupported(self):

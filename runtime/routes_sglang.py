@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter
 from fastapi import Request as HttpRequest
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from .api import BadRequest, GenerateRequest, JoinRequest, meta_info
+from . import routes_admin
+from .api import AbortRequest, BadRequest, GenerateRequest, JoinRequest, meta_info
 from .engine import EngineError
 from .http_errors import refusal, refusal_body
 from .http_state import DEFAULT_MAX_TOKENS, Pending, State, first_error, owned, shown
@@ -24,8 +26,10 @@ router = APIRouter()
 @router.get("/get_model_info")
 @router.get("/model_info")
 async def model_info(st: State) -> dict:
-    return {"model_path": st.model_name, "tokenizer_path": st.model_name, "is_generation": True,
-            "context_length": st.engine.max_len, "aspd": True, "roles": st.roles.model_dump()}
+    tok = st.engine.tok.name_or_path  # a local directory: routers load the tokenizer from it, not the hub
+    return {"model_path": st.model_name, "tokenizer_path": tok if os.path.isdir(tok) else st.model_name,
+            "is_generation": True, "context_length": st.engine.max_len, "aspd": True,
+            "roles": st.roles.model_dump()}
 
 
 @router.post("/concate_and_append_request")
@@ -43,6 +47,13 @@ async def concate_and_append(body: JoinRequest, http: HttpRequest,
 
 @router.post("/generate")
 async def generate(body: GenerateRequest, http: HttpRequest, st: State):
+    opts = body.options  # a join or a release sent through a router, which proxies /generate only
+    if (opts.join is not None or opts.release) and not isinstance(body.rid, str):
+        raise BadRequest("session_params.aspd join and release act on one rid")
+    if opts.join is not None:
+        return await concate_and_append(JoinRequest(src_rids=opts.join, dst_rid=body.rid), http, st)
+    if opts.release:
+        return await routes_admin.abort_request(AbortRequest(rid=body.rid), http, st)
     prompts = body.prompts()
     params = [w.to_sampling(DEFAULT_MAX_TOKENS, st.defaults) for w in body.samplings(len(prompts))]
     mode = "aspd" if body.aspd_mode else "ar"
