@@ -123,6 +123,23 @@ def serve_table(r: dict) -> str:
     return "\n".join(rows) + "\n" + note
 
 
+def constrained_table(r: dict) -> str:
+    s, st = r["summary"], r["settings"]
+    rows = [
+        "| metric | value |",
+        "|---|---|",
+        f"| outputs that match their regex or validate against their schema | **{s['valid']} of {s['outputs']}** "
+        f"({s['serial_valid']} serial, {s['branch_valid']} in branches) |",
+        f"| tokens/s constrained / the same prompts unconstrained | {s['constrained_tok_s']:.1f} / "
+        f"{s['unconstrained_tok_s']:.1f} ({s['constrained_vs_unconstrained']:.2f}x) |",
+    ]
+    note = (f"\n`python bench/constrained.py`: {st['cases']} regexes and schemas x {st['seeds']} seeds, temperature "
+            f"{st['temperature']}, {st['branches_per_block']} grammars per block, {st['library']}; embedded "
+            f"SmolLM2-135M (adapter: {r['adapter']}); {r['machine']['cores']} cores, torch {r['versions']['torch']}, "
+            f"{r['date']}.")
+    return "\n".join(rows) + "\n" + note
+
+
 def cluster_table(r: dict) -> str:
     one, two = r["one_worker"], r["two_workers"]
     lat = one["latency"]
@@ -267,8 +284,8 @@ def decoding_table(r: dict) -> str:
     return "\n".join(rows) + "\n" + note
 
 
-MARKERS = ("engine", "engine-adapter", "formats", "decoding", "programs", "serve", "cluster", "faults", "data",
-           "adapter", "vicuna")
+MARKERS = ("engine", "engine-adapter", "formats", "decoding", "programs", "serve", "cluster", "constrained",
+           "faults", "data", "adapter", "vicuna")
 
 
 def markdown_files() -> list[Path]:
@@ -312,6 +329,8 @@ def tables() -> dict[str, str]:
     out["programs"] = programs_table(load(results / "programs.json"))
     if (results / "serve_load.json").exists():
         out["serve"] = serve_table(load(results / "serve_load.json"))
+    if (results / "constrained.json").exists():
+        out["constrained"] = constrained_table(load(results / "constrained.json"))
     if (results / "serve_cluster.json").exists():
         out["cluster"] = cluster_table(load(results / "serve_cluster.json"))
     if (results / "serve_faults.json").exists():
