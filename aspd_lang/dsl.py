@@ -80,12 +80,14 @@ class _Call(Expr):
 
 def gen(name: str, *, max_tokens: int = 128, stop: str | Sequence[str] = (), temperature: float = 0.0,
         top_p: float = 1.0, top_k: int = 0, ignore_eos: bool = False, adaptive: bool = False,
-        fork_bias: float | None = None, regex: str | None = None, json_schema: Any = None, **unknown) -> Expr:
+        fork_bias: float | None = None, regex: str | None = None, json_schema: Any = None,
+        choices: Sequence[str] | None = None, **unknown) -> Expr:
     """Generate into variable `name` (greedy unless `temperature` is set; `sgl.gen` samples at 1.0).
     `adaptive=True` lets the model fork by itself (ASPD), `fork_bias` moves its fork threshold
     (a logit offset for opening a block: +2 forks more often, -2 less; default: the adapter's
-    calibrated value); `regex` or `json_schema` (JSON text, a dict or a pydantic model class)
-    constrain the output."""
+    calibrated value); `regex`, `json_schema` (JSON text, a dict or a pydantic model class) or
+    `choices` (the output is one of them, decoded under a grammar; `select` instead scores each
+    choice whole) constrain the output."""
     loc = _loc()
     problem = None
     if isinstance(stop, str):
@@ -94,6 +96,13 @@ def gen(name: str, *, max_tokens: int = 128, stop: str | Sequence[str] = (), tem
         stop = tuple(stop)
     else:
         problem, stop = f"stop must be a string or a list of strings, got {stop!r}", ()
+    if choices is not None:  # a grammar of the alternatives: the one regex the backends already take
+        if isinstance(choices, str) or not choices or not all(isinstance(c, str) and c for c in choices):
+            problem = f"choices must be a list of non-empty strings, got {choices!r}"
+        elif regex is not None or json_schema is not None:
+            problem = "give one of regex, json_schema and choices"
+        else:
+            regex = "(" + "|".join(re.escape(c) for c in choices) + ")"
     call = _Call(ir.Gen, loc, unknown, name=name, max_tokens=max_tokens, stop=stop, temperature=temperature,
                  top_p=top_p, top_k=top_k, ignore_eos=ignore_eos, adaptive=adaptive, fork_bias=fork_bias, regex=regex,
                  json_schema=_schema_text(json_schema))

@@ -135,6 +135,7 @@ def typed(s):
     with s.parallel(["a", "b"]) as br:
         br[0] += " a=" + gen("a", regex="(yes|no)", max_tokens=4)
         br[1] += " b=" + gen("b", json_schema='{"type": "integer"}', max_tokens=4)
+    s += " c=" + gen("c", choices=["red", "green", "a.b"], max_tokens=6, temperature=1.0)
 
 
 def test_constrained_gens_match_their_grammar_on_every_backend(server, model):
@@ -144,6 +145,7 @@ def test_constrained_gens_match_their_grammar_on_every_backend(server, model):
             "engine": Runner("engine", DEFAULTS, engine=Engine(model)).run(typed, {})}
     ref = runs["engine"].variables
     assert re.fullmatch("[0-9]{2}", ref["n"]) and ref["a"] in ("yes", "no") and re.fullmatch("-?[0-9]+", ref["b"])
+    assert ref["c"] in ("red", "green", "a.b")
     for name, res in runs.items():
         assert res.variables == ref, name
 

@@ -148,6 +148,18 @@ def test_constrained_gen_is_in_the_ir():
         s += "n=" + gen("n", regex="[0-9]+", json_schema="{}")
     assert "give at most one of regex and json_schema" in _one_line(both)
 
+    def pick(s):
+        s += "c=" + gen("c", choices=["a.b", "c"])
+    assert program(pick).ir().body[1].regex == r"(a\.b|c)"  # each choice literally
+
+    def bad_choices(s):
+        s += "c=" + gen("c", choices="ab")
+    assert "choices must be a list of non-empty strings, got 'ab'" in _one_line(bad_choices)
+
+    def choices_and_regex(s):
+        s += "c=" + gen("c", choices=["a", "b"], regex="a")
+    assert "give one of regex, json_schema and choices" in _one_line(choices_and_regex)
+
 
 def test_a_list_argument_shapes_the_trace():
     def cities(s, names):
