@@ -7,6 +7,7 @@ transformers and saves a bf16 safetensors copy in the user cache; later loads re
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -176,8 +177,7 @@ def apply_adapter(model: PreTrainedModel, adapter: str) -> tuple[PreTrainedModel
         raise ModelLoadError("applying an adapter needs `peft`: pip install peft") from None
     if not os.path.isdir(adapter):
         raise ModelLoadError(f"adapter not found: {adapter!r}")
-    with warnings.catch_warnings():  # peft (pinned) reads a property transformers deprecates: not the user's concern
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    with quiet_peft():
         peft_model = PeftModel.from_pretrained(model, adapter)
     factors = {}
     for name, mod in peft_model.named_modules():
@@ -186,6 +186,15 @@ def apply_adapter(model: PreTrainedModel, adapter: str) -> tuple[PreTrainedModel
             factors[name.removeprefix("base_model.model.")] = (
                 a.detach().float().clone(), (b.detach().float() * mod.scaling["default"]).clone())
     return peft_model.merge_and_unload(), factors
+
+
+@contextlib.contextmanager
+def quiet_peft():
+    """peft (pinned) reads a property transformers deprecates: a FutureWarning on every command that
+    loads or trains an adapter, and nothing the user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 FORK_BIAS_FILE = "aspd_calibration.json"

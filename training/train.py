@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel
 
+from runtime.model_loader import quiet_peft
 from runtime.model_runner import sequence_mask
 from runtime.protocol import SpecialIds
 
@@ -58,7 +59,8 @@ def lora(model, ids: SpecialIds, cfg: TrainConfig):
         tokens["lm_head"] = rows
     conf = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, target_modules=TARGETS,
                       trainable_token_indices=tokens, task_type="CAUSAL_LM")
-    return get_peft_model(model, conf)
+    with quiet_peft():
+        return get_peft_model(model, conf)
 
 
 def sample_loss(model, s: Sample, weights: torch.Tensor | None = None) -> torch.Tensor:
