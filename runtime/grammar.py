@@ -37,10 +37,29 @@ class GrammarError(EngineError):
     """A grammar llguidance rejects (a user error, a ValueError); the message names the sampling parameter."""
 
 
+def ascii_digits(regex: str) -> str:
+    """`\\d` as `[0-9]` (in a class: `0-9`). llguidance's `\\d`, like Python's, is any Unicode digit,
+    and a sampled date came out in segmented digits; SGLang's grammar engine reads `\\d` as ASCII."""
+    out, i, start = [], 0, None  # start: where the open character class's items begin
+    while i < len(regex):
+        c = regex[i]
+        if c == "\\" and i + 1 < len(regex):
+            out.append(("0-9" if start is not None else "[0-9]") if regex[i + 1] == "d" else regex[i:i + 2])
+            i += 2
+            continue
+        if start is None and c == "[":
+            start = i + 1 + (regex[i + 1:i + 2] == "^")
+        elif start is not None and c == "]" and i > start:  # "]" first in a class is literal
+            start = None
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
 def grammar_text(kind: Kind, source: str) -> str:
-    """llguidance's grammar for a regex or a JSON schema (the schema as JSON text)."""
+    """llguidance's grammar for a regex (`\\d` read as ASCII) or a JSON schema (as JSON text)."""
     if kind == "regex":
-        return llguidance.LLMatcher.grammar_from_regex(source)
+        return llguidance.LLMatcher.grammar_from_regex(ascii_digits(source))
     try:
         schema = json.loads(source)
     except json.JSONDecodeError as e:

@@ -175,3 +175,14 @@ def test_server_regex_json_schema_and_response_format(json_eng):
             r = httpx.post(url + path, json=body, timeout=30)
             assert r.status_code == 400 and field in r.json()["error"]["message"], (body, r.text)
         idle(url)
+
+
+def test_a_regex_digit_class_means_ascii_digits():
+    """llguidance's `\\d` is any Unicode digit (a sampled date came out as segmented digits): it is
+    read as [0-9], as SGLang's grammar engine does, inside classes too; escapes are left alone."""
+    from runtime.grammar import ascii_digits
+
+    assert ascii_digits(r"\d{4}-\d") == "[0-9]{4}-[0-9]"
+    assert ascii_digits(r"[\d.]+|[^\d]") == "[0-9.]+|[^0-9]"
+    assert ascii_digits(r"[]\d]") == "[]0-9]"  # a "]" first in a class is literal
+    assert ascii_digits(r"\\d|a\.d|\D") == r"\\d|a\.d|\D"
