@@ -90,11 +90,7 @@ def serve_command(*args: str, timeout: float = 180) -> Iterator[tuple[str, int]]
             time.sleep(0.5)
         yield url, proc.pid
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 def tiny_model_dir(path: Path) -> Path:
@@ -187,9 +183,34 @@ def router_command(workers: list[str], policy: str, timeout: float = 60) -> Iter
             time.sleep(0.2)
         yield url
     finally:
-        proc.terminate()
+        stop(proc)
+
+
+def within(seconds: float, fn, *args):
+    """fn(*args) on a thread: its value or its exception, or a failed test if it does not return in
+    `seconds` (SGLang's HTTP client has no timeout, so a hang would block the suite)."""
+    box: dict = {}
+
+    def target():
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+            box["value"] = fn(*args)
+        except BaseException as e:  # handed to the test
+            box["error"] = e
+
+    th = threading.Thread(target=target, daemon=True)
+    th.start()
+    th.join(seconds)
+    assert not th.is_alive(), f"no answer within {seconds} s: the program hangs"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """End a started server: SIGTERM, then SIGKILL if it has not exited within 20 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)

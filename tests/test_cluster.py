@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from aspd_lang.sglang_compile import to_sglang
 from runtime.engine import Engine
 from runtime.sampling import SamplingParams
 from tests.model_util import tiny_model
-from tests.serve_util import cluster_command, free_port, router_command, serve_in_thread, tiny_model_dir
+from tests.serve_util import cluster_command, free_port, router_command, serve_in_thread, tiny_model_dir, within
 
 pytest.importorskip("sglang_router")
 ROOT = Path(__file__).parents[1]
@@ -51,23 +50,8 @@ def cluster(tiny_dir):
 
 
 def _within(fn, *args):
-    """fn(*args) on a thread: its value or its exception, or a failed test if it hangs (SGLang's
-    client has no timeout)."""
-    box: dict = {}
-
-    def target():
-        try:
-            box["value"] = fn(*args)
-        except BaseException as e:  # handed to the test
-            box["error"] = e
-
-    th = threading.Thread(target=target, daemon=True)
-    th.start()
-    th.join(TIMEOUT)
-    assert not th.is_alive(), f"no answer within {TIMEOUT} s"
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+    """fn(*args) within TIMEOUT, or a failed test (a hang)."""
+    return within(TIMEOUT, fn, *args)
 
 
 def _runs(url: str, prog, args: dict, defaults: SamplingParams = DEFAULTS):

@@ -5,7 +5,6 @@ errors that end the program instead of hanging it, and seeds."""
 from __future__ import annotations
 
 import re
-import threading
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from aspd_lang.runner import Runner, display_pieces, load_program_file
 from runtime.engine import Engine
 from tests.dsl_util import DEFAULTS, check_stream_events, fork_join, text_then_fork
 from tests.model_util import tiny_model
-from tests.serve_util import idle, serve_in_thread
+from tests.serve_util import idle, serve_in_thread, within
 
 DEADLINE_S = 60  # a hang fails the test instead of blocking the suite
 
@@ -36,22 +35,8 @@ def server(model):
 
 
 def within_deadline(fn):
-    """fn() on a thread: its result or its exception, or a failed test if it does not return in time."""
-    box: dict = {}
-
-    def target():
-        try:
-            box["value"] = fn()
-        except BaseException as e:  # handed to the test
-            box["error"] = e
-
-    th = threading.Thread(target=target, daemon=True)
-    th.start()
-    th.join(DEADLINE_S)
-    assert not th.is_alive(), f"no answer within {DEADLINE_S} s: the program hangs"
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+    """fn() within DEADLINE_S, or a failed test (a hang)."""
+    return within(DEADLINE_S, fn)
 
 
 TEXT_THEN_FORK = text_then_fork(2, 4)  # no gen before the fork: SGLang may fork before committing the text
