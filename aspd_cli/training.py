@@ -46,6 +46,8 @@ def add_parsers(sub) -> None:
     t.add_argument("--batch", type=int, default=4, help="samples per forward (padded, similar lengths)")
     t.add_argument("--serial-ratio", type=float, default=1.0, help="serial samples per parallel sample")
     t.add_argument("--max-samples", type=int, default=None)
+    t.add_argument("--balance", action="store_true",
+                   help="draw samples round-robin over prompt families (small families weigh as much as big ones)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--token-lr", type=float, default=None, help="learning rate of the markup rows")
     t.add_argument("--markup-weight", type=float, default=1.0, help="loss weight of markup tokens")
@@ -98,7 +100,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from runtime import protocol as P
     from training.card import write
-    from training.dataset import chat_ids, read
+    from training.dataset import balanced, chat_ids, read
     from training.samples import build
     from training.train import TrainConfig, save_adapter, train
 
@@ -110,10 +112,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     par = [r for r in rows if r["parallel"]]
     ser = [r for r in rows if not r["parallel"]]
     rng.shuffle(ser)
-    ser = ser[:int(len(par) * args.serial_ratio)]
+    take = balanced if args.balance else (lambda rs, n: rs[:n])  # after a shuffle: a random draw either way
+    ser = take(ser, int(len(par) * args.serial_ratio))
     chosen = par + ser
     rng.shuffle(chosen)
-    chosen = chosen[:args.max_samples]
+    chosen = take(chosen, args.max_samples or len(chosen))
     eos = tok.eos_token_id
 
     def enc(t: str) -> list[int]:
@@ -137,7 +140,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if init is not None and previous.exists():  # a second stage: keep the first stage's record
         rec = json.loads(previous.read_text())
         stage1 = rec.get("stage1") or {"config": rec["config"], "history": rec["history"]}
-    extra = {"stage1": stage1, "samples": len(samples), "parallel_samples": sum(r["parallel"] for r in chosen),
+    extra = {"stage1": stage1, "samples": len(samples), "balanced": args.balance,
+             "parallel_samples": sum(r["parallel"] for r in chosen),
              "data_stats": json.loads(stats_path.read_text()) if stats_path.exists() else None}
     save_adapter(pm, out, hist, cfg, extra)
     write(out)

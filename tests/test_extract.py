@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from runtime import protocol as P
-from training.extract import find_groups, loops, rewrite, thin, trim_to_line
+from training.extract import find_groups, loops, rewrite, thin, tidy, trim_to_line
 
 NUMBERED = """Here are some tips:
 
@@ -120,6 +120,26 @@ def test_a_list_of_bare_titles_is_not_worth_a_fork():
     full = "\n".join(f"{i}. **{w}**: a paragraph of eight words or more here." for i, w in
                      enumerate(("Candles", "Soap", "Bread"), start=1))
     assert [thin(full, g) for g in find_groups(full)] == [None]
+
+
+def test_titles_that_restate_each_other_are_not_worth_a_fork():
+    def items(*titles):
+        return "\n".join(f"{i}. **{t}**: a paragraph of eight words or more on this point." for i, t in
+                         enumerate(titles, start=1))
+
+    alike = items("Elimination of Entertainment", "Elimination of Income", "Elimation of Entertainment")
+    [g] = find_groups(alike)
+    assert thin(alike, g) == "alike_titles"  # a misspelt copy of the first title
+    plural = items("Parental choice", "Stronger bones", "Parental choices")
+    assert thin(plural, find_groups(plural)[0]) == "alike_titles"
+    honest = items("Plan your food", "Plan your gear", "Plan your budget")
+    assert [thin(honest, g) for g in find_groups(honest)] == [None]
+
+
+def test_tidy_repairs_a_bold_mark_opened_before_the_number():
+    slip = "Key points:\n\n**1. **Sleep**: get eight hours.\n**2.** **Water**: drink.\n**3. **Walk**: daily."
+    assert tidy(slip) == "Key points:\n\n1. **Sleep**: get eight hours.\n**2.** **Water**: drink.\n3. **Walk**: daily."
+    assert tidy(NUMBERED) == NUMBERED
 
 
 def test_titles_are_one_plain_line():

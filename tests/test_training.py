@@ -138,6 +138,17 @@ def test_added_prompt_tables_leave_the_first_set_and_its_splits_unchanged():
     assert sum(p.source in added for p in b["train"]) >= 500
 
 
+def test_balanced_draw_round_robins_prompt_families():
+    from training.dataset import balanced, family
+
+    rows = [{"id": f"tips-{i}"} for i in range(10)] + [{"id": f"roleplay-{i}"} for i in range(2)] + [
+        {"id": "seed-3"}, {"id": "user-0"}]
+    assert family("roleplay-12") == "roleplay" and family("some-family-3") == "some-family"
+    got = [r["id"] for r in balanced(rows, 8)]
+    assert got == ["tips-0", "roleplay-0", "seed-3", "user-0", "tips-1", "roleplay-1", "tips-2", "tips-3"]
+    assert len(balanced(rows, 100)) == len(rows) and balanced([], 5) == []
+
+
 def test_interleaved_generation_order_round_robins_sources():
     from training.prompts import Prompt
     from training.responses import interleaved

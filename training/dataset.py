@@ -19,7 +19,7 @@ from runtime import protocol as P
 from runtime.anti_loop import breaks_title_rule, word_mask
 from runtime.roles import chat_ids  # the prompt as the model sees it (also imported from here)
 
-from .extract import find_groups, loops, rewrite, thin, trim_to_line
+from .extract import find_groups, loops, rewrite, thin, tidy, trim_to_line
 from .independence import THRESHOLD, independent, sibling_gains
 from .samples import build
 
@@ -46,7 +46,7 @@ def make(loaded, responses: Path, out: Path, threshold: float | None = THRESHOLD
         if "error" in row:
             continue
         c["generated"] += 1
-        text, complete = row["response"], row["finish_reason"] == "stop"
+        text, complete = tidy(row["response"]), row["finish_reason"] == "stop"
         if not complete:
             text = trim_to_line(text)
         if not text.strip():
@@ -120,3 +120,20 @@ def stats_table(stats: dict) -> Table:
 
 def read(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def family(row_id: str) -> str:
+    """A prompt's family: its id without the running number ("roleplay-12" -> "roleplay")."""
+    return row_id.rsplit("-", 1)[0]
+
+
+def balanced(rows: list[dict], n: int) -> list[dict]:
+    """Up to `n` rows taken round-robin over prompt families, each family in its given order, so a
+    small family (role-play, estimates) weighs as much as a big one until it runs out."""
+    queues: dict[str, list[dict]] = {}
+    for r in rows:
+        queues.setdefault(family(r["id"]), []).append(r)
+    out: list[dict] = []
+    for k in range(max(map(len, queues.values()), default=0)):
+        out += [q[k] for q in queues.values() if k < len(q)]
+    return out[:n]

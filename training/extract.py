@@ -6,8 +6,9 @@ model mostly writes essays whose middle paragraphs each make one point). Fenced 
 split. A group needs `MIN_BRANCHES` to `MAX_BRANCHES` items (a longer list becomes consecutive
 groups), short unique titles (at most `MAX_TITLE_WORDS` words, from the item's bold lead, heading or
 first words), and bodies longer than their titles. `rewrite(...).plain_text()` is exactly the original answer.
-`thin()` names the groups not worth a fork (bare titles): the dataset drops their answers rather
-than teach the model to write them, or to leave a list serial.
+`thin()` names the groups not worth a fork (bare titles, or titles that restate each other): the
+dataset drops their answers rather than teach the model to write them, or to leave a list serial.
+`tidy()` repairs the one markdown slip the steered opening causes ("**1. **Title**:").
 
 Item numbers: a branch cannot see its siblings, so a numbered item's title carries its number
 ("3. Exercise"); the model writes all titles serially (it knows the count there) and each branch
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from difflib import SequenceMatcher
 
 from runtime.protocol import TITLE_BANNED_CHARS, Branch, ParallelBlock, Response, SerialSegment
 
@@ -30,6 +32,9 @@ MAX_TITLE_WORDS = 6
 MIN_PARAGRAPHS = 3  # a run of plain paragraphs: at least this many, each at least MIN_PARAGRAPH_CHARS
 MIN_PARAGRAPH_CHARS = 80
 MIN_ITEM_WORDS = 8  # a list of bare titles ("1. **Baking a Candle**") is not worth a fork
+# Two titles this alike restate one point, or one is a misspelt copy the decoder's n-gram block forced
+# ("Elimination of Entertainment", "Elimation of Entertainment"); 0.8 would also catch honest pairs.
+ALIKE_TITLES = 0.85
 _NUM = re.compile(r"^(\d{1,2})[.)]\s+")
 _BULLET = re.compile(r"^[-*•]\s+")
 _HEAD = re.compile(r"^(#{1,4})\s+(.+)$")
@@ -280,7 +285,16 @@ def thin(text: str, g: Group) -> str | None:
     """Why a group is not worth forking (its answer is a poor training example), or None."""
     if any(len(text[a:b].split()) < MIN_ITEM_WORDS for a, b in g.items):
         return "bare_titles"
+    keys = [re.sub(r"[^a-z0-9 ]", "", _NUM.sub("", t.lower())).strip() for t in g.titles]
+    if any(SequenceMatcher(None, a, b).ratio() >= ALIKE_TITLES for i, a in enumerate(keys) for b in keys[:i]):
+        return "alike_titles"
     return None
+
+
+def tidy(text: str) -> str:
+    """Move a bold mark that opens before an item's number after it: "**1. **Title**:" (an artefact
+    of the steered opening "1. **") becomes the well-formed "1. **Title**:"."""
+    return re.sub(r"(?m)^\*\*(\d{1,2}[.)]) \*\*(?=\S)", r"\1 **", text)
 
 
 def trim_to_line(text: str) -> str:
