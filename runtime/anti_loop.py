@@ -118,8 +118,8 @@ def title_bans(titles: Sequence[Sequence[int]], words: torch.Tensor, end_title: 
     and marks are not compared) and counts that start as a token: no title may repeat a
     TITLE_NGRAM-gram of an earlier title's content (so none opens with an earlier one's first three
     tokens), nor open with the whole of a shorter earlier one ("Stay healthy", then "Stay healthy
-    with ..."), nor close equal to an earlier one. Greedy decoding otherwise writes the same title
-    again and again, and equal titles give equal branches."""
+    with ..."), nor close equal to an earlier one, nor write a word token twice in a row. Greedy
+    decoding otherwise writes the same title again and again, and equal titles give equal branches."""
     def content(t: Sequence[int]) -> list[int]:
         first = next((k for k, x in enumerate(t) if words[x]), len(t))
         return [_START, *t[first:]]
@@ -131,6 +131,8 @@ def title_bans(titles: Sequence[Sequence[int]], words: torch.Tensor, end_title: 
         key = cur[-k:]
         out |= {t[i + k] for t in done for i in range(len(t) - k) if t[i:i + k] == key}
     out |= {t[-1] for t in done if 1 < len(t) <= k and cur == t[:-1]}
+    if len(cur) > 1 and words[cur[-1]]:  # no word token twice in a row ("Social Social Media"): the
+        out.add(cur[-1])  # n-gram rule's cheapest escape (digits may repeat: "100" is three tokens)
     if len(cur) > 1 and cur in done:
         out.add(end_title)
     return frozenset(out)

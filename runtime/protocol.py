@@ -114,8 +114,13 @@ class Response(BaseModel):
 
 
 def _opens_with(text: str, title: str) -> bool:
-    """Whether a branch's text restates its title first: their first two words of letters agree,
-    by their first four letters ("2. **Staying fit**: ..." opens with "Stay fit"; "Fit: ..." not)."""
+    """Whether a branch's text restates its title first: it opens with the title's item number
+    ("5. **Fiscal rules**: ..." under "5. Fiscal and Tax": the model wrote the item's own header), or
+    their first two words of letters agree by their first four letters ("2. **Staying fit**: ..."
+    opens with "Stay fit"; "Fit: ..." not)."""
+    num = re.match(r"\d+[.)]", title)
+    if num and re.match(r"[\s*#]*" + re.escape(num.group()) + r"\s", text):
+        return True
     head = re.findall(r"[^\W\d_]+", title.lower())[:2]
     words = re.findall(r"[^\W\d_]+", text[:4 * len(title) + 16].lower())[:len(head)]
     return len(words) == len(head) and all(a == b or (len(a) >= 4 and a[:4] == b[:4]) for a, b in zip(head, words))

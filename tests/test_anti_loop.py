@@ -101,16 +101,17 @@ def test_a_title_may_not_repeat_an_earlier_title_of_its_block():
     words = torch.tensor([False, False, True, True, True, True, False])  # 0 "1", 1 ".", 2-5 words, 6 "**"
     end = 9
     # "1. **A B**" then "2. **A B": the 3-gram (A, B, **) is taken, and so is closing on "A B**"
-    assert title_bans([[0, 1, 6, 2, 3, 6], [0, 1, 6, 2, 3]], words, end) == {6}
+    assert title_bans([[0, 1, 6, 2, 3, 6], [0, 1, 6, 2, 3]], words, end) == {6, 3}  # and no "B B"
     assert title_bans([[0, 1, 6, 2, 3, 6], [0, 1, 6, 2, 3, 6]], words, end) == {end}
-    assert title_bans([[0, 1, 6, 2, 3, 6], [0, 1, 6, 2, 4]], words, end) == frozenset()  # a new title
-    assert title_bans([[0, 1, 2], [0, 1, 2]], words, end) == {end}  # a one-word title, repeated
-    assert title_bans([[0, 1, 2, 3, 4], [0, 1, 2]], words, end) == frozenset()  # it may open with "A"
-    assert title_bans([[0, 1, 2, 3, 4], [0, 1, 2, 3]], words, end) == {4}  # but not with "A B C"
-    assert title_bans([[0, 1, 2, 3], [0, 1, 4], [0, 1, 4]], words, end) == {end}  # against every title
-    assert title_bans([[0, 1, 2, 3], [0, 1, 2]], words, end) == {3}  # "A B" may not open a later title
+    assert title_bans([[0, 1, 6, 2, 3, 6], [0, 1, 6, 2, 4]], words, end) == {4}  # a new title (not "C C")
+    assert title_bans([[0, 1, 2], [0, 1, 2]], words, end) == {2, end}  # a one-word title, repeated
+    assert title_bans([[0, 1, 2, 3, 4], [0, 1, 2]], words, end) == {2}  # it may open with "A" (not "A A")
+    assert title_bans([[0, 1, 2, 3, 4], [0, 1, 2, 3]], words, end) == {3, 4}  # but not with "A B C"
+    assert title_bans([[0, 1, 2, 3], [0, 1, 4], [0, 1, 4]], words, end) == {4, end}  # against every title
+    assert title_bans([[0, 1, 2, 3], [0, 1, 2]], words, end) == {2, 3}  # "A B" may not open a later title
     assert title_bans([[0, 1, 2], [0, 1]], words, end) == {2}  # nor "A"
-    assert title_bans([[0, 1, 2, 3], [0, 1, 4]], words, end) == frozenset()
+    assert title_bans([[0, 1, 2, 3], [0, 1, 4]], words, end) == {4}
+    assert title_bans([[0, 1, 6]], words, end) == frozenset()  # numbers and marks: no content yet
 
 
 def test_training_titles_follow_the_decoders_title_rule():
@@ -121,6 +122,7 @@ def test_training_titles_follow_the_decoders_title_rule():
     assert breaks_title_rule([[0, 1, 5], [0, 1, 2], [0, 1, 5]], words, end)  # closes equal to the first
     assert not breaks_title_rule([[0, 1, 5]], words, end)
     assert breaks_title_rule([[0, 1, 2, 3], [0, 1, 2, 3, 4]], words, end)  # opens with the whole 1st
+    assert breaks_title_rule([[0, 1, 2, 3], [0, 1, 4, 4, 5]], words, end)  # a word twice in a row
 
 
 def test_aspd_titles_of_a_block_are_all_different():

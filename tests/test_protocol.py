@@ -35,11 +35,15 @@ def test_answer_text_leads_each_branch_with_its_title_unless_it_opens_with_it():
         ParallelBlock(branches=(Branch(title="1. Sleep well", body=" 1. **Sleep well**: rest.\n"),
                                 Branch(title="Drink water", body=" Eight cups a day."),
                                 Branch(title="Stay fit", body=" 3. **Staying fit**: move.\n"),
-                                Branch(title="Walk", body=""))),
+                                Branch(title="Walk", body=""),
+                                Branch(title="5. Fiscal and Tax", body=" 5. **Fiscal rules**: spend.\n"),
+                                Branch(title="6. Rest", body=" 66 naps."))),
         SerialSegment(text="Done.")))
     assert resp.answer_text() == ("Tips:\n1. **Sleep well**: rest.\nDrink water: Eight cups a day.\n"
-                                  "3. **Staying fit**: move.\nWalk: \nDone.")
-    assert resp.plain_text() == "Tips:1. **Sleep well**: rest.\nEight cups a day.3. **Staying fit**: move.\nDone."
+                                  "3. **Staying fit**: move.\nWalk: \n5. **Fiscal rules**: spend.\n6. Rest: 66 naps.\n"
+                                  "Done.")
+    assert resp.plain_text() == ("Tips:1. **Sleep well**: rest.\nEight cups a day.3. **Staying fit**: move.\n"
+                                 "5. **Fiscal rules**: spend.\n66 naps.Done.")
 
 
 @pytest.mark.parametrize("bad", [

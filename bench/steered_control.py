@@ -1,0 +1,102 @@
+"""What steering costs in quality: the base model's own answers to Vicuna-80 with the training data's
+forced opening (`training/steering.py`), scored the way `aspd bench` scores every system, next to its
+unsteered answers (the bench's `hf` rows) on the same questions.
+
+The adapter learns from steered answers (plain prompt -> opening + the base model's continuation), so
+the base-model loss of those answers is about the floor of what imitating them can reach: the part of
+the adapter's loss gap that the list style itself costs, as opposed to what training damaged.
+Steered are the categories where the issue expects forks; the others stay unsteered, as in the data.
+
+    .venv/bin/python bench/steered_control.py --answers bench/results/vicuna80/answers.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import metrics  # noqa: E402
+from bench.common import environment  # noqa: E402
+from bench.quality import answer_loss  # noqa: E402
+from bench.questions import VICUNA80, load  # noqa: E402
+
+STEERED = ("generic", "knowledge", "roleplay", "common-sense", "counterfactual", "writing")
+OUT = Path(__file__).resolve().parent / "results" / "steered_control.json"
+
+
+def _figures(rows: list[dict]) -> dict:
+    return {"answers": len(rows), "loss": metrics.stats(r["loss"] for r in rows)["mean"],
+            "repetition_4gram": metrics.stats(r["repetition"] for r in rows)["mean"],
+            "degenerate": metrics.stats(r["degenerate"] for r in rows)["mean"],
+            "tokens": metrics.stats(r["tokens"] for r in rows)["mean"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--answers", type=Path, default=OUT.parent / "vicuna80" / "answers.jsonl",
+                    help="an `aspd bench` answers file holding scored hf, ar and aspd rows")
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--limit", type=int, default=None, help="only the first N steered questions (a smoke run)")
+    args = ap.parse_args()
+
+    from runtime.engine import Engine
+    from runtime.model_loader import DEFAULT_MODEL, use_all_cores
+    from runtime.model_loader import load as load_model
+    from runtime.sampling import SamplingParams
+    from runtime.serving import complete_all
+    from training.prompts import Prompt
+    from training.steering import opening
+
+    rows = [json.loads(x) for x in args.answers.read_text().splitlines() if x.strip()]
+    scored = {(str(r["question_id"]), r["system"]): r for r in rows if r.get("quality")}
+    questions = [q for q in load(VICUNA80) if q.category in STEERED and (q.key, "hf") in scored][:args.limit]
+    use_all_cores()
+    eng = Engine(load_model(DEFAULT_MODEL, dtype="auto", adapter="none"))  # the bench's base engine and scorer
+    params = SamplingParams(max_new_tokens=256, temperature=0.0)  # the bench's decoding (default anti-loop)
+    starts = [opening(Prompt(f"vicuna-{q.key}", q.text, "listlike", "vicuna80")) for q in questions]
+    prompts = [eng.chat_prompt(q.text) + eng.encode(o) for q, o in zip(questions, starts)]
+    steered: list[dict] = []
+    for q, start, out in zip(questions, starts, complete_all(eng, prompts, params, batch=args.batch)):
+        text = start + out.text
+        steered.append({"question_id": q.key, "category": q.category, "text": text,
+                        "loss": answer_loss(eng.loaded.model, eng.chat_prompt(q.text), eng.encode(text)),
+                        "repetition": metrics.repetition_rate(text), "degenerate": metrics.degenerate_rate(text),
+                        "tokens": out.completion_tokens})
+
+    def system(name: str) -> list[dict]:
+        out = []
+        for q in questions:
+            r = scored.get((q.key, name))
+            if r is not None:
+                qual = r["quality"]
+                out.append({"loss": qual["loss"], "repetition": qual["repetition"], "degenerate": qual["degenerate"],
+                            "tokens": r["completion_tokens"]})
+        return out
+
+    figs = {"base_unsteered (hf)": _figures(system("hf")), "base_steered": _figures(steered)}
+    for name in ("ar", "aspd"):
+        if any(k[1] == name for k in scored):
+            figs[f"adapter_{name}"] = _figures(system(name))
+    ref = figs["base_unsteered (hf)"]["loss"]
+    for f in figs.values():
+        f["loss_vs_base"] = metrics.relative_delta(f["loss"], ref)
+    result = {"meta": {"command": "bench/steered_control.py " + " ".join(sys.argv[1:]), "answers": str(args.answers),
+                       "steered_categories": list(STEERED), "questions": len(questions),
+                       "sampling": {"max_new_tokens": 256, "decoding": "greedy", "anti_loop": "default"},
+                       "environment": environment()},
+              "systems": figs, "steered_answers": steered}
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    for name, f in figs.items():
+        print(f"{name:22s} loss {f['loss']:.3f} ({f['loss_vs_base']:+.1%})  rep4 {f['repetition_4gram']:.3f}  "
+              f"degenerate {f['degenerate']:.4f}  tokens {f['tokens']:.0f}")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
