@@ -1,4 +1,4 @@
-"""Wire formats of `aspd serve`: SGLang's /generate and OpenAI's completions, as pydantic models.
+"""Wire formats of `aspd serve`: SGLang's /generate, as pydantic models (OpenAI's: `api_openai`).
 
 Every body is validated here (types, ranges, unsupported options) so that a bad request is a
 clear 400 before it reaches the serving loop. `sglang_sampling` maps SGLang's sampling parameters
@@ -8,13 +8,10 @@ onto the one `SamplingParams` (the server's wire and NativeBackend's frontend ca
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .grammar import check
 from .outcomes import Result
 from .outputs import FinishReason
 from .sampling import DEFAULTS, SamplingParams
@@ -44,7 +41,7 @@ def _utf8(v):
     return v
 
 
-class _Wire(BaseModel):
+class Wire(BaseModel):
     """A wire body: strict types (no "yes" for a bool, no true for a number) and valid UTF-8 throughout."""
 
     model_config = ConfigDict(strict=True, extra="ignore")
@@ -55,7 +52,7 @@ class _Wire(BaseModel):
         return _utf8(v)
 
 
-class WireSampling(_Wire):
+class WireSampling(Wire):
     """SGLang's `sampling_params` (what RuntimeEndpoint sends), plus the ASPD caps."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
@@ -97,6 +94,10 @@ GRAMMARS = ("regex", "json_schema")  # SGLang's constrained decoding that the en
 CONSTRAINED = ("ebnf", "structural_tag", "dtype")  # and what it does not
 
 
+def _or(value, default):
+    return default if value is None else value
+
+
 def sglang_sampling(sp, defaults: SamplingParams = DEFAULTS, default_max: int | None = None,
                     server: str = "aspd serve", grammars: bool = False) -> SamplingParams:
     """SGLang's sampling parameters as ours: the wire's (`WireSampling`) or its frontend's
@@ -127,17 +128,17 @@ def sglang_sampling(sp, defaults: SamplingParams = DEFAULTS, default_max: int | 
     try:
         return SamplingParams(**{**defaults.model_dump(), **{k: v for k, v in given.items() if v is not None}})
     except ValidationError as e:  # a grammar llguidance rejects, both grammars: a 400 naming the field
-        raise BadRequest(_first_error(e)) from None
+        raise BadRequest(first_error(e)) from None
 
 
-def _first_error(e: ValidationError) -> str:
+def first_error(e: ValidationError) -> str:
     first = e.errors()[0]
     where = ".".join(map(str, first["loc"]))
     msg = first["msg"].removeprefix("Value error, ")
     return f"{where}: {msg}" if where else msg
 
 
-class AspdOptions(_Wire):
+class AspdOptions(Wire):
     """ASPD's options of one /generate request, in SGLang's `session_params` (`{"aspd": {...}}`): the
     one free-form object sglang-router forwards as written (it drops fields SGLang does not define,
     such as `aspd` and `fork_bias`, and proxies /generate only). `join` and `release` act on `rid`:
@@ -151,11 +152,11 @@ class AspdOptions(_Wire):
     release: bool = False
 
 
-class SessionParams(_Wire):
+class SessionParams(Wire):
     aspd: AspdOptions = AspdOptions()  # SGLang's own keys (id, offset, ...) are ignored, as before
 
 
-class GenerateRequest(_Wire):
+class GenerateRequest(Wire):
     """SGLang's /generate body. Unknown top-level fields are ignored (clients send many), unknown
     sampling parameters are not (a typo would silently change the output)."""
 
@@ -225,162 +226,13 @@ class GenerateRequest(_Wire):
         return list(rids)
 
 
-class AbortRequest(_Wire):
+class AbortRequest(Wire):
     rid: str
 
 
-class JoinRequest(_Wire):
+class JoinRequest(Wire):
     src_rids: list[str]
     dst_rid: str
-
-
-# ----------------------------------------------------------------- OpenAI
-
-
-class _OpenAIBase(_Wire):
-    model: str | None = None
-    max_tokens: int | None = Field(None, ge=0)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    n: int = 1
-    stream: bool = False
-    stream_options: dict | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = SEED
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    logprobs: bool | int | None = None
-    # common extensions (vLLM, SGLang)
-    top_k: int = -1
-    min_p: float = 0.0
-    repetition_penalty: float | None = None
-    no_repeat_ngram_size: int | None = None
-    ignore_eos: bool = False
-    aspd: bool = False
-    fork_bias: float | None = None  # with aspd: the fork threshold's offset (None: the adapter's calibrated one)
-    session_params: SessionParams | list | None = None  # {"aspd": {...}}: the two above, through a router
-    # text, json_object (a JSON object, as SGLang) or json_schema ({"json_schema": {"schema": {...}}})
-    response_format: dict | None = None
-    # OpenAI options aspd serve does not implement: refused by name, never silently ignored
-    tools: list | None = None
-    tool_choice: str | dict | None = None
-    functions: list | None = None
-    function_call: str | dict | None = None
-    logit_bias: dict | None = None
-    best_of: int | None = None
-    lora_path: str | None = None
-
-    @model_validator(mode="after")
-    def _session_aspd(self):
-        if isinstance(self.session_params, SessionParams):
-            self.aspd = self.aspd or self.session_params.aspd.adaptive
-            self.fork_bias = self.session_params.aspd.fork_bias if self.fork_bias is None else self.fork_bias
-        return self
-
-    @model_validator(mode="after")
-    def _unsupported(self):
-        bad = [name for name, unset in (
-            ("tools", not self.tools), ("tool_choice", self.tool_choice in (None, "none")),
-            ("functions", not self.functions), ("function_call", self.function_call in (None, "none")),
-            ("logit_bias", not self.logit_bias), ("best_of", self.best_of in (None, 1)),
-            ("lora_path", self.lora_path is None)) if not unset]
-        if bad:
-            raise ValueError(f"{bad[0]} is not supported by aspd serve")
-        self.schema()
-        return self
-
-    def schema(self) -> str | None:
-        """`response_format` as a JSON schema's text (None: plain text); a shape or schema we cannot
-        serve is a ValueError naming response_format."""
-        rf = self.response_format
-        kind = rf.get("type") if rf is not None else "text"
-        if kind == "text":
-            return None
-        if kind == "json_object":
-            return '{"type": "object"}'
-        spec = rf.get("json_schema") if kind == "json_schema" else None
-        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
-            raise ValueError('response_format must be {"type": "text"}, {"type": "json_object"} or '
-                             '{"type": "json_schema", "json_schema": {"schema": {...}}}')
-        text = json.dumps(spec.get("schema", {}))
-        try:
-            check("json_schema", text)
-        except ValueError as e:
-            raise ValueError(f"response_format: {e}") from None
-        return text
-
-    def sampling(self, default_max: int, defaults: SamplingParams = DEFAULTS) -> SamplingParams:
-        if self.logprobs:
-            raise BadRequest("logprobs are not supported on the OpenAI endpoints; use /generate")
-        try:
-            wire = WireSampling(max_new_tokens=default_max if self.max_tokens is None else self.max_tokens,
-                                n=self.n, stop=self.stop, temperature=self.temperature, top_p=self.top_p,
-                                top_k=self.top_k, min_p=self.min_p, frequency_penalty=self.frequency_penalty,
-                                presence_penalty=self.presence_penalty, repetition_penalty=self.repetition_penalty,
-                                no_repeat_ngram_size=self.no_repeat_ngram_size, ignore_eos=self.ignore_eos,
-                                seed=self.seed, json_schema=self.schema(), fork_bias=self.fork_bias)
-        except ValidationError as e:  # an extension out of range ("min_p": 3): a 400 naming it, not a crash
-            raise BadRequest(_first_error(e)) from None
-        return wire.to_sampling(default_max, defaults)
-
-    @property
-    def include_usage(self) -> bool:
-        return bool(self.stream_options and self.stream_options.get("include_usage"))
-
-
-class CompletionRequest(_OpenAIBase):
-    prompt: str | list[str] | list[int] | list[list[int]]
-    suffix: str | None = None
-    echo: bool = False
-    max_tokens: int | None = Field(16, ge=0)
-
-    @model_validator(mode="after")
-    def _no_echo(self):
-        if self.echo:
-            raise ValueError("echo is not supported by aspd serve")
-        if self.suffix:
-            raise ValueError("suffix is not supported by aspd serve")
-        return self
-
-    def prompts(self) -> list[tuple[str | None, list[int] | None]]:
-        """(text, input_ids) per prompt."""
-        p = self.prompt
-        if isinstance(p, str):
-            return [(p, None)]
-        if p and isinstance(p[0], str):
-            return [(x, None) for x in p]
-        if p and isinstance(p[0], list):
-            return [(None, x) for x in p]
-        return [(None, list(p))]
-
-
-class ChatMessage(_Wire):
-    role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[dict]
-
-    def text(self) -> str:
-        if isinstance(self.content, str):
-            return self.content
-        parts = []
-        for p in self.content:
-            if p.get("type") != "text":
-                raise BadRequest(f"message content of type {p.get('type')!r} is not supported")
-            parts.append(str(p.get("text", "")))
-        return "".join(parts)
-
-
-class ChatRequest(_OpenAIBase):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=0)
-
-    def sampling(self, default_max: int, defaults: SamplingParams = DEFAULTS) -> SamplingParams:
-        if self.max_tokens is None and self.max_completion_tokens is not None:
-            self.max_tokens = self.max_completion_tokens
-        return super().sampling(default_max, defaults)
-
-
-def _or(value, default):
-    return default if value is None else value
 
 
 # ----------------------------------------------------------------- SGLang's answer metadata

@@ -12,7 +12,8 @@ from fastapi import APIRouter
 from fastapi import Request as HttpRequest
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from .api import BadRequest, ChatRequest, CompletionRequest
+from .api import BadRequest
+from .api_openai import ChatRequest, CompletionRequest
 from .http_errors import refusal, refusal_body
 from .http_state import DEFAULT_MAX_TOKENS, Pending, ServerState, State, first_error
 from .outcomes import Event, Outcome, Result
