@@ -243,6 +243,19 @@ def adapter_table(r: dict) -> str:
     return "\n".join(rows) + "\n" + note
 
 
+def steered_table(r: dict) -> str:
+    rows = ["| answers to the same questions | base-model loss (nats/token) | vs base | repeated 4-grams | "
+            "degenerate | tokens |", "|---|---|---|---|---|---|"]
+    rows += [f"| {name.replace('_', ' ')} | {f['loss']:.3f} | {f['loss_vs_base']:+.1%} | {f['repetition_4gram']:.1%} | "
+             f"{f['degenerate']:.2%} | {f['tokens']:.0f} |" for name, f in r["systems"].items()]
+    m = r["meta"]
+    note = (f"\n{m['questions']} Vicuna-80 questions of the categories where forks are expected "
+            f"({', '.join(m['steered_categories'])}); greedy, default anti-loop, at most "
+            f"{m['sampling']['max_new_tokens']} new tokens; adapter rows from {m['answers']}; "
+            f"{_machine(m['environment'])}.")
+    return "\n".join(rows) + "\n" + note
+
+
 def vicuna_table(summary: dict) -> str:
     """The `aspd bench` run's speed and quality tables (the same rows as its report.md)."""
     import sys
@@ -285,7 +298,7 @@ def decoding_table(r: dict) -> str:
 
 
 MARKERS = ("engine", "engine-adapter", "formats", "decoding", "programs", "serve", "cluster", "constrained",
-           "faults", "data", "adapter", "vicuna")
+           "faults", "data", "adapter", "vicuna", "steered")
 
 
 def markdown_files() -> list[Path]:
@@ -340,6 +353,8 @@ def tables() -> dict[str, str]:
         out["data"] = data_table(load(stats))
     if (results / "adapter.json").exists():
         out["adapter"] = adapter_table(load(results / "adapter.json"))
+    if (results / "steered_control.json").exists():
+        out["steered"] = steered_table(load(results / "steered_control.json"))
     vicuna = results / "vicuna80" / "summary.json"
     if vicuna.exists():
         out["vicuna"] = vicuna_table(load(vicuna))

@@ -29,6 +29,12 @@ STEERED = ("generic", "knowledge", "roleplay", "common-sense", "counterfactual",
 OUT = Path(__file__).resolve().parent / "results" / "steered_control.json"
 
 
+def _shown(path: Path) -> str:
+    path = path.resolve()
+    root = OUT.parents[2]
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
 def _figures(rows: list[dict]) -> dict:
     return {"answers": len(rows), "loss": metrics.stats(r["loss"] for r in rows)["mean"],
             "repetition_4gram": metrics.stats(r["repetition"] for r in rows)["mean"],
@@ -86,7 +92,7 @@ def main() -> None:
     ref = figs["base_unsteered (hf)"]["loss"]
     for f in figs.values():
         f["loss_vs_base"] = metrics.relative_delta(f["loss"], ref)
-    result = {"meta": {"command": "bench/steered_control.py " + " ".join(sys.argv[1:]), "answers": str(args.answers),
+    result = {"meta": {"command": "bench/steered_control.py " + " ".join(sys.argv[1:]), "answers": _shown(args.answers),
                        "steered_categories": list(STEERED), "questions": len(questions),
                        "sampling": {"max_new_tokens": 256, "decoding": "greedy", "anti_loop": "default"},
                        "environment": environment()},

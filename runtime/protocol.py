@@ -305,6 +305,7 @@ class SpecialIds:
     end_para: int
     eos: frozenset[int]
     not_in_title: frozenset[int] = frozenset()  # tokens holding a TITLE_BANNED_CHARS character
+    fence: frozenset[int] = frozenset()  # tokens holding "```": no block opens inside fenced code
 
     @property
     def markup(self) -> frozenset[int]:
@@ -376,6 +377,7 @@ class Constraint:
     phase: Phase = Phase.SERIAL
     title_tokens: int = 0
     titles: int = 0
+    in_code: bool = False  # inside a fenced code block of the serial text (training never splits code)
 
     def allowed(self, branch_tokens: int = 0, branch_cap: int | None = None, tokens_left: int | None = None) -> Allowed:
         """`tokens_left`: the answer's remaining budget, for a block's size (None: unbounded)."""
@@ -400,7 +402,7 @@ class Constraint:
             if self.titles >= 2:
                 opts.add(ids.para)
             return Allowed(only=frozenset(opts))
-        if self.adaptive and self.phase is Phase.SERIAL and room(2):
+        if self.adaptive and self.phase is Phase.SERIAL and room(2) and not self.in_code:
             bias = ((ids.title, self.fork_bias),) if self.fork_bias else ()
             return Allowed(banned=markup - {ids.title}, bias=bias)
         return Allowed(banned=markup)
@@ -414,6 +416,8 @@ class Constraint:
     def advance(self, token: int) -> None:
         """Move the state machine over a serial token (branch tokens never change it except closing)."""
         ids = self.ids
+        if token in ids.fence and self.phase in (Phase.SERIAL, Phase.AFTER_JOIN):
+            self.in_code = not self.in_code
         if self.phase is Phase.TITLE:
             if token == ids.end_title:
                 self.phase, self.titles = Phase.TITLES_CLOSED, self.titles + 1

@@ -21,3 +21,9 @@ def tokens_with(tokenizer, chars: str) -> frozenset[int]:
     special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
     return frozenset(i for i, t in enumerate(token_texts(tokenizer))
                      if i not in special and any(c in t for c in chars))
+
+
+def tokens_containing(tokenizer, text: str) -> frozenset[int]:
+    """Ids of the tokens whose text holds `text` (special and added tokens left out)."""
+    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    return frozenset(i for i, t in enumerate(token_texts(tokenizer)) if i not in special and text in t)

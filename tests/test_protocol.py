@@ -164,6 +164,18 @@ def test_constraint_in_branch_only_end_branch_closes_and_eos_maps():
     assert c.allowed(branch_tokens=4, branch_cap=4).only == {IDS.end_branch}
 
 
+def test_no_block_opens_inside_fenced_code():
+    ids = P.SpecialIds(title=100, end_title=101, para=102, branch=103, end_branch=104, end_para=105,
+                       eos=frozenset({0}), fence=frozenset({9}))
+    c = P.Constraint(ids)
+    assert ids.title not in c.allowed().banned
+    c.advance(9)  # "```" opens a code block
+    c.advance(5)
+    assert ids.title in c.allowed().banned
+    c.advance(9)  # and closes it
+    assert ids.title not in c.allowed().banned
+
+
 def test_ar_constraint_bans_all_markup():
     c = P.Constraint(IDS, adaptive=False)
     assert c.allowed().banned == IDS.markup

@@ -26,7 +26,8 @@ from runtime.serving import complete_all
 
 # Positive offsets too: an adapter trained on few parallel answers under-forks on list-like prompts
 # (v5 and v6 both still met the 10% bound at +5, the old top of the grid).
-GRID = (10.0, 9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.0, -0.5, -1.0, -1.25, -1.5, -1.75, -2.0, -2.5, -3.0, -4.0, -6.0)
+GRID = (10.0, 9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.0,
+        -0.5, -1.0, -1.25, -1.5, -1.75, -2.0, -2.5, -3.0, -4.0, -6.0)
 
 
 class CalibrationError(UserError, ValueError):
