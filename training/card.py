@@ -52,10 +52,11 @@ def write(adapter: Path, evaluation: dict | None = None) -> Path:
         c1, h1 = rec["stage1"]["config"], rec["stage1"]["history"]
         l1 = h1["losses"]
         lines += [
-            f"- two stages. Stage 1: lr {c1['lr']}, {c1['epochs']} epoch(s), {h1['step']} steps in "
+            f"- staged. Stage 1: lr {c1['lr']}, {c1['epochs']} epoch(s), {h1['step']} steps in "
             f"{h1['seconds'] / 60:.0f} min, loss {l1[0]:.3f} -> {sum(l1[-10:]) / len(l1[-10:]):.3f} "
             f"(markup rows at lr {c1.get('token_lr')}, markup tokens weighted x{c1.get('markup_weight')}).",
-            f"  Stage 2 (the figures above) started from stage 1's adapter on the grown data set (markup rows at "
+            f"  Each later stage started from the previous one's adapter on the grown data set; the last (the "
+            f"figures above{', a family-balanced draw' if rec.get('balanced') else ''}) with markup rows at "
             f"lr {cfg.get('token_lr')}, markup tokens weighted x{cfg.get('markup_weight')})",
         ]
     if evaluation:
