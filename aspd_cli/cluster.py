@@ -171,8 +171,9 @@ def _wait(what: str, procs: list[subprocess.Popen], ready: Callable[[], bool], t
         time.sleep(0.25)
 
 
-def stop(procs: list[subprocess.Popen], timeout: float = 20) -> None:
-    """SIGTERM each (uvicorn and the router drain and exit), then SIGKILL what is left."""
+def stop(procs: list[subprocess.Popen], timeout: float = 10) -> None:
+    """SIGTERM each (uvicorn and the router drain and exit), then SIGKILL what is left: router and
+    workers in turn stay well within a service manager's stop timeout."""
     for p in procs:
         if p.poll() is None:
             p.terminate()
