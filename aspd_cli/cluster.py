@@ -195,6 +195,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     workers: list[subprocess.Popen] = []
     router: subprocess.Popen | None = None
     signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop: the same clean shutdown
+    signal.signal(signal.SIGINT, _interrupt)  # Ctrl-C, even when started in the background (which ignores it)
     try:
         workers = [_start(pl.worker_cmd(p), c) for p, c in zip(pl.worker_ports, pl.cores)]
 
