@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from bench.common import environment  # noqa: E402
+from bench.common import environment, shown  # noqa: E402
 from bench.metrics import degenerate_rate, ideal_speedup  # noqa: E402
 from runtime import protocol as P  # noqa: E402
 from runtime.engine import Engine  # noqa: E402
@@ -66,10 +66,6 @@ def vicuna_figures(summary: dict, source: str = "bench/results/vicuna80/summary.
     }
 
 
-def _shown(path: Path) -> str:
-    return str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--adapter", default=None, help="default: the shipped adapter")
@@ -100,7 +96,7 @@ def main() -> None:
     blocks = [len(b.branches) for o in outs for b in o.response.blocks]
     wf = sum(wellformed(o) for o in outs) / len(outs)
     result = {
-        "adapter": _shown(Path(adapter)),
+        "adapter": shown(Path(adapter)),
         "fork_bias": loaded.fork_bias, "max_new_tokens": args.max_new_tokens, **params.anti_loop,
         "decoding": "greedy", "fork_rate_listlike": round(rate["listlike"], 3),
         "fork_rate_other": round(rate["other"], 3), "wellformed_rate": round(wf, 3), "eval_prompts": len(evals),
@@ -108,7 +104,7 @@ def main() -> None:
         "degenerate_rate": round(sum(degenerate_rate(o.text) for o in outs) / len(outs), 4),
         "ideal_speedup": round(sum(ideal_speedup(o.completion_tokens, o.critical_path_tokens) for o in outs)
                                / len(outs), 3),
-        **(vicuna_figures(json.loads(summary_path.read_text()), _shown(summary_path)) if summary_path.exists() else {}),
+        **(vicuna_figures(json.loads(summary_path.read_text()), shown(summary_path)) if summary_path.exists() else {}),
         "environment": environment(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

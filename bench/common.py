@@ -62,3 +62,9 @@ def engine(args: argparse.Namespace):
 
     use_all_cores()
     return Engine(load(args.model, dtype=args.dtype, adapter=getattr(args, "adapter", None)))
+
+
+def shown(path: Path) -> str:
+    """A path as a result file records it: relative to the repository when inside it."""
+    root = Path(__file__).resolve().parents[1]
+    return str(path.resolve().relative_to(root)) if path.resolve().is_relative_to(root) else str(path)

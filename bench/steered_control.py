@@ -21,18 +21,12 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import metrics  # noqa: E402
-from bench.common import environment  # noqa: E402
+from bench.common import environment, shown  # noqa: E402
 from bench.quality import answer_loss  # noqa: E402
 from bench.questions import VICUNA80, load  # noqa: E402
 
 STEERED = ("generic", "knowledge", "roleplay", "common-sense", "counterfactual", "writing")
 OUT = Path(__file__).resolve().parent / "results" / "steered_control.json"
-
-
-def _shown(path: Path) -> str:
-    path = path.resolve()
-    root = OUT.parents[2]
-    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
 def _figures(rows: list[dict]) -> dict:
@@ -92,7 +86,7 @@ def main() -> None:
     ref = figs["base_unsteered (hf)"]["loss"]
     for f in figs.values():
         f["loss_vs_base"] = metrics.relative_delta(f["loss"], ref)
-    result = {"meta": {"command": "bench/steered_control.py " + " ".join(sys.argv[1:]), "answers": _shown(args.answers),
+    result = {"meta": {"command": "bench/steered_control.py " + " ".join(sys.argv[1:]), "answers": shown(args.answers),
                        "steered_categories": list(STEERED), "questions": len(questions),
                        "sampling": {"max_new_tokens": 256, "decoding": "greedy", "anti_loop": "default"},
                        "environment": environment()},
