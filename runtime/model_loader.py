@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from .errors import UserError
 from .protocol import SPECIAL_TOKENS, TITLE_BANNED_CHARS, SpecialIds
 from .quant import activations
-from .vocab import tokens_containing, tokens_with
+from .vocab import tokens_containing, tokens_ending, tokens_with
 from .weight_format import DTYPES, WeightFormat
 
 DEFAULT_MODEL = "embedded:smollm2-135m"
@@ -121,7 +121,10 @@ def add_special_tokens(model: PreTrainedModel, tok: PreTrainedTokenizerBase) -> 
     eos = {tok.eos_token_id} if tok.eos_token_id is not None else set()
     eos |= set(_as_list(getattr(model.generation_config, "eos_token_id", None)))
     return SpecialIds(*(conv(t) for t in SPECIAL_TOKENS), eos=frozenset(eos),
-                      not_in_title=tokens_with(tok, TITLE_BANNED_CHARS), fence=tokens_containing(tok, "```"))
+                      not_in_title=tokens_with(tok, TITLE_BANNED_CHARS), fence=tokens_containing(tok, "```"),
+                      line_end=tokens_ending(tok, "\n"),
+                      template=(frozenset(tok.all_special_ids) | frozenset(tok.added_tokens_decoder))
+                      - {conv(t) for t in SPECIAL_TOKENS})
 
 
 def _as_list(x) -> list[int]:

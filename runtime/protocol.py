@@ -306,6 +306,8 @@ class SpecialIds:
     eos: frozenset[int]
     not_in_title: frozenset[int] = frozenset()  # tokens holding a TITLE_BANNED_CHARS character
     fence: frozenset[int] = frozenset()  # tokens holding "```": no block opens inside fenced code
+    line_end: frozenset[int] | None = None  # tokens ending in a newline: a block opens only after one (None: anywhere)
+    template: frozenset[int] = frozenset()  # the tokenizer's own special tokens (chat-template role markers)
 
     @property
     def markup(self) -> frozenset[int]:
@@ -344,6 +346,20 @@ def tokenize_response(resp: Response, encode, ids: SpecialIds, first_block: int 
 # --------------------------------------------------------------------------- constraint
 
 
+def opens_line(tokens: Sequence[int], ids: SpecialIds) -> bool:
+    """Does text written after `tokens` start a line where a block may open? It does after a newline,
+    unless that newline ends a chat template's header ("<|im_start|>assistant\n"): a chat answer's
+    first line is the model's own, as in training; a program's text ending in a newline is not."""
+    if ids.line_end is None or not tokens or tokens[-1] not in ids.line_end:
+        return False
+    for t in reversed(tokens[:-1]):
+        if t in ids.line_end:
+            return True
+        if t in ids.template:
+            return False
+    return True
+
+
 class Phase(enum.Enum):
     SERIAL = "serial"
     AFTER_JOIN = "after_join"  # the token right after <|/para|>: no new block yet
@@ -378,6 +394,11 @@ class Constraint:
     title_tokens: int = 0
     titles: int = 0
     in_code: bool = False  # inside a fenced code block of the serial text (training never splits code)
+    # Right after a newline of the text (`opens_line`): every block of the training data opens there,
+    # after the answer's first line at the earliest. A block opened mid-sentence lists the sentence's
+    # next words as titles ("I am", "I'm", "I've"); one opened as a chat answer's first token lists
+    # guesses at its opening line ("def longest(lst, n)", "def longest(lst, m)").
+    line_start: bool = False
 
     def allowed(self, branch_tokens: int = 0, branch_cap: int | None = None, tokens_left: int | None = None) -> Allowed:
         """`tokens_left`: the answer's remaining budget, for a block's size (None: unbounded)."""
@@ -402,7 +423,8 @@ class Constraint:
             if self.titles >= 2:
                 opts.add(ids.para)
             return Allowed(only=frozenset(opts))
-        if self.adaptive and self.phase is Phase.SERIAL and room(2) and not self.in_code:
+        if (self.adaptive and self.phase is Phase.SERIAL and room(2) and not self.in_code
+                and (self.line_start or ids.line_end is None)):
             bias = ((ids.title, self.fork_bias),) if self.fork_bias else ()
             return Allowed(banned=markup - {ids.title}, bias=bias)
         return Allowed(banned=markup)
@@ -416,8 +438,9 @@ class Constraint:
     def advance(self, token: int) -> None:
         """Move the state machine over a serial token (branch tokens never change it except closing)."""
         ids = self.ids
-        if token in ids.fence and self.phase in (Phase.SERIAL, Phase.AFTER_JOIN):
-            self.in_code = not self.in_code
+        if self.phase in (Phase.SERIAL, Phase.AFTER_JOIN) and token != ids.title:
+            self.in_code ^= token in ids.fence
+            self.line_start = ids.line_end is not None and token in ids.line_end
         if self.phase is Phase.TITLE:
             if token == ids.end_title:
                 self.phase, self.titles = Phase.TITLES_CLOSED, self.titles + 1

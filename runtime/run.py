@@ -39,6 +39,7 @@ from .protocol import (
     SerialSegment,
     Tag,
     branch_seed,
+    opens_line,
 )
 from .sampling import SamplingParams
 from .sequence import CLOSE_BLOCK, SeqState, Stream
@@ -131,7 +132,8 @@ class Run:
         bias = self.eng.loaded.fork_bias if p.fork_bias is None else p.fork_bias
         adaptive = self.kind is RunKind.ADAPTIVE and p.grammar is None  # a grammar covers the plain answer
         return Constraint(self.ids, adaptive=adaptive, max_title_tokens=p.max_title_tokens,
-                          max_branches=p.max_branches, fork_bias=bias)
+                          max_branches=p.max_branches, fork_bias=bias,
+                          line_start=opens_line(self.eng.tokens(self.seq), self.ids))
 
     @classmethod
     def branches(cls, eng: Engine, seq: SeqState, requests: dict[int, SamplingParams]) -> Run:

@@ -3,6 +3,8 @@ built here), and an engine on it that writes markup often."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -35,14 +37,21 @@ def tiny_model(seed: int = 0, max_positions: int = 512, chars: list[str] = CHARS
     return LoadedModel(model=model.eval(), tokenizer=tok, ids=ids, name="tiny")
 
 
-def markup_heavy_engine(seed: int) -> Engine:
-    """An engine on a tiny model whose head makes markup and EOS likely, so blocks open and close often."""
+def markup_heavy_engine(seed: int, line_rule: bool = False) -> Engine:
+    """An engine on a tiny model whose head makes markup and EOS likely, so blocks open and close often.
+    `line_rule`: keep the rule that a block opens only after a newline (off by default: random text
+    rarely writes one, and these tests are about the markup, not where a block opens)."""
     lm = tiny_model(seed=seed)
+    if not line_rule:
+        lm.ids = dataclasses.replace(lm.ids, line_end=None)
     head = lm.model.get_output_embeddings().weight
     with torch.no_grad():
         head[sorted(lm.ids.markup)] *= 0.0
         head[sorted(lm.ids.markup)] += lm.model.get_input_embeddings().weight[sorted(lm.ids.markup)] * 40
         head[sorted(lm.ids.eos)] = lm.model.get_input_embeddings().weight[sorted(lm.ids.eos)] * 6
+        if line_rule:  # newlines likely too
+            newline = lm.tokenizer.encode("\n", add_special_tokens=False)
+            head[newline] = lm.model.get_input_embeddings().weight[newline] * 10
     return Engine(lm)
 
 

@@ -16,10 +16,11 @@ from training import calibrate
 
 def test_constraint_biases_only_the_block_opening_in_serial_adaptive_decoding():
     ids = tiny_model().ids
-    c = Constraint(ids, adaptive=True, fork_bias=-2.5)
+    c = Constraint(ids, adaptive=True, fork_bias=-2.5, line_start=True)
     assert c.allowed().bias == ((ids.title, -2.5),)
-    assert Constraint(ids, adaptive=True).allowed().bias == ()
-    assert Constraint(ids, adaptive=False, fork_bias=-2.5).allowed().bias == ()  # AR: the token is banned anyway
+    assert Constraint(ids, adaptive=True, line_start=True).allowed().bias == ()
+    assert Constraint(ids, adaptive=True, fork_bias=-2.5).allowed().bias == ()  # mid-line: no block may open
+    assert Constraint(ids, adaptive=False, fork_bias=-2.5, line_start=True).allowed().bias == ()  # AR: banned anyway
     c.phase = Phase.BRANCH
     assert c.allowed().bias == ()
 

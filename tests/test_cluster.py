@@ -127,13 +127,15 @@ def test_generate_and_openai_stream_through_the_router(cluster):
     # the router sends max_tokens on as max_completion_tokens: the worker must honour it
     assert text == full.choices[0].message.content and text and full.usage.completion_tokens == 16
     # ASPD decoding through the router, which drops `"aspd": true`: the options ride in session_params
-    ask = dict(model="x", messages=msgs, max_tokens=96, temperature=0)
+    # (a completion: a block opens after a newline, and the prompt ends one; the random model forks
+    # only when pushed)
+    ask = dict(model="x", prompt="list three tips:\n", max_tokens=96, temperature=0)
     direct = OpenAI(base_url=cluster.workers[0][0] + "/v1", api_key="none", timeout=TIMEOUT)
-    forky = {"adaptive": True, "fork_bias": 8.0}  # the random model forks only when pushed
-    routed = client.chat.completions.create(**ask, extra_body={"session_params": {"aspd": forky}})
-    alone = direct.chat.completions.create(**ask, extra_body={"aspd": True, "fork_bias": 8.0})
-    serial = direct.chat.completions.create(**ask)
-    assert routed.choices[0].message.content == alone.choices[0].message.content != serial.choices[0].message.content
+    forky = {"adaptive": True, "fork_bias": 100.0}
+    routed = client.completions.create(**ask, extra_body={"session_params": {"aspd": forky}})
+    alone = direct.completions.create(**ask, extra_body={"aspd": True, "fork_bias": 100.0})
+    serial = direct.completions.create(**ask)
+    assert routed.choices[0].text == alone.choices[0].text != serial.choices[0].text
     kw = dict(model="x", prompt="tea is", max_tokens=8, temperature=0)
     parts = "".join(c.choices[0].text for c in client.completions.create(**kw, stream=True) if c.choices)
     assert parts == client.completions.create(**kw).choices[0].text and parts

@@ -177,6 +177,23 @@ def test_constrained_decoding_never_writes_malformed_markup():
     assert blocks >= 30
 
 
+
+def test_adaptive_blocks_open_only_after_a_newline():
+    """The line rule in real decoding: every block the model opens follows a newline of its answer."""
+    eng = markup_heavy_engine(1, line_rule=True)
+    blocks = 0
+    for seed in range(40):
+        seq = eng.new_sequence("q: ")
+        params = SamplingParams(max_new_tokens=300, max_branch_tokens=6, max_title_tokens=3, temperature=1.0,
+                                seed=seed)
+        eng.generate(seq, params, "aspd")
+        markup = eng.text(seq).removeprefix("q: ")
+        opened = [k for k in range(len(markup)) if markup.startswith(P.TITLE, k)
+                  and not markup[:k].endswith(P.END_TITLE)]
+        assert all(k > 0 and markup[k - 1] == "\n" for k in opened), markup
+        blocks += len(opened)
+    assert blocks >= 3
+
 def test_adaptive_written_tokens_match_training_tokenisation():
     """The tokens the engine fed are exactly what training builds from the same markup."""
     eng = markup_heavy_engine(2)
