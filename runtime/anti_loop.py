@@ -118,8 +118,11 @@ def title_bans(titles: Sequence[Sequence[int]], words: torch.Tensor, end_title: 
     and marks are not compared) and counts that start as a token: no title may repeat a
     TITLE_NGRAM-gram of an earlier title's content (so none opens with an earlier one's first three
     tokens), nor open with the whole of a shorter earlier one ("Stay healthy", then "Stay healthy
-    with ..."), nor close equal to an earlier one, nor write a word token twice in a row. Greedy
-    decoding otherwise writes the same title again and again, and equal titles give equal branches."""
+    with ..."), nor close equal to an earlier one, nor write a word token twice in a row, nor close
+    before it holds a word (titles "1", "2", "3"). (Closing on an earlier title's words with another
+    number, "Step 1" then "Step 2", stays allowed: banned, greedy escaped it with "Step 2-1-2-3-".)
+    Greedy decoding otherwise writes the same title again and again, and equal titles give equal
+    branches."""
     def content(t: Sequence[int]) -> list[int]:
         first = next((k for k, x in enumerate(t) if words[x]), len(t))
         return [_START, *t[first:]]
@@ -133,7 +136,7 @@ def title_bans(titles: Sequence[Sequence[int]], words: torch.Tensor, end_title: 
     out |= {t[-1] for t in done if 1 < len(t) <= k and cur == t[:-1]}
     if len(cur) > 1 and words[cur[-1]]:  # no word token twice in a row ("Social Social Media"): the
         out.add(cur[-1])  # n-gram rule's cheapest escape (digits may repeat: "100" is three tokens)
-    if len(cur) > 1 and cur in done:
+    if len(cur) == 1 or cur in done:  # closes on no word yet ("1", "2", "3"), or equal to an earlier one
         out.add(end_title)
     return frozenset(out)
 

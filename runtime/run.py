@@ -181,7 +181,7 @@ class Run:
         s = self.seq.serial
         allowed = self.constraint.allowed(tokens_left=self.left)
         titles = [*self.earlier_titles, *self.title_ids]  # no title repeats one of this answer
-        if self.constraint.phase is Phase.TITLE and allowed.only is None and len(titles) > 1:
+        if self.constraint.phase is Phase.TITLE and allowed.only is None:
             ban = title_bans(titles, self.eng.words, self.ids.end_title)
             if ban:
                 allowed = dataclasses.replace(allowed, banned=allowed.banned | ban)

@@ -109,9 +109,10 @@ def test_a_title_may_not_repeat_an_earlier_title_of_its_block():
     assert title_bans([[0, 1, 2, 3, 4], [0, 1, 2, 3]], words, end) == {3, 4}  # but not with "A B C"
     assert title_bans([[0, 1, 2, 3], [0, 1, 4], [0, 1, 4]], words, end) == {4, end}  # against every title
     assert title_bans([[0, 1, 2, 3], [0, 1, 2]], words, end) == {2, 3}  # "A B" may not open a later title
-    assert title_bans([[0, 1, 2], [0, 1]], words, end) == {2}  # nor "A"
+    assert title_bans([[0, 1, 2], [0, 1]], words, end) == {2, end}  # nor "A" (nor close on "1.")
     assert title_bans([[0, 1, 2, 3], [0, 1, 4]], words, end) == {4}
-    assert title_bans([[0, 1, 6]], words, end) == frozenset()  # numbers and marks: no content yet
+    assert title_bans([[0, 1, 6]], words, end) == {end}  # numbers and marks: no word to close on yet
+    assert title_bans([[5, 0], [5, 1]], words, end) == frozenset()  # "D 1", "D 2": another number
 
 
 def test_training_titles_follow_the_decoders_title_rule():
@@ -123,6 +124,7 @@ def test_training_titles_follow_the_decoders_title_rule():
     assert not breaks_title_rule([[0, 1, 5]], words, end)
     assert breaks_title_rule([[0, 1, 2, 3], [0, 1, 2, 3, 4]], words, end)  # opens with the whole 1st
     assert breaks_title_rule([[0, 1, 2, 3], [0, 1, 4, 4, 5]], words, end)  # a word twice in a row
+    assert breaks_title_rule([[0, 1, 5], [0, 1]], words, end)  # a title without a word
 
 
 def test_aspd_titles_of_a_block_are_all_different():
