@@ -438,7 +438,7 @@ class Constraint:
     def advance(self, token: int) -> None:
         """Move the state machine over a serial token (branch tokens never change it except closing)."""
         ids = self.ids
-        if self.phase in (Phase.SERIAL, Phase.AFTER_JOIN) and token != ids.title:
+        if self.phase in (Phase.SERIAL, Phase.AFTER_JOIN):
             self.in_code ^= token in ids.fence
             self.line_start = ids.line_end is not None and token in ids.line_end
         if self.phase is Phase.TITLE:

@@ -133,7 +133,7 @@ class Run:
         adaptive = self.kind is RunKind.ADAPTIVE and p.grammar is None  # a grammar covers the plain answer
         return Constraint(self.ids, adaptive=adaptive, max_title_tokens=p.max_title_tokens,
                           max_branches=p.max_branches, fork_bias=bias,
-                          line_start=opens_line(self.eng.tokens(self.seq), self.ids))
+                          line_start=adaptive and opens_line(self.eng.tokens(self.seq), self.ids))
 
     @classmethod
     def branches(cls, eng: Engine, seq: SeqState, requests: dict[int, SamplingParams]) -> Run:
