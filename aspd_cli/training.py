@@ -60,6 +60,8 @@ def add_parsers(sub) -> None:
     c.add_argument("--per-kind", type=int, default=60, help="prompts of each kind (list-like, other)")
     c.add_argument("--target", type=float, default=0.10, help="highest fork rate allowed on non-list prompts")
     c.add_argument("--max-new-tokens", type=int, default=256)
+    c.add_argument("--no-gate", dest="gate", action="store_false",
+                   help="no fork gate: one offset for every answer (the gate is fitted on the training prompts' kinds)")
     anti_loop_args(c)
     c.set_defaults(func=cmd_calibrate)
 
@@ -156,17 +158,29 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from training.dataset import read
 
     adapter = args.adapter or _shipped_adapter()
-    trained_on = {r["prompt"] for r in read(args.data / "dataset.jsonl")}
+    rows = read(args.data / "dataset.jsonl")
+    trained_on = {r["prompt"] for r in rows}
     train = [json.loads(x) for x in (args.data / "prompts_calib.jsonl").read_text().splitlines()]
     texts, kinds = calibrate.calibration_prompts(train, trained_on, args.per_kind)
-    eng = Engine(load_model(args.model, dtype="auto", adapter=str(adapter)))
+    loaded = load_model(args.model, dtype="auto", adapter=str(adapter))
+    probs = None
+    if args.gate:  # before the engine: transformers' forward (the features) runs at half speed beside it
+        from training.gate import probabilities, train_gate
+
+        train_gate(loaded, [r["prompt"] for r in rows], [r["kind"] for r in rows], Path(adapter), log=console.print)
+        probs = probabilities(loaded, texts, Path(adapter))
+    eng = Engine(loaded)
     params = SamplingParams(max_new_tokens=args.max_new_tokens, **anti_loop_from(args))
     console.print(f"calibrating the fork bias of {adapter} on {len(texts)} calibration prompts")
-    points = calibrate.sweep(eng, texts, kinds, params, log=console.print)
+    points, thresholds = calibrate.sweep(eng, texts, kinds, params, log=console.print)
     chosen = calibrate.choose(points, args.target)
+    gate = calibrate.choose_gate(thresholds, probs, kinds, args.target) if probs is not None else None
     path = calibrate.write(adapter, chosen, points, {
         "target_other": args.target, "prompts_per_kind": args.per_kind, "max_new_tokens": args.max_new_tokens,
-        **params.anti_loop, "decoding": "greedy"})
+        **params.anti_loop, "decoding": "greedy"}, gate)
     console.print(f"fork bias {chosen.bias:+.1f} (list-like {chosen.fork_rate['listlike']:.0%}, "
                   f"other {chosen.fork_rate['other']:.0%}) -> {path}")
+    if gate is not None:
+        console.print(f"gate offsets {gate.low:+.1f} .. {gate.high:+.1f} (predicted list-like "
+                      f"{gate.fork_rate['listlike']:.0%}, other {gate.fork_rate['other']:.0%})")
     return 0

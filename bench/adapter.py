@@ -87,7 +87,9 @@ def main() -> None:
     merged = Engine(loaded)
 
     evals = [json.loads(x) for x in (ROOT / "data" / "aspd" / "prompts_eval.jsonl").read_text().splitlines()]
-    console.print(f"held-out split: {len(evals)} prompts, ASPD mode, fork bias {loaded.fork_bias:+.2f}")
+    gate = loaded.gate
+    console.print(f"held-out split: {len(evals)} prompts, ASPD mode, fork bias {loaded.fork_bias:+.2f}"
+                  + (f", gate offsets {gate.low:+.2f} .. {gate.high:+.2f}" if gate else ""))
     outs = complete_all(merged, [merged.chat_prompt(e["text"]) for e in evals], params, "aspd", batch=32)
     rate = {}
     for kind in ("listlike", "other"):
@@ -97,7 +99,8 @@ def main() -> None:
     wf = sum(wellformed(o) for o in outs) / len(outs)
     result = {
         "adapter": shown(Path(adapter)),
-        "fork_bias": loaded.fork_bias, "max_new_tokens": args.max_new_tokens, **params.anti_loop,
+        "fork_bias": loaded.fork_bias, "gate": {"low": gate.low, "high": gate.high} if gate else None,
+        "max_new_tokens": args.max_new_tokens, **params.anti_loop,
         "decoding": "greedy", "fork_rate_listlike": round(rate["listlike"], 3),
         "fork_rate_other": round(rate["other"], 3), "wellformed_rate": round(wf, 3), "eval_prompts": len(evals),
         "branches_per_block": round(sum(blocks) / len(blocks), 2) if blocks else None,

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 from runtime.sampling import describe_anti_loop
+from training.card import threshold
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -218,7 +219,7 @@ def adapter_table(r: dict) -> str:
     rows = [
         "| metric | value |",
         "|---|---|",
-        f"| fork threshold (`<|title|>` logit offset, `aspd calibrate`) | {r['fork_bias']:+.2f} |",
+        f"| fork threshold (`<|title|>` logit offset, `aspd calibrate`) | {threshold(r)} |",
         f"| held-out split: forks on list-like prompts | {r['fork_rate_listlike']:.0%} |",
         f"| held-out split: forks on other prompts | {r['fork_rate_other']:.0%} |",
         f"| held-out split: outputs that parse as well-formed markup | {r['wellformed_rate']:.0%} |",

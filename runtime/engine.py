@@ -24,7 +24,7 @@ from .model_loader import LoadedModel
 from .model_runner import Forward, KVSlice, ModelRunner
 from .outputs import FinishReason, GenerationOutput
 from .protocol import SERIAL_TAG, Tag, block_header
-from .roles import chat_ids, has_chat_template
+from .roles import user_prompt
 from .run import Mode, Run, RunKind, Steps
 from .sampling import SamplingParams
 from .sequence import CLOSE_BLOCK, EngineError, SeqState, Stream
@@ -53,11 +53,8 @@ class Engine:
         return self.tok.decode(list(ids), skip_special_tokens=False)
 
     def chat_prompt(self, user: str, system: str | None = None) -> list[int]:
-        """The user's message in the chat template (`roles.chat_ids`); a model without one gets it plain."""
-        if not has_chat_template(self.tok):
-            return self.encode(user)
-        return chat_ids(self.tok, ([{"role": "system", "content": system}] if system else [])
-                        + [{"role": "user", "content": user}])
+        """The user's message in the chat template; a model without one gets it plain."""
+        return user_prompt(self.tok, user, system)
 
     def new_stream(self, tag: Tag, history: History | None = None) -> Stream:
         return Stream(tag=tag, history=history or History(self.words))

@@ -19,7 +19,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from . import fork_gate
 from .errors import UserError
+from .fork_gate import ForkGate
 from .protocol import SPECIAL_TOKENS, TITLE_BANNED_CHARS, SpecialIds
 from .quant import activations
 from .vocab import tokens_containing, tokens_ending, tokens_with
@@ -44,6 +46,7 @@ class LoadedModel:
     ids: SpecialIds
     name: str
     fork_bias: float = 0.0  # the adapter's calibrated fork threshold (`aspd calibrate`)
+    gate: ForkGate | None = None  # the adapter's fork gate: a chat answer's offset from its prompt
     weights: WeightFormat | None = None  # the fast decoder's weight format (None: the model's float dtype)
     gguf: Path | None = None  # the GGUF the base weights came from (exact int4 blocks), if any
     lora: LoRAFactors | None = None  # the merged adapter's factors, kept for the quantized formats
@@ -166,9 +169,11 @@ def load(name: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto", adapter: 
         from . import autotune
         fmt, dense_rows = autotune.choose_format(model, gguf, lora, autotune.model_key(name or DEFAULT_MODEL, adapter),
                                                  fmt)
+    calibration = read_calibration(adapter) if adapter else {}
+    gate = fork_gate.load(adapter, model.get_output_embeddings().weight, calibration) if adapter else None
     return LoadedModel(model=model, tokenizer=tok, ids=ids, name=name or DEFAULT_MODEL,
-                       fork_bias=read_fork_bias(adapter) if adapter else 0.0, weights=fmt, gguf=gguf, lora=lora,
-                       dense_rows=dense_rows)
+                       fork_bias=float(calibration.get("fork_bias", 0.0)), gate=gate, weights=fmt, gguf=gguf,
+                       lora=lora, dense_rows=dense_rows)
 
 
 def apply_adapter(model: PreTrainedModel, adapter: str) -> tuple[PreTrainedModel, LoRAFactors]:
@@ -203,10 +208,10 @@ def quiet_peft():
 FORK_BIAS_FILE = "aspd_calibration.json"
 
 
-def read_fork_bias(adapter: str) -> float:
-    """The fork bias `aspd calibrate` stored next to the adapter (0 if it was never calibrated)."""
+def read_calibration(adapter: str) -> dict:
+    """What `aspd calibrate` stored next to the adapter ({} if it was never calibrated)."""
     path = Path(adapter) / FORK_BIAS_FILE
-    return float(json.loads(path.read_text())["fork_bias"]) if path.exists() else 0.0
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def resolve_adapter(name: str, adapter: str | None) -> str | None:

@@ -350,14 +350,25 @@ def opens_line(tokens: Sequence[int], ids: SpecialIds) -> bool:
     """Does text written after `tokens` start a line where a block may open? It does after a newline,
     unless that newline ends a chat template's header ("<|im_start|>assistant\n"): a chat answer's
     first line is the model's own, as in training; a program's text ending in a newline is not."""
+    return _last_line(tokens, ids) == "text"
+
+
+def answer_start(tokens: Sequence[int], ids: SpecialIds) -> bool:
+    """Do `tokens` end with a chat template's header line, so that what follows is an answer?"""
+    return _last_line(tokens, ids) == "header"
+
+
+def _last_line(tokens: Sequence[int], ids: SpecialIds) -> str | None:
+    """What the newline ending `tokens` ends: "header" (a line with a template token), "text", or None
+    (no newline at the end, or no line ends known)."""
     if ids.line_end is None or not tokens or tokens[-1] not in ids.line_end:
-        return False
+        return None
     for t in reversed(tokens[:-1]):
         if t in ids.line_end:
-            return True
+            return "text"
         if t in ids.template:
-            return False
-    return True
+            return "header"
+    return "text"
 
 
 class Phase(enum.Enum):

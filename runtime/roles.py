@@ -42,6 +42,14 @@ def chat_ids(tokenizer, messages: str | list[dict[str, str]]) -> list[int]:
     return list(out["input_ids"] if hasattr(out, "keys") else out)  # newer tokenizers return an encoding
 
 
+def user_prompt(tokenizer, user: str, system: str | None = None) -> list[int]:
+    """The user's message in the chat template, as a chat answer starts; a model without one gets it plain."""
+    if not has_chat_template(tokenizer):
+        return tokenizer.encode(user, add_special_tokens=False)
+    return chat_ids(tokenizer, ([{"role": "system", "content": system}] if system else [])
+                    + [{"role": "user", "content": user}])
+
+
 def role_format(tokenizer) -> RoleFormat:
     """Derive per-role prefix/suffix strings by rendering marked messages through the template."""
     if not has_chat_template(tokenizer):

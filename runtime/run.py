@@ -38,6 +38,7 @@ from .protocol import (
     Response,
     SerialSegment,
     Tag,
+    answer_start,
     branch_seed,
     opens_line,
 )
@@ -47,6 +48,7 @@ from .token_sampler import Sampler
 
 if TYPE_CHECKING:
     from .engine import Engine
+    from .fork_gate import ForkGate
 
 Mode = Literal["aspd", "ar"]
 T = TypeVar("T")
@@ -95,6 +97,7 @@ class Run:
                  budget: int | None = None, logprobs: int | None = None):
         self.eng, self.seq, self.kind, self.params = eng, seq, kind, params
         self.ids = eng.ids
+        self.gate: ForkGate | None = None  # set by _constraint: this answer's offset comes from the gate
         self.constraint = self._constraint()
         self.sampler = Sampler(params, eng.runner.device) if params is not None else None
         self.left = params.max_new_tokens if params is not None else budget
@@ -131,9 +134,14 @@ class Run:
         p = self.params
         bias = self.eng.loaded.fork_bias if p.fork_bias is None else p.fork_bias
         adaptive = self.kind is RunKind.ADAPTIVE and p.grammar is None  # a grammar covers the plain answer
+        tokens = self.eng.tokens(self.seq) if adaptive else []
+        # A chat answer with no offset of its own takes the gate's, set from its first logits (its
+        # first token never opens a block: the line rule); a program's gen keeps the calibrated one.
+        if adaptive and p.fork_bias is None and answer_start(tokens, self.ids):
+            self.gate = self.eng.loaded.gate
         return Constraint(self.ids, adaptive=adaptive, max_title_tokens=p.max_title_tokens,
                           max_branches=p.max_branches, fork_bias=bias,
-                          line_start=adaptive and opens_line(self.eng.tokens(self.seq), self.ids))
+                          line_start=adaptive and opens_line(tokens, self.ids))
 
     @classmethod
     def branches(cls, eng: Engine, seq: SeqState, requests: dict[int, SamplingParams]) -> Run:
@@ -179,6 +187,8 @@ class Run:
 
     def _serial_token(self, logits: torch.Tensor) -> None:
         s = self.seq.serial
+        if self.gate is not None:
+            self.constraint.fork_bias, self.gate = self.gate.fork_bias(logits), None
         allowed = self.constraint.allowed(tokens_left=self.left)
         titles = [*self.earlier_titles, *self.title_ids]  # no title repeats one of this answer
         if self.constraint.phase is Phase.TITLE and allowed.only is None:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from runtime.engine import Engine
-from runtime.model_loader import FORK_BIAS_FILE, read_fork_bias
+from runtime.model_loader import FORK_BIAS_FILE, read_calibration
 from runtime.protocol import Constraint, Phase
 from runtime.sampling import SamplingParams
 from tests.model_util import tiny_model
@@ -45,9 +45,9 @@ def test_engine_fork_bias_moves_the_fork_decision():
 
 
 def test_adapter_calibration_file_sets_the_default(tmp_path):
-    assert read_fork_bias(str(tmp_path)) == 0.0
+    assert read_calibration(str(tmp_path)) == {}
     (tmp_path / FORK_BIAS_FILE).write_text(json.dumps({"fork_bias": -1.5}))
-    assert read_fork_bias(str(tmp_path)) == -1.5
+    assert read_calibration(str(tmp_path))["fork_bias"] == -1.5
 
 
 def test_choose_takes_the_least_suppression_that_meets_the_target():
@@ -72,10 +72,13 @@ def test_sweep_on_a_tiny_model_is_monotone_and_stops_at_the_first_title():
     eng = Engine(tiny_model(seed=2))
     prompts = ["list three tips:\n", "what is two plus two?\n", "name four colours:\n", "hello\n"]
     kinds = ["listlike", "other", "listlike", "other"]
-    pts = calibrate.sweep(eng, prompts, kinds, SamplingParams(max_new_tokens=80), grid=(100.0, 0.0, -100.0),
-                          log=lambda _: None)
+    pts, thresholds = calibrate.sweep(eng, prompts, kinds, SamplingParams(max_new_tokens=80),
+                                      grid=(100.0, 0.0, -100.0), log=lambda _: None)
     assert pts[0].fork_rate == {"listlike": 1.0, "other": 1.0}
     assert pts[-1].fork_rate == {"listlike": 0.0, "other": 0.0}
+    for t in thresholds:  # each prompt's threshold agrees with the sweep's rates
+        assert t.forks(100.0) is True and t.forks(-100.0) is False
+        assert t.forks(0.0) is not None  # a grid value is never unknown
     with pytest.raises(calibrate.CalibrationError, match="descending"):
         calibrate.sweep(eng, prompts, kinds, SamplingParams(), grid=(0.0, 1.0))
 
@@ -85,3 +88,25 @@ def test_cli_reports_an_impossible_calibration_without_a_traceback(capsys):
 
     assert main(["calibrate", "--per-kind", "100000"]) == 2  # refused before any model is loaded
     assert "not enough unseen training prompts" in capsys.readouterr().err
+
+
+def test_threshold_knows_the_grid_values_and_not_what_lies_between():
+    t = calibrate.Threshold(forks_at=4.0, not_at=3.0)
+    assert (t.forks(5.0), t.forks(4.0), t.forks(3.5), t.forks(3.0), t.forks(-9.0)) == (True, True, None, False, False)
+    assert calibrate.Threshold(None, None).forks(12.0) is False  # forks at no grid offset
+    assert calibrate.Threshold(-6.0, None).forks(-6.0) is True
+
+
+def test_choose_gate_pushes_list_like_prompts_and_holds_back_the_rest():
+    # two list-like prompts that fork only at +10, two others that fork from +2; the gate tells them apart
+    th = [calibrate.Threshold(10.0, 9.0)] * 2 + [calibrate.Threshold(2.0, 1.0)] * 2
+    probs, kinds = [0.99, 0.95, 0.02, 0.01], ["listlike", "listlike", "other", "other"]
+    g = calibrate.choose_gate(th, probs, kinds, target=0.0, grid=(12.0, 11.0, 10.0, 2.0, 1.0, 0.0))
+    assert g.fork_rate == {"listlike": 1.0, "other": 0.0}
+    # low 1 would give the others 1 + 10 * 0.02 = 1.2, between their grid values: unknown, so counted as forking
+    assert (g.low, g.high) == (0.0, 11.0)  # high 11: 0.95 * 11 = 10.45 is enough push for the list-like ones
+    # with one offset for all (gate at 0.5 everywhere) nothing separates them
+    g = calibrate.choose_gate(th, [0.5] * 4, kinds, target=0.0, grid=(12.0, 10.0, 2.0, 1.0))
+    assert g.fork_rate["listlike"] == 0.0
+    with pytest.raises(calibrate.CalibrationError, match="no gate offsets"):
+        calibrate.choose_gate([calibrate.Threshold(-9.0, None)] * 4, probs, kinds, target=0.0, grid=(1.0, 0.0))

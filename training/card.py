@@ -64,7 +64,7 @@ def write(adapter: Path, evaluation: dict | None = None) -> Path:
         lines += [
             "",
             f"## Evaluation (`bench/adapter.py`, greedy, {describe_anti_loop(e)})",
-            f"- fork threshold: `<|title|>` logit offset {e.get('fork_bias', 0.0):+.2f}, fitted by `aspd calibrate` "
+            f"- fork threshold: `<|title|>` logit offset {threshold(e)}, fitted by `aspd calibrate` "
             "on prompts the adapter never saw (`aspd_calibration.json`)",
             f"- held-out split: forks on {e['fork_rate_listlike']:.0%} of list-like prompts and "
             f"{e['fork_rate_other']:.0%} of the others; {e['wellformed_rate']:.0%} of outputs well-formed",
@@ -83,3 +83,10 @@ def write(adapter: Path, evaluation: dict | None = None) -> Path:
     path.write_text("\n".join(lines))
     return path
 
+
+
+def threshold(e: dict) -> str:
+    """The fork offsets an evaluation ran with: the fork gate's range for chat answers, if any."""
+    g = e.get("gate")
+    one = f"{e.get('fork_bias', 0.0):+.2f}"
+    return f"{g['low']:+.2f} .. {g['high']:+.2f} by the fork gate for chat answers ({one} elsewhere)" if g else one

@@ -1,0 +1,61 @@
+"""The fork gate: how hard a chat answer is pushed to open blocks, read from the prompt.
+
+The adapter's markup rows alone separate list-like prompts from ones that must stay serial
+poorly: the one calibrated offset that makes it fork on list-like prompts also makes it fork on
+step-by-step estimates. The gate is a logistic read-out of the model's last hidden state at the
+answer's start (`training/gate.py` fits it on the training prompts' kinds); its probability `p`
+sets that answer's fork offset between the calibrated `low` and `high` (`aspd calibrate`):
+`low + (high - low) * p`.
+
+It runs on the logits the engine already computes, not the hidden state: with the tied head `E`
+(logits = E h), `v = E (E^T E)^-1 w` gives `v . logits = w . h` for every h, so no decoder path
+exposes anything new (through the int8 head the read-out moves by ~0.2 logits).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+GATE_FILE = "aspd_gate.json"  # the read-out's weights (`aspd calibrate`), next to the adapter
+
+
+@dataclass(frozen=True)
+class ForkGate:
+    readout: torch.Tensor  # [vocab] float32: w in logit space
+    intercept: float
+    low: float  # the offset of an answer the gate is sure stays serial (p = 0)
+    high: float  # ... of one it is sure is a list-like answer (p = 1)
+
+    def probability(self, logits: torch.Tensor) -> float:
+        """P(list-like) from the answer's first-step logits."""
+        z = float(logits.float() @ self.readout.to(logits.device)) + self.intercept
+        return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
+
+    def fork_bias(self, logits: torch.Tensor) -> float:
+        return offset(self.low, self.high, self.probability(logits))
+
+
+def offset(low: float, high: float, p: float) -> float:
+    """An answer's fork offset for gate probability `p` (the one formula, also used by calibration)."""
+    return low + (high - low) * p
+
+
+def logit_readout(head: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """v with v . (head @ h) == weights . h for every hidden state h (head: [vocab, hidden], full rank)."""
+    e = head.detach().float()
+    return e @ torch.linalg.solve(e.T @ e, weights.float())
+
+
+def load(adapter: str, head: torch.Tensor, calibration: dict) -> ForkGate | None:
+    """The adapter's gate, or None when it has none or its offsets were never calibrated."""
+    path = Path(adapter) / GATE_FILE
+    if not path.exists() or "gate" not in calibration or head.shape[0] < head.shape[1]:
+        return None  # (a head with fewer rows than hidden units cannot carry the read-out)
+    rec = json.loads(path.read_text())
+    return ForkGate(readout=logit_readout(head, torch.tensor(rec["weights"])), intercept=float(rec["intercept"]),
+                    low=float(calibration["gate"]["low"]), high=float(calibration["gate"]["high"]))

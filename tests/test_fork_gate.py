@@ -1,0 +1,102 @@
+"""The fork gate: its logit-space read-out, its fit, and a chat answer's offset taken from it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from runtime import fork_gate
+from runtime.fork_gate import GATE_FILE, ForkGate, logit_readout, offset
+from runtime.sampling import SamplingParams
+from tests.model_util import markup_heavy_engine, tiny_model
+from training import gate as fit_gate
+
+
+def test_readout_in_logit_space_equals_the_hidden_state_readout():
+    torch.manual_seed(0)
+    head, w = torch.randn(300, 16), torch.randn(16)
+    h = torch.randn(5, 16)
+    v = logit_readout(head, w)
+    assert torch.allclose((h @ head.T) @ v, h @ w, atol=1e-3)
+
+
+def test_offset_runs_from_low_to_high_with_the_probability():
+    assert offset(-2.0, 10.0, 0.0) == -2.0 and offset(-2.0, 10.0, 1.0) == 10.0 and offset(-2.0, 10.0, 0.5) == 4.0
+    g = ForkGate(readout=torch.zeros(4), intercept=0.0, low=-2.0, high=10.0)
+    assert g.fork_bias(torch.randn(4)) == pytest.approx(4.0)
+    assert ForkGate(torch.zeros(4), 80.0, -2.0, 10.0).fork_bias(torch.randn(4)) == pytest.approx(10.0)
+
+
+def test_load_needs_the_weights_and_calibrated_offsets(tmp_path):
+    head = torch.randn(30, 4)
+    assert fork_gate.load(str(tmp_path), head, {"gate": {"low": 0, "high": 1}}) is None
+    (tmp_path / GATE_FILE).write_text(json.dumps({"weights": [1.0, 0.0, 0.0, 0.0], "intercept": -0.5}))
+    assert fork_gate.load(str(tmp_path), head, {"fork_bias": 3.0}) is None  # never calibrated with the gate
+    g = fork_gate.load(str(tmp_path), head, {"gate": {"low": -1.0, "high": 9.0}})
+    h = torch.randn(4)
+    assert (g.low, g.high) == (-1.0, 9.0)
+    assert g.probability(head @ h) == pytest.approx(float(torch.sigmoid(h[0] - 0.5)), abs=1e-4)
+
+
+def test_fit_separates_separable_kinds_and_cross_validates():
+    torch.manual_seed(0)
+    x = torch.randn(200, 8)
+    y = (x[:, 2] - 0.5 * x[:, 5] > 0).float()
+    w, b = fit_gate.fit(x, y, 1e-3)
+    assert fit_gate.accuracy(x, y, w, b) > 0.97
+    assert fit_gate.cross_validate(x, y, 1e-3) > 0.9
+    assert fit_gate.accuracy(x, 1 - y, w, b) < 0.1  # the labels matter
+
+
+def test_train_gate_writes_a_gate_the_loader_reads(tmp_path):
+    lm = tiny_model()
+    prompts = [f"list {c} tips" for c in "abcdefghij"] + [f"add {d} and {d}" for d in "0123456789"]
+    kinds = ["listlike"] * 10 + ["other"] * 10
+    rec = fit_gate.train_gate(lm, prompts, kinds, tmp_path, log=lambda _: None)
+    assert rec["train_accuracy"] == 1.0 and rec["prompts"] == 20
+    p = fit_gate.probabilities(lm, prompts, tmp_path)
+    assert min(p[:10]) > 0.5 > max(p[10:])
+    # padded batches give each prompt's own features
+    assert torch.allclose(fit_gate.features(lm, prompts[:3], batch=3), fit_gate.features(lm, prompts[:3], batch=1),
+                          atol=1e-4)
+    # the tiny model's head has fewer rows than its hidden size: no exact read-out from its logits
+    head = lm.model.get_output_embeddings().weight
+    assert fork_gate.load(str(tmp_path), head, {"gate": {"low": 0, "high": 1}}) is None
+
+
+def _gated(z: float, low: float = -100.0, high: float = 100.0):
+    """An engine whose tiny model reads "!" as a chat template's role marker, with a gate of constant
+    logit `z` (its read-out ignores the logits)."""
+    eng = markup_heavy_engine(seed=3, line_rule=True)
+    bang = eng.encode("!")[0]
+    eng.loaded.ids = dataclasses.replace(eng.loaded.ids, template=frozenset({bang}))
+    eng.ids = eng.loaded.ids
+    eng.loaded.gate = ForkGate(torch.zeros(eng.runner.vocab_size), z, low, high)
+    return eng
+
+
+def _answer(eng, prompt: str, **params):
+    seq = eng.new_sequence(eng.encode(prompt))
+    out = eng.generate(seq, SamplingParams(max_new_tokens=150, max_title_tokens=3, max_branches=2, **params), "aspd")
+    eng.release(seq)
+    return out
+
+
+def test_a_chat_answer_takes_its_offset_from_the_gate():
+    chat = "list tips\n!\n"  # the last line holds a template token: an answer starts here
+    assert _answer(_gated(+50.0), chat).blocks  # gate sure it is list-like: offset +100
+    never = _answer(_gated(-50.0), chat)  # sure it is not: -100, the AR answer
+    assert not never.blocks
+    eng = _gated(-50.0)
+    seq = eng.new_sequence(eng.encode(chat))
+    assert never.text == eng.generate(seq, SamplingParams(max_new_tokens=150), "ar").text
+    assert _answer(_gated(-50.0), chat, fork_bias=100.0).blocks  # a request's own offset wins over the gate
+
+
+def test_a_program_gen_keeps_the_calibrated_offset():
+    eng = _gated(+50.0)
+    eng.loaded.fork_bias = -100.0
+    assert not _answer(eng, "list tips\n").blocks  # no template line: not an answer's start, the gate stays out
