@@ -122,13 +122,13 @@ def gate_rates(low: float, high: float, thresholds: list[Threshold], probs: list
 def choose_gate(thresholds: list[Threshold], probs: list[float], kinds: list[str], target: float,
                 grid: tuple[float, ...] = GRID) -> GatePoint:
     """The gate's offsets: among the grid pairs whose `other` fork rate is at most `target`, the best
-    list-like rate minus other rate; ties: the least suppression (highest `low`), then the least push
-    (lowest `high`)."""
+    list-like rate minus other rate; ties: as with one offset, the least suppression (highest `high`,
+    then highest `low`): answers to list-like prompts harder than these still fork."""
     pts = [gate_rates(lo, hi, thresholds, probs, kinds) for lo in grid for hi in grid if hi >= lo]
     ok = [g for g in pts if g.fork_rate["other"] <= target]
     if not ok:
         raise CalibrationError(f"no gate offsets bring the other fork rate to {target:.0%} or below")
-    return max(ok, key=lambda g: (g.fork_rate["listlike"] - g.fork_rate["other"], g.low, -g.high))
+    return max(ok, key=lambda g: (g.fork_rate["listlike"] - g.fork_rate["other"], g.high, g.low))
 
 
 def calibration_prompts(train: list[dict], trained_on: set[str], per_kind: int) -> tuple[list[str], list[str]]:
@@ -145,11 +145,15 @@ def calibration_prompts(train: list[dict], trained_on: set[str], per_kind: int) 
     return texts, ["listlike"] * per_kind + ["other"] * per_kind
 
 
-def write(adapter: Path, chosen: Point, points: list[Point], meta: dict, gate: GatePoint | None = None) -> Path:
+def write(adapter: Path, chosen: Point, points: list[Point], meta: dict, gate: GatePoint | None = None,
+          prompts: list[dict] | None = None) -> Path:
+    """`prompts`: each calibration prompt's kind, threshold and gate probability (for the record)."""
     path = adapter / FORK_BIAS_FILE
     sweep = [{"bias": p.bias, "fork_rate": p.fork_rate} for p in points]
     record = {"fork_bias": chosen.bias, "fork_rate": chosen.fork_rate, **meta, "sweep": sweep}
     if gate is not None:
         record["gate"] = {"low": gate.low, "high": gate.high, "fork_rate_predicted": gate.fork_rate}
+    if prompts is not None:
+        record["prompts"] = prompts
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path
