@@ -167,7 +167,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.gate:  # before the engine: transformers' forward (the features) runs at half speed beside it
         from training.gate import probabilities, train_gate
 
-        train_gate(loaded, [r["prompt"] for r in rows], [r["kind"] for r in rows], Path(adapter), log=console.print)
+        gate_rows = [json.loads(x) for x in (args.data / "prompts_train.jsonl").read_text().splitlines()]
+        train_gate(loaded, [r["text"] for r in gate_rows], [r["kind"] for r in gate_rows], Path(adapter),
+                   log=console.print)
         probs = probabilities(loaded, texts, Path(adapter))
     eng = Engine(loaded)
     params = SamplingParams(max_new_tokens=args.max_new_tokens, **anti_loop_from(args))

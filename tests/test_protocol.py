@@ -236,3 +236,7 @@ def test_a_line_opens_after_a_newline_but_not_after_a_chat_header():
     assert not P.opens_line([10, 90, 7, 10], ids)  # "<|im_start|>assistant\n": the answer's first line is its own
     assert P.opens_line([90, 7, 10, 5, 10], ids)  # a line of text after the header
     assert not P.opens_line([5, 10], IDS)  # no line ends known
+    # an answer starts after the header line only
+    assert P.answer_start([10, 90, 7, 10], ids) and P.answer_start([90, 10], ids)
+    assert not P.answer_start([90, 7, 10, 5, 10], ids) and not P.answer_start([5, 6, 10], ids)
+    assert not P.answer_start([90, 7], ids) and not P.answer_start([90, 10], IDS)
