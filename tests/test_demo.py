@@ -15,9 +15,34 @@ from runtime.sampling import SamplingParams
 pytestmark = pytest.mark.slow
 
 
-def test_demo_answer_is_clean_and_forks_with_three_or_more_branches():
+@pytest.fixture(scope="module")
+def eng() -> Engine:
     torch.set_num_threads(2)
-    eng = Engine(load(adapter="auto"))
+    return Engine(load(adapter="auto"))
+
+
+def test_demo_answer_is_clean_and_forks_with_three_or_more_branches(eng):
     out = eng.generate(eng.new_sequence(eng.chat_prompt(DEMO_PROMPT)), SamplingParams(max_new_tokens=256), "aspd")
     assert degenerate_rate(out.text) <= DEGENERATE_MAX, out.text
     assert out.blocks and max(len(b.branch_tokens) for b in out.blocks) >= 3, out.markup
+
+
+def _offset(eng: Engine, prompt: str) -> float:
+    """The fork offset a chat answer to `prompt` decodes under, once its first step has run."""
+    run = eng.start(eng.new_sequence(eng.chat_prompt(prompt)), SamplingParams(max_new_tokens=1), "aspd")
+    steps = run.steps()
+    fwd = next(steps)
+    with pytest.raises(StopIteration):
+        while True:
+            fwd = steps.send(eng.runner.forward_many([fwd])[0])
+    return run.constraint.fork_bias
+
+
+def test_shipped_gate_pushes_list_like_answers_and_holds_back_serial_ones(eng):
+    """The gate's read-out through the engine's own (quantized) head."""
+    gate = eng.loaded.gate
+    assert gate is not None and gate.low < gate.high
+    mid = (gate.low + gate.high) / 2
+    assert _offset(eng, "Give me five tips for a job interview.") > mid
+    assert _offset(eng, "What is 17 times 23?") < mid
+    assert _offset(eng, "How many grains of sand fit in a bucket? Explain your answer step by step.") < mid
