@@ -34,7 +34,7 @@ class SamplingParams(BaseModel):
     max_title_tokens: int = Field(16, ge=1)
     fork_bias: float | None = Field(None, ge=-100.0, le=100.0, description=(
         "added to the logit of <|title|> (opening a parallel block) in serial decoding; None: the "
-        "loaded adapter's calibrated value (0 without one)"))
+        "loaded adapter's calibrated value (0 without one), for a chat answer its fork gate's"))
     # Constrained generation (runtime/grammar.py), SGLang's names; at most one. A constrained call
     # never opens a parallel block: its grammar covers the plain answer.
     regex: str | None = Field(None, description="the output must match this regex (whole)")
