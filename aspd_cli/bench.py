@@ -66,7 +66,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 | {"decoding": "greedy" if params.greedy else "sampled"})
     meta = {"questions": _in_repo(args.questions), "command": "aspd " + shlex.join(sys.argv[1:]), "model": model,
             "adapter": adapter and _in_repo(Path(adapter)), "fork_bias": tuned.fork_bias,
-            "gate": {"low": tuned.gate.low, "high": tuned.gate.high} if tuned.gate else None, "sampling": sampling}
+            "gate": tuned.gate.offsets() if tuned.gate else None, "sampling": sampling}
     base_engine = Engine(base)
     models = harness.Models(base_engine, Engine(tuned) if tuned is not base else base_engine)
     harness.run(qs, names, models, params, out, meta, console,

@@ -163,14 +163,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     train = [json.loads(x) for x in (args.data / "prompts_calib.jsonl").read_text().splitlines()]
     texts, kinds = calibrate.calibration_prompts(train, trained_on, args.per_kind)
     loaded = load_model(args.model, dtype="auto", adapter=str(adapter))
-    probs = None
-    if args.gate:  # before the engine: transformers' forward (the features) runs at half speed beside it
+    probs = record = None
+    if args.gate:  # before the engine: beside it, transformers' forward (the features) ran at half speed
         from training.gate import probabilities, train_gate
 
         gate_rows = [json.loads(x) for x in (args.data / "prompts_train.jsonl").read_text().splitlines()]
-        train_gate(loaded, [r["text"] for r in gate_rows], [r["kind"] for r in gate_rows], Path(adapter),
-                   log=console.print)
-        probs = probabilities(loaded, texts, Path(adapter))
+        record = train_gate(loaded, [r["text"] for r in gate_rows], [r["kind"] for r in gate_rows], log=console.print)
+        probs = probabilities(loaded, texts, record)
     eng = Engine(loaded)
     params = SamplingParams(max_new_tokens=args.max_new_tokens, **anti_loop_from(args))
     console.print(f"calibrating the fork bias of {adapter} on {len(texts)} calibration prompts")
@@ -179,7 +178,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     gate = calibrate.choose_gate(thresholds, probs, kinds, args.target) if probs is not None else None
     path = calibrate.write(adapter, chosen, points, {
         "target_other": args.target, "prompts_per_kind": args.per_kind, "max_new_tokens": args.max_new_tokens,
-        **params.anti_loop, "decoding": "greedy"}, gate,
+        **params.anti_loop, "decoding": "greedy"}, gate, record,
         [{"kind": k, "forks_at": t.forks_at, "not_at": t.not_at, "gate": None if probs is None else round(p, 4)}
          for k, t, p in zip(kinds, thresholds, probs or [None] * len(kinds))])
     console.print(f"fork bias {chosen.bias:+.1f} (list-like {chosen.fork_rate['listlike']:.0%}, "

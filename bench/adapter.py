@@ -99,7 +99,7 @@ def main() -> None:
     wf = sum(wellformed(o) for o in outs) / len(outs)
     result = {
         "adapter": shown(Path(adapter)),
-        "fork_bias": loaded.fork_bias, "gate": {"low": gate.low, "high": gate.high} if gate else None,
+        "fork_bias": loaded.fork_bias, "gate": gate.offsets() if gate else None,
         "max_new_tokens": args.max_new_tokens, **params.anti_loop,
         "decoding": "greedy", "fork_rate_listlike": round(rate["listlike"], 3),
         "fork_rate_other": round(rate["other"], 3), "wellformed_rate": round(wf, 3), "eval_prompts": len(evals),

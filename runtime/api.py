@@ -83,7 +83,7 @@ class WireSampling(Wire):
     aspd: bool = False
     max_branches: int = Field(8, ge=2, le=64)
     max_branch_tokens: int | None = Field(None, ge=1)  # None: max_new_tokens
-    fork_bias: float | None = Field(None, ge=-100.0, le=100.0)  # None: the adapter's calibrated value
+    fork_bias: float | None = Field(None, ge=-100.0, le=100.0)  # None: the adapter's (its gate's for an answer)
 
     def to_sampling(self, default_max: int, defaults: SamplingParams = DEFAULTS) -> SamplingParams:
         """`defaults`: the server's anti-loop settings, for a request that sets none."""

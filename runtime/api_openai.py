@@ -33,7 +33,7 @@ class _OpenAIBase(Wire):
     no_repeat_ngram_size: int | None = None
     ignore_eos: bool = False
     aspd: bool = False
-    fork_bias: float | None = None  # with aspd: the fork threshold's offset (None: the adapter's calibrated one)
+    fork_bias: float | None = None  # with aspd: the fork offset (None: the adapter's; its gate's for an answer)
     session_params: SessionParams | list | None = None  # {"aspd": {...}}: the two above, through a router
     # text, json_object (a JSON object, as SGLang) or json_schema ({"json_schema": {"schema": {...}}})
     response_format: dict | None = None

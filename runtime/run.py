@@ -135,8 +135,9 @@ class Run:
         bias = self.eng.loaded.fork_bias if p.fork_bias is None else p.fork_bias
         adaptive = self.kind is RunKind.ADAPTIVE and p.grammar is None  # a grammar covers the plain answer
         tokens = self.eng.tokens(self.seq) if adaptive else []
-        # A chat answer with no offset of its own takes the gate's, set from its first logits (its
-        # first token never opens a block: the line rule); a program's gen keeps the calibrated one.
+        # A chat answer (right after the template's assistant header) with no offset of its own takes
+        # the gate's, set from its first logits (its first token never opens a block: the line rule);
+        # text that does not start an answer (a gen mid-answer, a raw prompt) keeps the calibrated one.
         if adaptive and p.fork_bias is None and answer_start(tokens, self.ids):
             self.gate = self.eng.loaded.gate
         return Constraint(self.ids, adaptive=adaptive, max_title_tokens=p.max_title_tokens,

@@ -111,3 +111,15 @@ def test_choose_gate_pushes_list_like_prompts_and_holds_back_the_rest():
     assert g.fork_rate["listlike"] == 0.0
     with pytest.raises(calibrate.CalibrationError, match="no gate offsets"):
         calibrate.choose_gate([calibrate.Threshold(-9.0, None)] * 4, probs, kinds, target=0.0, grid=(1.0, 0.0))
+
+
+def test_write_stores_the_gate_with_its_offsets_and_drops_a_stale_one(tmp_path):
+    from runtime.fork_gate import GATE_FILE
+
+    pts = [calibrate.Point(1.0, {"listlike": 0.9, "other": 0.05})]
+    gate = calibrate.GatePoint(-1.0, 9.0, {"listlike": 0.9, "other": 0.0})
+    calibrate.write(tmp_path, pts[0], pts, {}, gate, {"weights": [0.5], "intercept": 0.1})
+    assert json.loads((tmp_path / GATE_FILE).read_text())["weights"] == [0.5]
+    assert read_calibration(str(tmp_path))["gate"]["high"] == 9.0
+    calibrate.write(tmp_path, pts[0], pts, {})  # calibrated again without a gate
+    assert not (tmp_path / GATE_FILE).exists() and "gate" not in read_calibration(str(tmp_path))

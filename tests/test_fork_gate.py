@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from runtime import fork_gate
+from runtime.engine import Engine
 from runtime.fork_gate import GATE_FILE, ForkGate, logit_readout, offset
 from runtime.sampling import SamplingParams
 from tests.model_util import markup_heavy_engine, tiny_model
@@ -51,31 +52,46 @@ def test_fit_separates_separable_kinds_and_cross_validates():
     assert fit_gate.accuracy(x, 1 - y, w, b) < 0.1  # the labels matter
 
 
-def test_train_gate_writes_a_gate_the_loader_reads(tmp_path):
+def test_train_gate_record_reads_back_through_the_loader(tmp_path):
     lm = tiny_model()
     prompts = [f"list {c} tips" for c in "abcdefghij"] + [f"add {d} and {d}" for d in "0123456789"]
     kinds = ["listlike"] * 10 + ["other"] * 10
-    rec = fit_gate.train_gate(lm, prompts, kinds, tmp_path, log=lambda _: None)
+    rec = fit_gate.train_gate(lm, prompts, kinds, log=lambda _: None)
     assert rec["train_accuracy"] == 1.0 and rec["prompts"] == 20
-    p = fit_gate.probabilities(lm, prompts, tmp_path)
+    p = fit_gate.probabilities(lm, prompts, rec)
     assert min(p[:10]) > 0.5 > max(p[10:])
     # padded batches give each prompt's own features
-    assert torch.allclose(fit_gate.features(lm, prompts[:3], batch=3), fit_gate.features(lm, prompts[:3], batch=1),
-                          atol=1e-4)
+    feats = fit_gate.features(lm, prompts[:3], batch=3)
+    assert torch.allclose(feats, fit_gate.features(lm, prompts[:3], batch=1), atol=1e-4)
+    (tmp_path / GATE_FILE).write_text(json.dumps(rec))
     # the tiny model's head has fewer rows than its hidden size: no exact read-out from its logits
     head = lm.model.get_output_embeddings().weight
     assert fork_gate.load(str(tmp_path), head, {"gate": {"low": 0, "high": 1}}) is None
+    # a taller head (as every real model's) carries it: the same probabilities from the logits
+    tall = torch.randn(200, head.shape[1])
+    g = fork_gate.load(str(tmp_path), tall, {"gate": {"low": 0, "high": 1}})
+    assert [g.probability(tall @ f) for f in feats] == pytest.approx(p[:3], abs=1e-4)
 
 
-def _gated(z: float, low: float = -100.0, high: float = 100.0):
-    """An engine whose tiny model reads "!" as a chat template's role marker, with a gate of constant
-    logit `z` (its read-out ignores the logits)."""
-    eng = markup_heavy_engine(seed=3, line_rule=True)
-    bang = eng.encode("!")[0]
-    eng.loaded.ids = dataclasses.replace(eng.loaded.ids, template=frozenset({bang}))
-    eng.ids = eng.loaded.ids
-    eng.loaded.gate = ForkGate(torch.zeros(eng.runner.vocab_size), z, low, high)
-    return eng
+def test_a_rank_deficient_head_has_no_gate(tmp_path):
+    (tmp_path / GATE_FILE).write_text(json.dumps({"weights": [1.0, 0.0], "intercept": 0.0}))
+    assert fork_gate.load(str(tmp_path), torch.ones(10, 2), {"gate": {"low": 0, "high": 1}}) is None
+
+
+def test_non_finite_logits_give_no_opinion():
+    g = ForkGate(torch.ones(3), 0.0, -2.0, 10.0)
+    assert g.probability(torch.tensor([1.0, float("nan"), 0.0])) == 0.5
+
+
+def _gated(z: float, low: float = -100.0, high: float = 100.0, readout: torch.Tensor | None = None):
+    """An engine whose tiny model reads "!" as a chat template's role marker, with a gate of logit `z`
+    plus `readout . logits` (default: none, a constant gate)."""
+    lm = markup_heavy_engine(seed=3, line_rule=True).loaded
+    bang = lm.tokenizer.encode("!", add_special_tokens=False)[0]
+    vocab = lm.model.get_output_embeddings().weight.shape[0]
+    lm = dataclasses.replace(lm, ids=dataclasses.replace(lm.ids, template=frozenset({bang})),
+                             gate=ForkGate(torch.zeros(vocab) if readout is None else readout, z, low, high))
+    return Engine(lm)
 
 
 def _answer(eng, prompt: str, **params):
@@ -94,6 +110,24 @@ def test_a_chat_answer_takes_its_offset_from_the_gate():
     seq = eng.new_sequence(eng.encode(chat))
     assert never.text == eng.generate(seq, SamplingParams(max_new_tokens=150), "ar").text
     assert _answer(_gated(-50.0), chat, fork_bias=100.0).blocks  # a request's own offset wins over the gate
+
+
+def test_the_offset_is_read_from_the_answers_first_logits():
+    eng = _gated(0.0, low=-3.0, high=5.0)
+    chat = eng.encode("list tips\n!\n")
+    first = eng.generate(eng.new_sequence(chat), SamplingParams(max_new_tokens=1), "ar")
+    tok = eng.encode(first.text)[0]  # the greedy first token: the largest logit
+    readout = torch.zeros(eng.runner.vocab_size)
+    readout[tok] = 0.25
+    eng = _gated(-1.0, low=-3.0, high=5.0, readout=readout)
+    run = eng.start(eng.new_sequence(chat), SamplingParams(max_new_tokens=1), "aspd")
+    steps = run.steps()
+    fwd = next(steps)
+    logits = eng.runner.forward_many([fwd])[0]
+    with pytest.raises(StopIteration):
+        steps.send(logits)
+    z = 0.25 * float(logits[-1, tok]) - 1.0  # the prompt's last row
+    assert run.constraint.fork_bias == pytest.approx(offset(-3.0, 5.0, float(torch.sigmoid(torch.tensor(z)))))
 
 
 def test_a_program_gen_keeps_the_calibrated_offset():

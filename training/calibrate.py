@@ -24,7 +24,7 @@ from pathlib import Path
 
 from runtime.engine import Engine
 from runtime.errors import UserError
-from runtime.fork_gate import offset
+from runtime.fork_gate import GATE_FILE, offset
 from runtime.model_loader import FORK_BIAS_FILE
 from runtime.sampling import SamplingParams
 from runtime.serving import complete_all
@@ -146,9 +146,15 @@ def calibration_prompts(train: list[dict], trained_on: set[str], per_kind: int) 
 
 
 def write(adapter: Path, chosen: Point, points: list[Point], meta: dict, gate: GatePoint | None = None,
-          prompts: list[dict] | None = None) -> Path:
-    """`prompts`: each calibration prompt's kind, threshold and gate probability (for the record)."""
+          gate_record: dict | None = None, prompts: list[dict] | None = None) -> Path:
+    """Both files at the end, so a failed or interrupted calibration leaves the adapter's as they were
+    (without a gate, a stale gate file goes). `prompts`: each prompt's kind, threshold and gate
+    probability (for the record)."""
     path = adapter / FORK_BIAS_FILE
+    if gate_record is not None:
+        (adapter / GATE_FILE).write_text(json.dumps(gate_record) + "\n")
+    else:
+        (adapter / GATE_FILE).unlink(missing_ok=True)
     sweep = [{"bias": p.bias, "fork_rate": p.fork_rate} for p in points]
     record = {"fork_bias": chosen.bias, "fork_rate": chosen.fork_rate, **meta, "sweep": sweep}
     if gate is not None:

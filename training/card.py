@@ -84,7 +84,6 @@ def write(adapter: Path, evaluation: dict | None = None) -> Path:
     return path
 
 
-
 def threshold(e: dict) -> str:
     """The fork offsets an evaluation ran with: the fork gate's range for chat answers, if any."""
     g = e.get("gate")

@@ -7,15 +7,12 @@ the intent of a question; the weight decay is chosen by k-fold cross-validation 
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from runtime.fork_gate import GATE_FILE
 from runtime.model_loader import LoadedModel
 from runtime.roles import user_prompt
 
@@ -32,10 +29,10 @@ def features(loaded: LoadedModel, prompts: Sequence[str], batch: int = 16) -> to
     for i in range(0, len(prompts), batch):
         ids = [user_prompt(tok, p) for p in prompts[i:i + batch]]
         width = max(map(len, ids))
-        x = torch.tensor([s + [pad] * (width - len(s)) for s in ids])
-        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in ids])
+        x = torch.tensor([s + [pad] * (width - len(s)) for s in ids], device=model.device)
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in ids], device=model.device)
         h = model(x, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
-        out.append(h[torch.arange(len(ids)), torch.tensor([len(s) - 1 for s in ids])].float())
+        out.append(h[torch.arange(len(ids)), torch.tensor([len(s) - 1 for s in ids])].float().cpu())
     return torch.cat(out)
 
 
@@ -74,9 +71,8 @@ def cross_validate(x: torch.Tensor, y: torch.Tensor, decay: float, folds: int = 
     return sum(accs) / folds
 
 
-def train_gate(loaded: LoadedModel, prompts: list[str], kinds: list[str], adapter: Path,
-               log: Callable[[str], None] = print) -> dict:
-    """Fit on (prompt, kind) pairs, the decay by cross-validation; write `GATE_FILE` into `adapter`."""
+def train_gate(loaded: LoadedModel, prompts: list[str], kinds: list[str], log: Callable[[str], None] = print) -> dict:
+    """Fit on (prompt, kind) pairs, the decay by cross-validation; the record `calibrate.write` stores."""
     x = features(loaded, prompts)
     y = torch.tensor([k == "listlike" for k in kinds], dtype=torch.float)
     cv = {d: cross_validate(x, y, d) for d in DECAYS}
@@ -86,11 +82,10 @@ def train_gate(loaded: LoadedModel, prompts: list[str], kinds: list[str], adapte
     record = {"weights": w.tolist(), "intercept": b, "decay": decay, "cv_accuracy": cv[decay],
               "train_accuracy": accuracy(x, y, w, b), "prompts": len(prompts),
               "listlike": int(y.sum()), "label": "the prompt's kind (listlike = 1)"}
-    (adapter / GATE_FILE).write_text(json.dumps(record) + "\n")
     return record
 
 
-def probabilities(loaded: LoadedModel, prompts: list[str], adapter: Path) -> list[float]:
-    """The written gate's P(list-like) for `prompts` (calibration uses these, on the same features)."""
-    rec = json.loads((adapter / GATE_FILE).read_text())
-    return torch.sigmoid(features(loaded, prompts) @ torch.tensor(rec["weights"]) + rec["intercept"]).tolist()
+def probabilities(loaded: LoadedModel, prompts: list[str], record: dict) -> list[float]:
+    """The gate's P(list-like) for `prompts`, from the hidden state (the engine reads it from the logits:
+    the two differ by the head's rounding, ~0.2 in the logit z)."""
+    return torch.sigmoid(features(loaded, prompts) @ torch.tensor(record["weights"]) + record["intercept"]).tolist()
