@@ -179,7 +179,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     path = calibrate.write(adapter, chosen, points, {
         "target_other": args.target, "prompts_per_kind": args.per_kind, "max_new_tokens": args.max_new_tokens,
         **params.anti_loop, "decoding": "greedy"}, gate, record,
-        [{"kind": k, "forks_at": t.forks_at, "not_at": t.not_at, "gate": None if probs is None else round(p, 4)}
+        [{"kind": k, "forks_at": t.forks_at, "not_at": t.not_at, "gate": None if p is None else round(p, 4)}
          for k, t, p in zip(kinds, thresholds, probs or [None] * len(kinds))])
     console.print(f"fork bias {chosen.bias:+.1f} (list-like {chosen.fork_rate['listlike']:.0%}, "
                   f"other {chosen.fork_rate['other']:.0%}) -> {path}")

@@ -29,13 +29,10 @@ def test_demo_answer_is_clean_and_forks_with_three_or_more_branches(eng):
 
 def _offset(eng: Engine, prompt: str) -> float:
     """The fork offset a chat answer to `prompt` decodes under, once its first step has run."""
-    run = eng.start(eng.new_sequence(eng.chat_prompt(prompt)), SamplingParams(max_new_tokens=1), "aspd")
-    steps = run.steps()
-    fwd = next(steps)
-    with pytest.raises(StopIteration):
-        while True:
-            fwd = steps.send(eng.runner.forward_many([fwd])[0])
-    return run.constraint.fork_bias
+    seen = []
+    eng.generate(eng.new_sequence(eng.chat_prompt(prompt)), SamplingParams(max_new_tokens=2), "aspd",
+                 on_step=lambda run: seen.append(run.constraint.fork_bias))
+    return seen[0]
 
 
 def test_shipped_gate_pushes_list_like_answers_and_holds_back_serial_ones(eng):
