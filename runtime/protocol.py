@@ -347,10 +347,10 @@ def tokenize_response(resp: Response, encode, ids: SpecialIds, first_block: int 
 
 
 def opens_line(tokens: Sequence[int], ids: SpecialIds) -> bool:
-    """Does text written after `tokens` start a line where a block may open? It does after a newline,
-    unless that newline ends a chat template's header ("<|im_start|>assistant\n"): a chat answer's
-    first line is the model's own, as in training; a program's text ending in a newline is not."""
-    return _last_line(tokens, ids) == "text"
+    """Does text written after `tokens` start a line where a block may open? It does after any
+    newline, the chat template's header line ("<|im_start|>assistant\n") included: a parallel
+    training answer opens with its block, so the fork decision is the answer's first token."""
+    return _last_line(tokens, ids) is not None
 
 
 def answer_start(tokens: Sequence[int], ids: SpecialIds) -> bool:

@@ -136,7 +136,7 @@ class Run:
         adaptive = self.kind is RunKind.ADAPTIVE and p.grammar is None  # a grammar covers the plain answer
         tokens = self.eng.tokens(self.seq) if adaptive else []
         # A chat answer (right after the template's assistant header) with no offset of its own takes
-        # the gate's, set from its first logits (its first token never opens a block: the line rule);
+        # the gate's, set from its first logits before its first token (which may open a block);
         # text that does not start an answer (a gen mid-answer, a raw prompt) keeps the calibrated one.
         if adaptive and p.fork_bias is None and answer_start(tokens, self.ids):
             self.gate = self.eng.loaded.gate

@@ -218,7 +218,7 @@ def test_a_block_opens_only_after_a_newline_of_the_answer():
     ids = P.SpecialIds(title=100, end_title=101, para=102, branch=103, end_branch=104, end_para=105,
                        eos=frozenset({0}), line_end=frozenset({10}))
     c = P.Constraint(ids)
-    assert ids.title in c.allowed().banned  # not as the answer's first token
+    assert ids.title in c.allowed().banned  # not where the caller says no line starts
     c.advance(5)
     assert ids.title in c.allowed().banned  # nor mid-line
     c.advance(10)  # "\n"
@@ -228,12 +228,12 @@ def test_a_block_opens_only_after_a_newline_of_the_answer():
     assert ids.title not in P.Constraint(IDS).allowed().banned  # no line ends known: the rule is off
 
 
-def test_a_line_opens_after_a_newline_but_not_after_a_chat_header():
+def test_a_line_opens_after_any_newline_a_chat_header_included():
     ids = P.SpecialIds(title=100, end_title=101, para=102, branch=103, end_branch=104, end_para=105,
                        eos=frozenset({0}), line_end=frozenset({10}), template=frozenset({90}))
     assert P.opens_line([5, 6, 10], ids)  # a program's "Tips:\n"
     assert not P.opens_line([5, 6], ids) and not P.opens_line([], ids)
-    assert not P.opens_line([10, 90, 7, 10], ids)  # "<|im_start|>assistant\n": the answer's first line is its own
+    assert P.opens_line([10, 90, 7, 10], ids)  # "<|im_start|>assistant\n": an answer may open with its block
     assert P.opens_line([90, 7, 10, 5, 10], ids)  # a line of text after the header
     assert not P.opens_line([5, 10], IDS)  # no line ends known
     # an answer starts after the header line only

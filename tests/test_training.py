@@ -155,3 +155,28 @@ def test_interleaved_generation_order_round_robins_sources():
 
     ps = [Prompt(f"a{i}", "x", "listlike", "a") for i in range(3)] + [Prompt("b0", "y", "other", "b")]
     assert [p.id for p in interleaved(ps)] == ["a0", "b0", "a1", "a2"]
+
+
+def test_a_steered_answer_is_trained_without_its_intro_and_opens_with_its_block(tiny, tmp_path):
+    """The steering's intro line is cut, so a parallel training answer's first token is `<|title|>`
+    (the fork decision the offset acts on); an unsteered answer is kept whole."""
+    import json
+
+    from training.dataset import make
+    from training.steering import answer
+
+    listy = ("Here are the key points:\n\n**a b**: greens and beans every day, and fruit.\n\n"
+             "**c d**: a lot at night, and naps after lunch too.\n\n"
+             "**e f**: an hour outside every day, rain or shine.\n\nThat is all.")
+    serial = "Two plus two is four.\n\nSo the answer is 4."
+    rows = [{"id": "tips-1", "kind": "listlike", "prompt": "tips?", "opening": "Here are the key points:\n\n**",
+             "response": listy, "finish_reason": "stop"},
+            {"id": "arith-1", "kind": "other", "prompt": "2+2?", "opening": "", "response": serial,
+             "finish_reason": "stop"}]
+    (tmp_path / "responses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    make(tiny, tmp_path / "responses.jsonl", tmp_path, threshold=None, log=lambda _: None)
+    got = {r["id"]: r for r in map(json.loads, (tmp_path / "dataset.jsonl").read_text().splitlines())}
+    assert got["tips-1"]["parallel"] and got["tips-1"]["markup"].startswith(P.TITLE)
+    assert P.parse(got["tips-1"]["markup"]).plain_text() == listy.removeprefix("Here are the key points:\n\n")
+    assert got["arith-1"]["markup"] == serial and not got["arith-1"]["parallel"]
+    assert answer("Let's go:\n\n**A**", "Here's an overview:\n\n**") == "Let's go:\n\n**A**"  # not its intro

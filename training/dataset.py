@@ -22,6 +22,7 @@ from runtime.roles import chat_ids  # the prompt as the model sees it (also impo
 from .extract import find_groups, loops, rewrite, thin, tidy, trim_to_line
 from .independence import THRESHOLD, independent, sibling_gains
 from .samples import build
+from .steering import answer
 
 
 def make(loaded, responses: Path, out: Path, threshold: float | None = THRESHOLD, judge=None,
@@ -46,7 +47,7 @@ def make(loaded, responses: Path, out: Path, threshold: float | None = THRESHOLD
         if "error" in row:
             continue
         c["generated"] += 1
-        text, complete = tidy(row["response"]), row["finish_reason"] == "stop"
+        text, complete = tidy(answer(row["response"], row.get("opening", ""))), row["finish_reason"] == "stop"
         if not complete:
             text = trim_to_line(text)
         if not text.strip():

@@ -25,3 +25,11 @@ def opening(p: Prompt) -> str:
         return ""
     h = int.from_bytes(hashlib.sha256(p.id.encode()).digest()[:8], "big")
     return INTROS[h % len(INTROS)] + STYLES[(h // len(INTROS)) % len(STYLES)]
+
+
+def answer(response: str, opening_text: str) -> str:
+    """A steered `response` without its opening's intro line: it starts where the list does."""
+    intro = opening_text.split("\n\n", 1)[0]
+    if not intro or not response.startswith(intro):
+        return response
+    return response[len(intro):].lstrip("\n")
