@@ -350,7 +350,7 @@ def opens_line(tokens: Sequence[int], ids: SpecialIds) -> bool:
     """Does text written after `tokens` start a line where a block may open? It does after any
     newline, the chat template's header line ("<|im_start|>assistant\n") included: a parallel
     training answer opens with its block, so the fork decision is the answer's first token."""
-    return _last_line(tokens, ids) is not None
+    return ids.line_end is not None and bool(tokens) and tokens[-1] in ids.line_end
 
 
 def answer_start(tokens: Sequence[int], ids: SpecialIds) -> bool:
@@ -451,7 +451,7 @@ class Constraint:
         ids = self.ids
         if self.phase in (Phase.SERIAL, Phase.AFTER_JOIN):
             self.in_code ^= token in ids.fence
-            self.line_start = ids.line_end is not None and token in ids.line_end
+            self.line_start = opens_line((token,), ids)
         if self.phase is Phase.TITLE:
             if token == ids.end_title:
                 self.phase, self.titles = Phase.TITLES_CLOSED, self.titles + 1
