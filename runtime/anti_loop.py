@@ -5,7 +5,9 @@ token, prompt included) also penalises spaces, digits, newlines, `**` and list n
 text drifts into run-on words while lists lose their numbering. So:
 
 - the history is what the model wrote in this answer (the prompt and text fed by a program are
-  not in it, nor markup, nor titles: a branch must be free to repeat its own title);
+  not in it, nor markup, nor titles: a branch must be free to repeat its own title); the branches
+  of an adaptive answer's block are parts of that one answer, so each also sees what its siblings
+  wrote so far (`link`): no n-gram twice in the answer, as when it is decoded serially;
 - `repetition_penalty` applies only to *word* tokens (a letter in them) already in the history;
 - `no_repeat_ngram_size` n: a token that would repeat an n-gram of the history is banned;
 - nothing of the above applies while a title is written; instead no title may repeat an earlier
@@ -59,6 +61,7 @@ class History:
         self.n = 0  # the n of `next`, built at the first `banned(n)`
         self.next: dict[tuple[int, ...], set[int]] = {}  # (n-1)-gram -> tokens that followed it
         self.base = 0  # length when copied: merge() takes what came after
+        self.peers: list[History] = []  # sibling branches whose n-grams this one may not repeat
 
     def add(self, token: int) -> None:
         self.tokens.append(token)
@@ -83,14 +86,28 @@ class History:
         self.extend(branch.tokens[branch.base:])
 
     def banned(self, n: int) -> list[int]:
-        """Tokens that would repeat an n-gram already written (n < 2: none)."""
+        """Tokens that would repeat an n-gram already written, here or by a peer (n < 2: none)."""
         if n < 2 or len(self.tokens) < n - 1:
             return []
+        key = tuple(self.tokens[len(self.tokens) - n + 1:])
+        out = set(self._following(n).get(key, ()))
+        for p in self.peers:
+            out |= p._following(n).get(key, set())
+        return list(out)
+
+    def _following(self, n: int) -> dict[tuple[int, ...], set[int]]:
+        """(n-1)-gram -> the tokens that followed it, built for this n at first use."""
         if n != self.n:
             self.n, self.next = n, {}
             for i in range(n - 1, len(self.tokens)):
                 self.next.setdefault(tuple(self.tokens[i - n + 1:i]), set()).add(self.tokens[i])
-        return list(self.next.get(tuple(self.tokens[len(self.tokens) - n + 1:]), ()))
+        return self.next
+
+
+def link(histories: Sequence[History]) -> None:
+    """Make sibling branches peers: each may not repeat an n-gram another has written so far."""
+    for h in histories:
+        h.peers = [p for p in histories if p is not h]
 
 
 def apply(logits: torch.Tensor, histories: Sequence[History], penalty: float, n: int,

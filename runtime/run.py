@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 
 import torch
 
-from .anti_loop import History, title_bans
+from .anti_loop import History, link, title_bans
 from .grammar import Matcher, matcher
 from .model_runner import Forward
 from .outputs import BlockStats, FinishReason, GenerationOutput, LogProb, token_logprob
@@ -291,6 +291,8 @@ class Run:
             branches.append(br)
             self._constrain(br, self.params, {self.ids.end_branch, *self.ids.eos} if self.kind.markup
                             else self.stop_ids)
+        if self.kind.serial:  # the branches are parts of one answer (a program's fork keeps them apart)
+            link([b.history for b in branches])
         seq.start_block(branches)
         self.block_steps = 0
 
@@ -323,8 +325,11 @@ class Run:
             return
         rows = [b for b in live if b in logits]
         if rows:
-            for b, tok in zip(rows, self._sample_rows(rows, logits)):
-                self._branch_token(b, tok)
+            # an answer's branches are sampled in turn, each seeing what those before it wrote this
+            # step (`link`); a program's independent branches in one call
+            for part in ([b] for b in rows) if self.kind.serial else [rows]:
+                for b, tok in zip(part, self._sample_rows(part, logits)):
+                    self._branch_token(b, tok)
             self._sampled()
 
     def _sample_rows(self, rows: list[Stream], logits: dict[Stream, torch.Tensor]) -> list[int]:

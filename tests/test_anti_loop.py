@@ -8,7 +8,7 @@ import torch
 from transformers import LogitsProcessorList
 
 from runtime import protocol as P
-from runtime.anti_loop import History, apply, breaks_title_rule, processors, title_bans, word_mask
+from runtime.anti_loop import History, apply, breaks_title_rule, link, processors, title_bans, word_mask
 from runtime.engine import Engine
 from runtime.protocol import Allowed
 from runtime.sampling import SamplingParams
@@ -52,6 +52,40 @@ def test_branch_history_copies_then_merges_at_the_join():
     assert h.tokens == [1, 2, 3, 4, 5]
     h.add(3)
     assert h.banned(2) == [4] and h.copy().banned(2) == [4]
+
+
+def test_linked_branches_may_not_repeat_what_a_sibling_wrote():
+    h = History(torch.ones(10, dtype=torch.bool))
+    h.extend([1, 2])
+    a, b, c = h.copy(), h.copy(), h.copy()
+    link([a, b])
+    a.extend([3, 4, 5])
+    b.extend([7, 3])
+    c.extend([7, 3])
+    assert b.banned(2) == [4]  # a wrote "3 4": b, its sibling, may not
+    assert c.banned(2) == []  # c is not linked
+    assert b.banned(3) == [] and a.banned(2) == [] and sorted(a.peers[0].banned(2)) == [4]
+    b.add(9)
+    assert a.tokens == [1, 2, 3, 4, 5] and b.tokens == [1, 2, 7, 3, 9]  # each keeps its own tokens
+
+
+def test_an_answers_branches_do_not_repeat_each_others_ngrams():
+    """The branches of one adaptive answer are sampled in turn, each seeing what its siblings wrote,
+    in earlier steps and in this one: no 2-gram of one branch's text is in a sibling's (greedy on this
+    model, without `link`, about half the sibling pairs share one)."""
+    eng = markup_heavy_engine(2)
+    pairs = 0
+    for k in range(30):
+        seq = eng.new_sequence("q: " + "abcdefghijklmnopqrstuvwxyz0123"[k] * 2)
+        eng.generate(seq, SamplingParams(max_new_tokens=200, max_branch_tokens=12, max_title_tokens=3,
+                                         no_repeat_ngram_size=2), "aspd")
+        for blk in P.parse(eng.text(seq)[len("q: xx"):]).blocks:
+            grams = [{tuple(t[i:i + 2]) for i in range(len(t) - 1)} for t in (eng.encode(b.body) for b in blk.branches)]
+            for i, g in enumerate(grams):
+                for other in grams[i + 1:]:
+                    assert not g & other, blk
+                    pairs += 1
+    assert pairs >= 50
 
 
 def test_sampler_skips_title_rows():
