@@ -1,12 +1,13 @@
 """`--dtype auto`: pick the fast decoder's weight format for this machine by measuring it.
 
 Which format is fastest depends on the CPU: with native bf16 arithmetic (AVX-512 BF16, AMX) a bf16
-step with 4 rows costs about what a 1-row step costs, without it bf16 costs grow linearly in rows
-and the weight-only int kernels win; a decode step is memory-bound either way, so fewer weight bytes
-help everywhere. At first load the decoder is built in each candidate format and a serial (1 row)
-and a branch (4 rows) step are timed against a short cache, and a 64-row pass (a prefill); the result
-is cached per model, CPU and torch version, so later loads cost nothing. float32 is never chosen
-automatically (it is the exact reference, always slower): ask for it with `--dtype float32`.
+step with 4 rows costs about what a 1-row step costs; without it (AVX2) bf16 costs grow linearly in
+rows, the int kernels dequantize again for every row, and fbgemm's float16 GEMM, which converts each
+weight panel once for all rows, wins; a decode step is memory-bound either way, so fewer weight
+bytes help everywhere. At first load the decoder is built in each candidate format and a serial (1
+row) and a branch (4 rows) step are timed against a short cache, and a 64-row pass (a prefill); the
+result is cached per model, CPU and torch version, so later loads cost nothing. float32 is never
+chosen automatically (it is the exact reference, always slower): ask for it with `--dtype float32`.
 
 A quantized kernel's cost grows with rows faster than a float matmul's on CPUs with native bf16
 arithmetic, so where bf16 runs the 64-row pass faster, prefills (passes of DENSE_ROWS rows or more)
@@ -24,15 +25,18 @@ from pathlib import Path
 
 import torch
 
+from .quant import float16_supported
 from .weight_format import WeightFormat
 
-CANDIDATES = (WeightFormat.BFLOAT16, WeightFormat.INT8, WeightFormat.INT4)  # most precise first
+# Most precise first: float16 (fp32 activations) where fbgemm runs it, then bf16, int8, int4.
+CANDIDATES = ((WeightFormat.FLOAT16,) if float16_supported() else ()) + (
+    WeightFormat.BFLOAT16, WeightFormat.INT8, WeightFormat.INT4)
 MIN_GAIN = 0.10  # a less precise format must be at least this much cheaper to be chosen
 ROWS = (1, 4)  # a serial step and a 4-branch step: what the choice weighs
 PREFILL_ROWS = 64  # a prefill-sized pass: decides DENSE_ROWS
 DENSE_ROWS = 32
 CACHE_FILE = "autotune.json"
-MEASURE_VERSION = 2  # bump when what `measure` times changes: older cached entries are then ignored
+MEASURE_VERSION = 3  # bump when what `measure` times changes: older cached entries are then ignored
 
 
 def cpu_flags() -> list[str]:

@@ -25,7 +25,8 @@ from .weight_format import WeightFormat
 # logits directly. With int4 layers it runs in int8 (its GGUF source is Q8_0). Measured with
 # bench/formats.py: against a bf16 head, half the bytes, loss delta +0.06% vs +0.10% (80 prompts);
 # an int4 head reads 11 MB less but costs +2.5% loss (24 prompts).
-HEAD_FORMAT = {WeightFormat.FLOAT32: WeightFormat.FLOAT32, WeightFormat.BFLOAT16: WeightFormat.BFLOAT16,
+HEAD_FORMAT = {WeightFormat.FLOAT32: WeightFormat.FLOAT32, WeightFormat.FLOAT16: WeightFormat.FLOAT16,
+               WeightFormat.BFLOAT16: WeightFormat.BFLOAT16,
                WeightFormat.INT8: WeightFormat.INT8, WeightFormat.INT4: WeightFormat.INT8}
 
 
@@ -126,9 +127,8 @@ class FastDecoder:
         return StaticKV(len(self.layers), self.kv_heads, self.head_dim, self.dtype, self.device)
 
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return w * h.to(x.dtype)
+        # transformers' LlamaRMSNorm (normalise in float32, round, then scale) in one kernel
+        return w * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype)
 
     @torch.inference_mode()
     def forward_many(self, caches: list[StaticKV], ids: list[torch.Tensor], pos: list[torch.Tensor],

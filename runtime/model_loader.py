@@ -144,13 +144,13 @@ def load(name: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto", adapter: 
         fmt = None if dtype == "auto" else WeightFormat(str(dtype).removeprefix("torch."))
     except ValueError:
         raise ModelLoadError(f"unknown dtype {str(dtype)!r}: one of {', '.join(DTYPES)}") from None
-    if fmt is not None and fmt.quantized and device != "cpu":
+    if fmt is not None and fmt.cpu_only and device != "cpu":
         raise ModelLoadError(f"{fmt.value} weights run on the CPU's kernels only; use bfloat16 on {device}")
-    dtype = activations(fmt or WeightFormat.BFLOAT16)  # the float model's
     adapter = resolve_adapter(name, adapter)
-    # With an adapter, merge in float32 and round once to `dtype`: a LoRA delta added to bf16
-    # weights in bf16 loses much of itself.
-    load_dtype = torch.float32 if adapter else dtype
+    # float32 until the format is known: with an adapter, merge in float32 and round once (a LoRA
+    # delta added to bf16 weights in bf16 loses much of itself); with "auto", the candidates are
+    # built from float32 weights (float16's are rounded once, not through bf16).
+    load_dtype = torch.float32 if adapter or fmt is None else activations(fmt)
     path = resolve(name, load_dtype)
     try:
         tok = AutoTokenizer.from_pretrained(path)
@@ -161,7 +161,6 @@ def load(name: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto", adapter: 
     lora = None
     if adapter:
         model, lora = apply_adapter(model, adapter)
-        model = model.to(dtype)
     model.to(device).eval()
     gguf = embedded_gguf() if is_embedded(name) else None
     dense_rows = None
@@ -169,6 +168,7 @@ def load(name: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto", adapter: 
         from . import autotune
         fmt, dense_rows = autotune.choose_format(model, gguf, lora, autotune.model_key(name or DEFAULT_MODEL, adapter),
                                                  fmt)
+    model = model.to(activations(fmt))  # the float model runs in the format's activation dtype
     calibration = read_calibration(adapter) if adapter else {}
     gate = fork_gate.load(adapter, model.get_output_embeddings().weight, calibration) if adapter else None
     return LoadedModel(model=model, tokenizer=tok, ids=ids, name=name or DEFAULT_MODEL,

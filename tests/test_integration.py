@@ -15,6 +15,7 @@ from aspd_lang.runner import Runner, display_pieces, load_program_file
 from runtime import protocol as P
 from runtime.engine import Engine
 from runtime.model_loader import ModelLoadError, embedded_checkpoint, load
+from runtime.quant import activations
 from runtime.sampling import SamplingParams
 
 pytestmark = pytest.mark.slow
@@ -178,10 +179,12 @@ def test_int4_layers_are_the_ggufs_q4_1_blocks():
     assert gguf_exactness() == 0.0
 
 
-def test_auto_format_with_the_shipped_adapter_keeps_its_lora_apart(real_auto):
+def test_auto_format_with_the_shipped_adapter_keeps_its_lora_apart_only_when_quantized(real_auto):
+    from runtime import autotune
     from runtime.quant import LoRA
 
     runner = real_auto.runner
-    assert runner.weights in (runner.weights.BFLOAT16, runner.weights.INT8, runner.weights.INT4)
-    if runner.weights.quantized and real_auto.loaded.lora:
-        assert isinstance(runner.fast.layers[0][1], LoRA)
+    assert runner.weights in autotune.CANDIDATES  # never float32 unless asked for
+    assert real_auto.loaded.model.dtype == activations(runner.weights)
+    if real_auto.loaded.lora:  # int weights keep the adapter beside them; float weights hold it merged
+        assert isinstance(runner.fast.layers[0][1], LoRA) == runner.weights.quantized

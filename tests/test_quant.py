@@ -12,10 +12,12 @@ import torch
 from runtime import autotune, gguf_weights
 from runtime.engine import Engine
 from runtime.fast_decoder import FastDecoder
-from runtime.quant import GROUP, Dense, Int4, Int8, LoRA, dequantize, linear
+from runtime.quant import GROUP, Dense, Half, Int4, Int8, LoRA, activations, dequantize, float16_supported, linear
 from runtime.weight_format import WeightFormat
 
 gguf = pytest.importorskip("gguf")
+# float16 runs fbgemm's kernel, which only x86 builds of torch have
+FORMATS = [f for f in WeightFormat if f is not WeightFormat.FLOAT16 or float16_supported()]
 
 
 def test_int8_and_int4_roundtrip_within_their_step():
@@ -39,12 +41,24 @@ def test_int4_holds_exact_codes():
     torch.testing.assert_close(dequantize(lin), want.view(32, 64), atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("fmt", list(WeightFormat))
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_every_format_takes_zero_rows(fmt):
     """A pass that wants no logits (a prefill without log-probs) hands the head zero rows."""
     lin = linear(torch.randn(64, 64), fmt)
-    x = torch.zeros(0, 64, dtype=torch.float32 if fmt is WeightFormat.FLOAT32 else torch.bfloat16)
+    x = torch.zeros(0, 64, dtype=activations(fmt))
     assert lin(x).shape == (0, 64)
+
+
+@pytest.mark.skipif(not float16_supported(), reason="fbgemm is x86 only")
+def test_float16_holds_the_weight_in_half_precision_and_computes_in_float32():
+    torch.manual_seed(2)
+    w, x = torch.randn(96, 64), torch.randn(5, 64)
+    lin = linear(w, WeightFormat.FLOAT16)
+    assert isinstance(lin, Half) and lin.nbytes == w.numel() * 2
+    assert torch.equal(dequantize(lin), w.half().float())  # the kernel's weight is w rounded once to fp16
+    want = x.double() @ w.half().double().T
+    assert (lin(x).double() - want).abs().max() < 1e-5  # float32 arithmetic, not bf16's 3 digits
+    assert lin(x[None]).shape == (1, 5, 96)
 
 
 def test_int4_pads_outputs_and_falls_back_to_int8_for_inputs_its_kernel_cannot_take():
@@ -70,12 +84,13 @@ def _dequantized_copy(tiny, dec: FastDecoder):
     return model
 
 
-@pytest.mark.parametrize("fmt", [WeightFormat.BFLOAT16, WeightFormat.INT8, WeightFormat.INT4])
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if f is not WeightFormat.FLOAT32])
 def test_each_format_equals_its_dequantized_float_reference(tiny, fmt):
     """Prefill and a packed branch step in `fmt` against fp32 on the same (dequantized) weights.
-    Tolerance: bf16 activations (8 bits of mantissa) over two layers, 3% of the logits' range."""
+    Tolerance: bf16 activations (8 bits of mantissa) over two layers, 3% of the logits' range;
+    float16 computes in float32, 0.01%."""
     dec = FastDecoder(copy.deepcopy(tiny.model), fmt)
-    assert dec.format is fmt and dec.dtype is torch.bfloat16
+    assert dec.format is fmt and dec.dtype is activations(fmt)
     if fmt is WeightFormat.INT4:
         assert isinstance(dec.layers[0][1], Int4)
     ref = FastDecoder(_dequantized_copy(tiny, dec), WeightFormat.FLOAT32)
@@ -89,14 +104,14 @@ def test_each_format_equals_its_dequantized_float_reference(tiny, fmt):
         b = d.forward_many([kv], [torch.tensor([11, 12])], [torch.tensor([5, 5])], [mask], [torch.arange(2)])
         outs.append(torch.cat([a[0], b[0]]).float())
     scale = outs[1].abs().max()
-    assert (outs[0] - outs[1]).abs().max() <= 0.03 * scale
+    assert (outs[0] - outs[1]).abs().max() <= (0.03 if dec.dtype is torch.bfloat16 else 1e-4) * scale
 
 
 def test_engine_runs_each_format(tiny):
     """The engine's step API works unchanged on every format (greedy text is well-formed)."""
     from runtime.sampling import SamplingParams
 
-    for fmt in WeightFormat:
+    for fmt in FORMATS:
         loaded = copy.copy(tiny)
         loaded.model = copy.deepcopy(tiny.model)
         loaded.weights = fmt
@@ -137,6 +152,10 @@ def test_auto_choice_is_a_function_of_the_timings():
     avx2 = {"bfloat16": {"1": 42.0, "4": 99.0}, "int8": {"1": 25.0, "4": 40.0}, "int4": {"1": 22.0, "4": 39.0}}
     assert autotune.choose(avx2) is WeightFormat.INT8
     assert autotune.choose({}) is WeightFormat.BFLOAT16
+    if float16_supported():  # most precise of the candidates: chosen unless another is MIN_GAIN cheaper
+        fp16 = {"float16": {"1": 24.0, "4": 30.0}, **avx2}  # the int kernels' cost grows faster in rows
+        assert autotune.CANDIDATES[0] is WeightFormat.FLOAT16 and autotune.choose(fp16) is WeightFormat.FLOAT16
+        assert autotune.choose({**fp16, "float16": {"1": 35.0, "4": 40.0}}) is WeightFormat.INT8
 
 
 def test_auto_format_is_measured_once_and_cached(tiny, tmp_path, monkeypatch):
@@ -228,8 +247,9 @@ def test_prefill_on_dense_weights_then_decode_quantized(tiny):
     assert all(torch.equal(a, b) for a, b in zip(batch_step(dec), batch_step(bf16)))
 
 
-@pytest.mark.parametrize("dtype,device,msg", [("float16", "cpu", "unknown dtype 'float16'"),
-                                              ("int4", "cuda", "CPU's kernels only")])
+@pytest.mark.parametrize("dtype,device,msg", [("float8", "cpu", "unknown dtype 'float8'"),
+                                              ("int4", "cuda", "CPU's kernels only"),
+                                              ("float16", "cuda", "CPU's kernels only")])
 def test_load_rejects_a_dtype_it_cannot_run_in_one_line(dtype, device, msg):
     from runtime.model_loader import ModelLoadError, load
 
