@@ -25,12 +25,13 @@ from transformers import LogitsProcessorList
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import common  # noqa: E402
 from runtime.anti_loop import processors  # noqa: E402
+from runtime.autotune import CANDIDATES  # noqa: E402
 from runtime.engine import Engine  # noqa: E402
 from runtime.sampling import SamplingParams  # noqa: E402
 
 PROMPT = "Give some tips for staying healthy."
 OUT = Path(__file__).resolve().parent / "results" / "engine.json"
-FORMATS = ("bfloat16", "int8", "int4", "float32")
+FORMATS = (*(f.value for f in CANDIDATES), "float32")  # float16 where fbgemm runs it
 BRANCHES = (1, 2, 4, 8, 16)
 STEP_TOKENS = 64  # per branch: enough steps that a fork's first pass (its seeds' tokens) weighs little
 console = Console()

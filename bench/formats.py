@@ -3,7 +3,7 @@
     .venv/bin/python bench/formats.py                   # -> bench/results/formats.json
     .venv/bin/python bench/formats.py --adapter auto    # the same with the shipped adapter merged
 
-Per format (bfloat16, int8, int4) and the float32 reference, all on the fast decoder:
+Per format (float16, bfloat16, int8, int4) and the float32 reference, all on the fast decoder:
 * greedy agreement: each prompt decoded greedily for 128 tokens (no penalty, EOS ignored, all
   prompts batched in one forward per step); the share of prompts whose tokens equal float32's, and
   the mean number of tokens before the first difference;
@@ -26,6 +26,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import common, questions  # noqa: E402
+from runtime.autotune import CANDIDATES  # noqa: E402
 from runtime.engine import Engine  # noqa: E402
 from runtime.model_loader import load  # noqa: E402
 from runtime.model_runner import Forward  # noqa: E402
@@ -34,7 +35,7 @@ from runtime.weight_format import WeightFormat  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "formats.json"
 ANSWERS = Path(__file__).resolve().parent / "results" / "vicuna80" / "answers.jsonl"
-FORMATS = (WeightFormat.FLOAT32, WeightFormat.BFLOAT16, WeightFormat.INT8, WeightFormat.INT4)
+FORMATS = (WeightFormat.FLOAT32, *CANDIDATES)  # float16 where fbgemm runs it
 console = Console()
 
 
