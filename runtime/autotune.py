@@ -63,8 +63,17 @@ def cpu_name() -> str:
 
 
 def model_key(name: str, adapter: str | None) -> str:
-    """What a cached choice is for: the model and its adapter (the machine is added by the cache)."""
-    return f"{name}+{adapter or ''}"
+    """What a cached choice is for: the model and its adapter's shape (the machine is added by the
+    cache). Step times depend on an adapter's ranks and target modules, not on its values or where
+    it lies, so the key holds a digest of its config: another checkout or a retrained adapter of
+    the same shape reuses the measurement."""
+    if not adapter:
+        return f"{name}+"
+    try:
+        config = (Path(adapter) / "adapter_config.json").read_bytes()
+    except OSError:
+        return f"{name}+{adapter}"
+    return f"{name}+lora:{hashlib.sha1(config).hexdigest()[:12]}"
 
 
 def machine_key() -> str:

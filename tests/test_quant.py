@@ -170,6 +170,15 @@ def test_auto_format_is_measured_once_and_cached(tiny, tmp_path, monkeypatch):
     assert entry["choice"] == "int4" and entry["timings_ms"] == TIMES
 
 
+def test_an_adapters_cached_choice_follows_its_shape_not_its_path(tmp_path):
+    a, b, c = (tmp_path / n for n in "abc")
+    for d, rank in ((a, 8), (b, 8), (c, 16)):
+        d.mkdir()
+        (d / "adapter_config.json").write_text(f'{{"r": {rank}}}')
+    assert autotune.model_key("m", str(a)) == autotune.model_key("m", str(b)) != autotune.model_key("m", str(c))
+    assert autotune.model_key("m", None) != autotune.model_key("m", str(a))
+
+
 def test_measure_times_every_candidate_on_the_real_decoder(tiny):
     t = autotune.measure(copy.deepcopy(tiny.model), None, None, repeats=1, context=8)
     assert set(t) == {f.value for f in autotune.CANDIDATES}
