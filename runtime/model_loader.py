@@ -23,7 +23,7 @@ from . import fork_gate
 from .errors import UserError
 from .fork_gate import ForkGate
 from .protocol import SPECIAL_TOKENS, TITLE_BANNED_CHARS, SpecialIds
-from .quant import activations
+from .quant import activations, float16_supported
 from .vocab import tokens_containing, tokens_ending, tokens_with
 from .weight_format import DTYPES, WeightFormat
 
@@ -146,6 +146,9 @@ def load(name: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto", adapter: 
         raise ModelLoadError(f"unknown dtype {str(dtype)!r}: one of {', '.join(DTYPES)}") from None
     if fmt is not None and fmt.cpu_only and device != "cpu":
         raise ModelLoadError(f"{fmt.value} weights run on the CPU's kernels only; use bfloat16 on {device}")
+    if fmt is WeightFormat.FLOAT16 and not float16_supported():
+        raise ModelLoadError("float16 weights run on fbgemm, which this build of torch lacks (x86 only); "
+                             "use --dtype auto")
     adapter = resolve_adapter(name, adapter)
     # float32 until the format is known: with an adapter, merge in float32 and round once (a LoRA
     # delta added to bf16 weights in bf16 loses much of itself); with "auto", the candidates are

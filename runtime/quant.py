@@ -144,7 +144,7 @@ class LoRA:
     would round most of it away (the delta is smaller than a quantization step), so quantized
     formats run an adapter this way, as QLoRA trains it."""
 
-    base: Dense | Half | Int8 | Int4
+    base: Dense | Int8 | Int4
     a: torch.Tensor  # [rank, in], float32
     b: torch.Tensor  # [out, rank], float32
 

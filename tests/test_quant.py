@@ -264,3 +264,11 @@ def test_load_rejects_a_dtype_it_cannot_run_in_one_line(dtype, device, msg):
 
     with pytest.raises(ModelLoadError, match=msg):
         load("/no/such/model", dtype=dtype, device=device)
+
+
+def test_load_rejects_float16_without_fbgemm_in_one_line(monkeypatch):
+    from runtime import model_loader
+
+    monkeypatch.setattr(model_loader, "float16_supported", lambda: False)
+    with pytest.raises(model_loader.ModelLoadError, match="fbgemm"):
+        model_loader.load("/no/such/model", dtype="float16")
