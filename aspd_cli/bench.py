@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
     b.add_argument("--judge-url", default=None, help="OpenAI-compatible endpoint for FastChat's 1-10 grading")
     b.add_argument("--judge-model", default="default")
     add_model_args(b, attention=False,
-                   dtype_help="the engine's weight format (ar, aspd, sot); hf always runs bfloat16")
+                   dtype_help="the engine's weight format (ar, aspd, sot); hf runs the format's float model")
     anti_loop_args(b)
     b.add_argument("--temperature", type=float, default=0.0)
     b.add_argument("--seed", type=int, default=None, help="sampling seed (recorded; greedy ignores it)")

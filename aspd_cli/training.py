@@ -5,8 +5,9 @@
     aspd calibrate             # the adapter's fork threshold, on the calibration split
 
 The training data lives in `training.prompts.DATA`, the adapter in `runtime.model_loader.SHIPPED_ADAPTER`.
-Models load in bfloat16 where the float model is what runs (training, the independence check), in
-`auto` where the engine decodes (answers, calibration).
+Models load in `model_loader.training_dtype()` where the float model is what runs (training, the
+independence check: bfloat16 where the hardware computes in it, else float32), in `auto` where the
+engine decodes (answers, calibration).
 """
 
 from __future__ import annotations
@@ -86,13 +87,14 @@ def cmd_data(args: argparse.Namespace) -> int:
         todo = prompts.read(out / "prompts_train.jsonl")[:args.limit]
         generate(Engine(load_model(args.model, adapter="none")), todo, out / "responses.jsonl", batch=args.batch)
     if args.step in ("build", "all"):
+        from runtime.model_loader import training_dtype
         from training.dataset import make, stats_table
         from training.group_judge import Judge
         from training.independence import THRESHOLD
 
         judge = Judge(args.judge_url, args.judge_model) if args.judge_url else None
         threshold = None if args.no_independence else args.threshold or THRESHOLD
-        stats = make(load_model(args.model, dtype="bfloat16", adapter="none"), out / "responses.jsonl", out,
+        stats = make(load_model(args.model, dtype=training_dtype(), adapter="none"), out / "responses.jsonl", out,
                      threshold=threshold, judge=judge, log=console.print)
         console.print(stats_table(stats))
         console.print(f"wrote {out / 'dataset.jsonl'} and {out / 'data_stats.json'}")
@@ -101,13 +103,15 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from runtime import protocol as P
+    from runtime.model_loader import training_dtype
     from training.card import write
     from training.dataset import balanced, chat_ids, read
     from training.samples import build
     from training.train import TrainConfig, save_adapter, train
 
     out = args.out or _shipped_adapter()
-    loaded = load_model(args.model, dtype="bfloat16", adapter="none")
+    dtype = training_dtype()
+    loaded = load_model(args.model, dtype=dtype, adapter="none")
     tok = loaded.tokenizer
     rows = read(args.data / "dataset.jsonl")
     rng = random.Random(args.seed)
@@ -133,7 +137,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         import torch
 
         init = torch.load(args.init, weights_only=False)["adapter"]
-    console.print(f"training on {len(samples)} samples ({sum(r['parallel'] for r in chosen)} parallel), {cfg}")
+    parallel = sum(r["parallel"] for r in chosen)
+    console.print(f"training on {len(samples)} samples ({parallel} parallel) in {dtype}, {cfg}")
     ckpt = args.data / ("checkpoint" if init is None else "checkpoint-stage2")
     pm, hist = train(loaded.model, loaded.ids, samples, ckpt, cfg, log=console.print, init=init)
     stats_path = args.data / "data_stats.json"
@@ -142,8 +147,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if init is not None and previous.exists():  # a second stage: keep the first stage's record
         rec = json.loads(previous.read_text())
         stage1 = rec.get("stage1") or {"config": rec["config"], "history": rec["history"]}
-    extra = {"stage1": stage1, "samples": len(samples), "balanced": args.balance,
-             "parallel_samples": sum(r["parallel"] for r in chosen),
+    extra = {"stage1": stage1, "samples": len(samples), "balanced": args.balance, "dtype": dtype,
+             "parallel_samples": parallel,
              "data_stats": json.loads(stats_path.read_text()) if stats_path.exists() else None}
     save_adapter(pm, out, hist, cfg, extra)
     write(out)

@@ -258,6 +258,25 @@ def steered_table(r: dict) -> str:
     return "\n".join(rows) + "\n" + note
 
 
+def drafts_table(r: dict) -> str:
+    rows = ["| ASPD answers, shipped adapter | answers | forwards, drafts off -> on | latency, off -> on | "
+            "speedup per answer, mean (median, max) |", "|---|---|---|---|---|"]
+    for name, s in (("every question", r["all"]), ("questions whose answer forks", r["forked"])):
+        sp = s["speedup"]
+        rows.append(f"| {name} | {s['answers']} | {s['forwards_off']} -> {s['forwards_on']} "
+                    f"({s['forwards_on'] / s['forwards_off'] - 1:+.1%}) | {s['latency_off_s']:.0f} -> "
+                    f"{s['latency_on_s']:.0f} s ({s['latency_on_s'] / s['latency_off_s'] - 1:+.1%}) | "
+                    f"{sp['mean']:.3f}x ({sp['median']:.3f}x, {sp['max']:.2f}x) |")
+    m = r["meta"]
+    note = (f"\n`{m['command']}`: the first {r['all']['answers']} Vicuna-80 questions, each answered twice in a row "
+            f"(drafts off and on, the order alternating), {m['format']} weights, greedy, default anti-loop, at most "
+            f"{m['sampling']['max_new_tokens']} new tokens; the two answers are the same text for "
+            f"{r['same_text']} of {r['all']['answers']}; {m['environment']['machine']['cpu']} "
+            f"({', '.join(f for f in m['environment']['machine']['flags'] if f.startswith('avx'))}), "
+            f"{_machine(m['environment'])}.")
+    return "\n".join(rows) + "\n" + note
+
+
 def vicuna_table(summary: dict) -> str:
     """The `aspd bench` run's speed and quality tables (the same rows as its report.md)."""
     import sys
@@ -300,7 +319,7 @@ def decoding_table(r: dict) -> str:
 
 
 MARKERS = ("engine", "engine-adapter", "formats", "decoding", "programs", "serve", "cluster", "constrained",
-           "faults", "data", "adapter", "vicuna", "steered")
+           "faults", "data", "adapter", "vicuna", "steered", "drafts")
 
 
 def markdown_files() -> list[Path]:
@@ -357,6 +376,8 @@ def tables() -> dict[str, str]:
         out["adapter"] = adapter_table(load(results / "adapter.json"))
     if (results / "steered_control.json").exists():
         out["steered"] = steered_table(load(results / "steered_control.json"))
+    if (results / "drafts.json").exists():
+        out["drafts"] = drafts_table(load(results / "drafts.json"))
     vicuna = results / "vicuna80" / "summary.json"
     if vicuna.exists():
         out["vicuna"] = vicuna_table(load(vicuna))

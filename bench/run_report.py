@@ -39,6 +39,7 @@ def summarize(rows: list[dict], systems: list[str], meta: dict) -> dict:
             "latency_s": metrics.stats(r["latency_s"] for r in mine),
             "ttft_s": metrics.stats(r["ttft_s"] for r in mine),
             "completion_tokens": metrics.stats(r["completion_tokens"] for r in mine),
+            "forward_passes": metrics.stats(r["forward_passes"] for r in mine if r.get("forward_passes")),
             "fork_share": sum(r["blocks"] > 0 for r in mine) / len(mine) if mine else math.nan,
             "branches_per_block": (sum(r["branches"] for r in mine) / sum(r["blocks"] for r in mine)
                                    if any(r["blocks"] for r in mine) else math.nan),

@@ -47,6 +47,7 @@ class Answer(BaseModel):
     blocks: int = 0
     branches: int = 0
     parallel_tokens: int = 0
+    forward_passes: int | None = None  # the engine's forwards for this answer (None: not our engine)
     seed: int | None = None
     error: str | None = None
 
@@ -128,7 +129,7 @@ class EngineSystem:
                        latency_s=latency, ttft_s=out.ttft_s + (latency - out.total_s),
                        completion_tokens=out.completion_tokens, critical_path_tokens=out.critical_path_tokens,
                        blocks=len(out.blocks), branches=sum(len(b.branch_tokens) for b in out.blocks),
-                       parallel_tokens=out.parallel_tokens)
+                       parallel_tokens=out.parallel_tokens, forward_passes=out.forward_passes)
 
 
 class SoTSystem:

@@ -33,8 +33,11 @@ T = TypeVar("T")
 
 
 class Engine:
-    def __init__(self, loaded: LoadedModel, fast: bool | None = None, attention: str = "auto"):
+    def __init__(self, loaded: LoadedModel, fast: bool | None = None, attention: str = "auto", drafts: bool = True):
+        """`drafts`: feed a block header's predictable tokens with the step before, verified there
+        (`header_draft`; the text is the same either way)."""
         self.loaded = loaded
+        self.drafts = drafts
         self.tok = loaded.tokenizer
         self.ids = loaded.ids
         self.runner = ModelRunner(loaded.model, fast=fast, attention_backend=attention,

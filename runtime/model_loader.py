@@ -230,6 +230,15 @@ def find_adapter() -> str | None:
     return str(SHIPPED_ADAPTER) if (SHIPPED_ADAPTER / "adapter_config.json").exists() else None
 
 
+def training_dtype() -> str:
+    """The float dtype of the passes that run the float model itself (training, the data pipeline's
+    independence check): bfloat16 where the hardware computes in it (CUDA, or a CPU with AVX512-BF16
+    or AMX), float32 elsewhere. Without native bf16 the CPU emulates it: on an AVX2-only CPU a training
+    step of 8 samples took several times its float32 time (docs/training.md)."""
+    native = torch.cuda.is_available() or torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return "bfloat16" if native else "float32"
+
+
 def use_all_cores() -> None:
     """How every command and benchmark runs the model: torch on all cores it may use (`aspd cluster`
     pins each worker to its own), no progress bars."""

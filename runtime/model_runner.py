@@ -137,6 +137,16 @@ class KVState:
         blocks, branches = self._blocks[:self.length].tolist(), self._branches[:self.length].tolist()
         return tuple(Tag(b, j) for b, j in zip(blocks, branches))
 
+    def truncate(self, n: int) -> None:
+        """Drop the last n cached tokens: the cache is as if they had never been appended."""
+        if not 0 <= n <= self.length:
+            raise ValueError(f"cannot drop {n} tokens from a cache of {self.length}")
+        self.length -= n
+        if isinstance(self.cache, fast_decoder.StaticKV):
+            self.cache.length -= n
+        elif self.cache is not None:
+            self.cache.crop(-n)  # transformers: a negative count drops that many from the end
+
     def kill(self, index: int) -> None:
         """Hide a cached token from every later query."""
         self._blocks[index] = DEAD

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 
 import torch
 
+from . import header_draft
 from .anti_loop import History, link, title_bans
 from .grammar import Matcher, matcher
 from .model_runner import Forward
@@ -183,10 +184,54 @@ class Run:
             self.ttft = time.perf_counter() - self.t0
 
     def _serial_step(self) -> Steps[None]:
-        logits = yield from self.eng.serial_logits_steps(self.seq)
-        self._serial_token(logits)
+        drafted = self._draft()
+        if not drafted:
+            logits = yield from self.eng.serial_logits_steps(self.seq)
+            self._serial_token(logits)
+            return
+        # The draft rides along with the token just sampled; each drafted token stays only if its
+        # row samples it, under the state the tokens before it left (`header_draft`).
+        s = self.seq.serial
+        first = len(s.pending) - 1
+        s.push(drafted)
+        rows = (yield from self.eng.feed_steps(self.seq, [s], rows_from=first))[s]
+        for r, d in enumerate(drafted):
+            tok, allowed = self._choose(rows[r])
+            if tok != d:
+                self.seq.unfeed(len(drafted) - r)
+                self._write_serial(rows[r], tok, allowed)
+                return
+            self._write_serial(rows[r], tok, allowed, fed=True)
+            if self.done or self.seq.open_branches:  # a kept token opened a block: the rest is not serial text
+                self.seq.unfeed(len(drafted) - r - 1)
+                return
+        self._serial_token(rows[len(drafted)])
+
+    def _draft(self) -> list[int]:
+        """Tokens to feed with the next serial step beyond the pending ones, to be verified there."""
+        s = self.seq.serial
+        if (not self.eng.drafts or self.kind is not RunKind.ADAPTIVE or self.stops or s in self.grammars
+                or not s.pending):
+            return []
+        drafted = self._propose()
+        if any(t in self.stop_ids for t in drafted):  # a kept draft token never ends the run
+            return []
+        room = min(self.left - 1, self.eng.max_len - self.seq.length - 1)  # the token after the draft too
+        return drafted[:max(room, 0)]
+
+    def _propose(self) -> list[int]:
+        c = self.constraint
+        if c.phase not in (Phase.TITLE, Phase.TITLES_CLOSED):
+            return []
+        closed = self.title_ids if c.phase is Phase.TITLES_CLOSED else self.title_ids[:-1]
+        return header_draft.draft(c.phase, c.title_tokens, [self.eng.decode(t) for t in closed],
+                                  [self.eng.decode(t) for t in self.earlier_titles], self.eng.encode, self.ids)
 
     def _serial_token(self, logits: torch.Tensor) -> None:
+        self._write_serial(logits, *self._choose(logits))
+
+    def _choose(self, logits: torch.Tensor) -> tuple[int, Allowed]:
+        """The next serial token from its logits under the run's rules, and those rules."""
         s = self.seq.serial
         if self.gate is not None:
             self.constraint.fork_bias, self.gate = self.gate.fork_bias(logits), None
@@ -196,8 +241,12 @@ class Run:
             ban = title_bans(titles, self.eng.words, self.ids.end_title)
             if ban:
                 allowed = dataclasses.replace(allowed, banned=allowed.banned | ban)
+        return self.sampler(logits[None], [s.history], [allowed], [self.grammars.get(s)])[0], allowed
+
+    def _write_serial(self, logits: torch.Tensor, tok: int, allowed: Allowed, fed: bool = False) -> None:
+        """Write the chosen serial token; `fed`: it is already in the cache (a kept draft token)."""
+        s = self.seq.serial
         g = self.grammars.get(s)
-        tok = self.sampler(logits[None], [s.history], [allowed], [g])[0]
         self._sampled()
         if tok in self.stop_ids:
             self.finish, self.done, self.stop_token = FinishReason.STOP, True, tok
@@ -211,7 +260,8 @@ class Run:
             s.history.add(tok)
         self._track_title(tok)
         self.constraint.advance(tok)
-        s.push([tok])
+        if not fed:
+            s.push([tok])
         complete = g is not None and g.advance(tok)
         if tok == self.ids.para:
             self._flush_serial(self.header_start)

@@ -228,6 +228,18 @@ class SeqState:
             out.append(w.token)
         return out[::-1]
 
+    def unfeed(self, n: int) -> None:
+        """Take the last n serial tokens back out as if they had never been fed (a draft the model did
+        not confirm): they must be the cache's last entries, which are then dropped, not hidden."""
+        if n <= 0:
+            return
+        start = self.kv.length - n
+        if [(w.tag, w.index) for w in self.written[-n:]] != [(SERIAL_TAG, start + i) for i in range(n)]:
+            raise EngineError(f"the last {n} written tokens are not the cache's last serial tokens")
+        del self.written[-n:]
+        self.kv.truncate(n)
+        self.positions.next_serial -= n
+
     def retract_stream(self, s: Stream, n: int) -> None:
         """Take the last n fed tokens of a stream back out: hidden in the cache, positions given back."""
         if s.tag.block == SERIAL:

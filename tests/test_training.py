@@ -180,3 +180,15 @@ def test_a_steered_answer_is_trained_without_its_intro_and_opens_with_its_block(
     assert P.parse(got["tips-1"]["markup"]).plain_text() == listy.removeprefix("Here are the key points:\n\n")
     assert got["arith-1"]["markup"] == serial and not got["arith-1"]["parallel"]
     assert answer("Let's go:\n\n**A**", "Here's an overview:\n\n**") == "Let's go:\n\n**A**"  # not its intro
+
+
+@pytest.mark.parametrize(("cuda", "avx512_bf16", "amx", "want"), [
+    (False, False, False, "float32"), (False, True, False, "bfloat16"), (False, False, True, "bfloat16"),
+    (True, False, False, "bfloat16")])
+def test_training_runs_bf16_only_where_the_hardware_computes_in_it(monkeypatch, cuda, avx512_bf16, amx, want):
+    from runtime.model_loader import training_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert training_dtype() == want

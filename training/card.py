@@ -42,7 +42,7 @@ def write(adapter: Path, evaluation: dict | None = None) -> Path:
         f"- LoRA rank {cfg['rank']}, alpha {cfg['alpha']}, on q/k/v/o/gate/up/down; trainable rows for the six "
         "markup tokens only (tied output layer)",
         f"- AdamW lr {cfg['lr']}, {cfg['epochs']} epoch(s), {cfg['accum']} samples per step, warmup {cfg['warmup']}, "
-        f"linear decay, seed {cfg['seed']}; bf16 on CPU",
+        f"linear decay, seed {cfg['seed']}; {rec.get('dtype', 'bfloat16')} on CPU",
         "- loss on the whole answer with markup except engine-fed tokens (branch seeds, `<|/para|>`); the",
         "  protocol's branch-isolating mask and position ids, built by the engine's own code",
         f"- {hist['step']} optimizer steps in {hist['seconds'] / 60:.0f} min; loss {losses[0]:.3f} at the first step, "
