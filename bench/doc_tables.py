@@ -261,7 +261,10 @@ def steered_table(r: dict) -> str:
 def drafts_table(r: dict) -> str:
     rows = ["| ASPD answers, shipped adapter | answers | forwards, drafts off -> on | latency, off -> on | "
             "speedup per answer, mean (median, max) |", "|---|---|---|---|---|"]
-    for name, s in (("every question", r["all"]), ("questions whose answer forks", r["forked"])):
+    parts = [("every question", r["all"])]
+    if r["forked"]["answers"] != r["all"]["answers"]:
+        parts.append(("questions whose answer forks", r["forked"]))
+    for name, s in parts:
         sp = s["speedup"]
         rows.append(f"| {name} | {s['answers']} | {s['forwards_off']} -> {s['forwards_on']} "
                     f"({s['forwards_on'] / s['forwards_off'] - 1:+.1%}) | {s['latency_off_s']:.0f} -> "
