@@ -1,15 +1,14 @@
 """Drafted header tokens: a block's title numbering, verified in the forward that feeds it.
 
 A block header is decoded serially, one forward per token: `<|title|>2. Set a routine<|/title|>...`,
-about a third of a forked answer's critical path. Where the titles are numbered, what follows a
-title's close is predictable: `<|title|>` (most headers hold four titles or more), the next number
-and its dot; what follows a block's first
-`<|title|>` is "1." (or the number after the answer's last numbered title). The run feeds such a
-draft with the token it just sampled and takes logits at every row; it then samples the rows in
-order, each under the state the tokens before it left, keeps a drafted token only where the row's
-sample is that very token, and takes the rest back out of the cache (`SeqState.unfeed`). The text is
-the one decoding without drafts gives, whatever the draft; a right draft saves up to three forwards
-for the price of a wider one.
+about a third of a forked answer's critical path. What follows a title's close is predictable:
+`<|title|>` (most headers hold four titles or more) and, where the titles are numbered, the next
+number and its dot; what follows a block's first `<|title|>` is "1." (or the number after the
+answer's last numbered title). The run feeds such a draft with the token it just sampled and takes
+logits at every row; it then samples the rows in order, each under the state the tokens before it
+left, keeps a drafted token only where the row's sample is that very token, and takes the rest back
+out of the cache (`SeqState.unfeed`). The text is the one decoding without drafts gives, whatever
+the draft; a right draft saves up to three forwards for the price of a wider one.
 """
 
 from __future__ import annotations

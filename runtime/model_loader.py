@@ -235,7 +235,8 @@ def training_dtype() -> str:
     independence check): bfloat16 where the hardware computes in it (CUDA, or a CPU with AVX512-BF16
     or AMX), float32 elsewhere. Without native bf16 the CPU emulates it: on an AVX2-only CPU a training
     step of 8 samples took several times its float32 time (docs/training.md)."""
-    native = torch.cuda.is_available() or torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    cpu = [getattr(torch.cpu, name, lambda: False) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    native = torch.cuda.is_available() or any(check() for check in cpu)
     return "bfloat16" if native else "float32"
 
 

@@ -91,18 +91,31 @@ class Response(BaseModel):
         """The answer as a reader gets it (engine output, server, DSL variables): `plain_text`, but a
         branch whose text does not open with its title is led by "title: " (the model wrote it after
         that seed), and each branch ends a line, so a block never reads as run-on text."""
-        out = ""
+        return "".join(text for _, text in self.answer_pieces())
+
+    def answer_pieces(self) -> list[tuple[str, str]]:
+        """`answer_text` as (kind, text) pieces in order: "serial" text, "branch" text, and what the
+        answer adds around branches, a "lead" ("title: ") or a line "break"."""
+        out: list[tuple[str, str]] = []
+        ends_line = False  # as "".endswith("\n"): an empty answer still ends its block with a line break
+
+        def add(kind: str, text: str) -> None:
+            nonlocal ends_line
+            if text:
+                out.append((kind, text))
+                ends_line = text.endswith("\n")
         for seg in self.segments:
             if isinstance(seg, SerialSegment):
-                out += seg.text
+                add("serial", seg.text)
                 continue
             for b in seg.branches:
-                if out and not out.endswith("\n"):
-                    out += "\n"
-                titled = _opens_with(b.text, b.title)
-                out += b.text if titled else f"{b.title}{TITLE_SEP} {b.text}"
-            if not out.endswith("\n"):
-                out += "\n"
+                if out and not ends_line:
+                    add("break", "\n")
+                if not _opens_with(b.text, b.title):
+                    add("lead", f"{b.title}{TITLE_SEP} ")
+                add("branch", b.text)
+            if not ends_line:
+                add("break", "\n")
         return out
 
     def markup(self) -> str:

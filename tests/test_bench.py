@@ -241,3 +241,21 @@ def test_decoding_default_is_the_most_natural_setting_that_never_loops():
     rows = [plain, row(1.2, 0, 0.0, 0.002, 1.2), row(1.0, 5, 0.0, 0.002, 0.77), row(1.0, 6, 0.0125, 0.006, 0.74),
             row(1.05, 5, 0.0, 0.02, 0.6)]  # the last writes broken words
     assert choose(rows)["no_repeat_ngram_size"] == 5
+
+
+def test_loss_regions_split_an_answer_into_its_pieces():
+    from bench.loss_regions import cut_branches, pieces
+
+    markup = ("Tips:\n<|title|>1. Sleep<|/title|><|title|>2. Water<|/title|><|title|>3. Walk<|/title|><|para|>"
+              "<|branch|>1. Sleep: 1. **Sleep**: rest well.\n<|/branch|><|branch|>2. Water: Eight cups<|/branch|>"
+              "<|branch|>3. Walk: 3. **Walk**\nDaily.<|/branch|><|/para|>Done.")
+    from runtime.protocol import parse
+
+    row = {"text": parse(markup).answer_text(), "markup": markup, "blocks": 1}
+    parts = pieces(row)
+    assert "".join(t for _, t in parts) == row["text"]
+    assert parts == [("serial", "Tips:\n"), ("title line", "1. **Sleep**:"), ("first branch body", " rest well.\n"),
+                     ("added", "2. Water: "), ("sibling body", "Eight cups"), ("added", "\n"),
+                     ("title line", "3. **Walk**\n"), ("sibling body", "Daily."), ("added", "\n"), ("serial", "Done.")]
+    assert cut_branches(row) == (1, 3)  # "Eight cups" stopped mid-sentence
+    assert pieces({"text": "plain", "markup": None, "blocks": 0}) == [("serial", "plain")]

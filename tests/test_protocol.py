@@ -44,6 +44,11 @@ def test_answer_text_leads_each_branch_with_its_title_unless_it_opens_with_it():
                                   "Done.")
     assert resp.plain_text() == ("Tips:1. **Sleep well**: rest.\nEight cups a day.3. **Staying fit**: move.\n"
                                  "5. **Fiscal rules**: spend.\n66 naps.Done.")
+    pieces = resp.answer_pieces()
+    assert "".join(t for _, t in pieces) == resp.answer_text()
+    assert pieces[:5] == [("serial", "Tips:"), ("break", "\n"), ("branch", "1. **Sleep well**: rest.\n"),
+                          ("lead", "Drink water: "), ("branch", "Eight cups a day.")]
+    assert [k for k, _ in pieces[-3:]] == ["branch", "break", "serial"]
 
 
 @pytest.mark.parametrize("bad", [

@@ -1,0 +1,130 @@
+"""Where the base model's extra loss on ASPD answers sits: the quality proxy of `aspd bench` split by
+the part of the answer each token belongs to.
+
+`aspd bench` reports the base model's mean loss per token on each system's answers against its own
+answers (`hf`). This splits that loss over an answer's pieces (`Response.answer_pieces`): serial
+text, each branch's first line up to its first colon (the restated title: "2. **Sleep**:"), the rest
+of each branch (its body, the first branch of a block apart from its siblings), and what the answer
+adds around branches ("title: " leads, line breaks). It also counts branches cut mid-sentence,
+which happens when the answer's token budget runs out inside a block. Token-weighted means; excess
+nats against the reference system's mean loss per token.
+
+    .venv/bin/python bench/loss_regions.py --answers bench/results/vicuna80/answers.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import environment, shown  # noqa: E402
+from bench.questions import VICUNA80, load  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "results" / "loss_regions.json"
+ENDS = tuple(".!?:;)\"'*\n")  # how a finished branch ends; anything else was cut mid-sentence
+
+
+def pieces(row: dict) -> list[tuple[str, str]]:
+    """(region, text) pieces whose concatenation is the answer's text."""
+    from runtime.protocol import parse
+
+    if not row.get("markup") or not row.get("blocks"):
+        return [("serial", row["text"])]
+    out, first, led = [], True, False
+    for kind, text in parse(row["markup"]).answer_pieces():
+        if kind != "branch":
+            out.append(("added", text) if kind in ("lead", "break") else (kind, text))
+            first, led = first or kind == "serial", kind == "lead"
+            continue
+        body = "first branch body" if first else "sibling body"
+        if led:  # the answer added the title: the branch's own text is all body
+            out.append((body, text))
+        else:  # the branch restates its title first: "2. **Sleep well**: ..."
+            cut = min([i for i in (text.find(":"), text.find("\n")) if i >= 0] or [len(text)]) + 1
+            out += [("title line", text[:cut]), (body, text[cut:])]
+        first, led = False, False
+    return out
+
+
+def cut_branches(row: dict) -> tuple[int, int]:
+    """(branches cut mid-sentence, branches) of an answer."""
+    from runtime.protocol import parse
+
+    if not row.get("markup") or not row.get("blocks"):
+        return 0, 0
+    bodies = [b.text.rstrip(" ") for blk in parse(row["markup"]).blocks for b in blk.branches]
+    return sum(1 for t in bodies if not t.endswith(ENDS)), len(bodies)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--answers", type=Path, default=OUT.parent / "vicuna80" / "answers.jsonl")
+    ap.add_argument("--systems", default="hf,ar,aspd")
+    ap.add_argument("--reference", default="hf")
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
+
+    import torch
+
+    from runtime.engine import Engine
+    from runtime.model_loader import DEFAULT_MODEL, use_all_cores
+    from runtime.model_loader import load as load_model
+
+    systems = args.systems.split(",")
+    questions = {q.key: q for q in load(VICUNA80)}
+    rows = [json.loads(x) for x in args.answers.read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if r["system"] in systems and not r.get("error") and str(r["question_id"]) in questions]
+    use_all_cores()
+    eng = Engine(load_model(DEFAULT_MODEL, dtype="auto", adapter="none"))  # the bench's scorer
+    model = eng.loaded.model
+    sums: dict = defaultdict(lambda: defaultdict(lambda: [0.0, 0]))
+    cuts: dict = defaultdict(lambda: [0, 0])
+    for r in rows:
+        prompt = eng.chat_prompt(questions[str(r["question_id"])].text)
+        region = [kind for kind, text in pieces(r) for _ in text]  # the region of every character
+        if len(region) != len(r["text"]):
+            raise SystemExit(f"q{r['question_id']} {r['system']}: its markup does not give its text")
+        # tokenised whole, as the bench scores it; each token counts where its first character is
+        enc = eng.tok(r["text"], add_special_tokens=False, return_offsets_mapping=True)
+        ids = enc["input_ids"]
+        if not ids:
+            continue
+        with torch.inference_mode():
+            x = torch.tensor(prompt + ids)[None]
+            logits = model(input_ids=x, use_cache=False).logits[0, len(prompt) - 1:-1].float()
+            nll = torch.nn.functional.cross_entropy(logits, x[0, len(prompt):], reduction="none").tolist()
+        for (start, _), v in zip(enc["offset_mapping"], nll):
+            for key in (region[start] if start < len(region) else "added", "all"):
+                sums[r["system"]][key][0] += v
+                sums[r["system"]][key][1] += 1
+        c, n = cut_branches(r)
+        cuts[r["system"]][0] += c
+        cuts[r["system"]][1] += n
+    ref = sums[args.reference]["all"]
+    ref_mean = ref[0] / ref[1]
+    out = {}
+    for s in systems:
+        regions = {k: {"tokens": n, "loss": total / n, "excess_nats": total - n * ref_mean}
+                   for k, (total, n) in sorted(sums[s].items())}
+        excess = regions["all"]["excess_nats"]
+        for k, v in regions.items():
+            v["share_of_excess"] = v["excess_nats"] / excess if k != "all" and excess > 0 else None
+        out[s] = {"answers": sum(1 for r in rows if r["system"] == s), "regions": regions,
+                  "cut_branches": cuts[s][0], "branches": cuts[s][1]}
+    result = {"meta": {"command": "bench/loss_regions.py " + " ".join(sys.argv[1:]), "answers": shown(args.answers),
+                       "reference": args.reference, "reference_loss": ref_mean, "environment": environment()},
+              "systems": out}
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    for s, e in out.items():
+        print(s, {k: (v["tokens"], round(v["loss"], 3)) for k, v in e["regions"].items()},
+              f"cut branches {e['cut_branches']}/{e['branches']}")
+
+
+if __name__ == "__main__":
+    main()
