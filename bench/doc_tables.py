@@ -258,6 +258,28 @@ def steered_table(r: dict) -> str:
     return "\n".join(rows) + "\n" + note
 
 
+def loss_regions_table(r: dict) -> str:
+    """The base model's loss per answer region (bench/loss_regions.py)."""
+    names = ["serial", "title line", "first branch body", "sibling body", "added", "all"]
+    systems = r["systems"]
+    rows = ["| region | " + " | ".join(f"{s}: tokens, loss" for s in systems) + " | share of aspd's excess |",
+            "|---|" + "---|" * (len(systems) + 1)]
+    for name in names:
+        cells = []
+        for e in systems.values():
+            g = e["regions"].get(name)
+            cells.append("-" if g is None else f"{g['tokens']}, {g['loss']:.3f}")
+        share = (systems.get("aspd", {}).get("regions", {}).get(name) or {}).get("share_of_excess")
+        rows.append(f"| {name} | " + " | ".join(cells) + f" | {'n/a' if share is None else f'{round(share * 100)}%'} |")
+    cut = {s: f"{e['cut_branches']} of {e['branches']}" for s, e in systems.items() if e["branches"]}
+    m = r["meta"]
+    note = (f"\nToken-weighted means (nats/token) under the base model, on the answers of {m['answers']}; excess "
+            f"against `{m['reference']}`'s mean ({m['reference_loss']:.3f}). Branches cut mid-sentence by the "
+            f"answer's token budget: {', '.join(f'{s} {v}' for s, v in cut.items()) or 'none'}. "
+            f"`{m['command']}`; {_machine(m['environment'])}.")
+    return "\n".join(rows) + "\n" + note
+
+
 def drafts_table(r: dict) -> str:
     rows = ["| ASPD answers, shipped adapter | answers | forwards, drafts off -> on | latency, off -> on | "
             "speedup per answer, mean (median, max) |", "|---|---|---|---|---|"]
@@ -322,7 +344,8 @@ def decoding_table(r: dict) -> str:
 
 
 MARKERS = ("engine", "engine-adapter", "formats", "decoding", "programs", "serve", "cluster", "constrained",
-           "faults", "data", "adapter", "vicuna", "steered", "drafts")
+           "faults", "data", "adapter", "vicuna", "steered", "drafts",
+           "loss-regions")
 
 
 def markdown_files() -> list[Path]:
@@ -379,6 +402,8 @@ def tables() -> dict[str, str]:
         out["adapter"] = adapter_table(load(results / "adapter.json"))
     if (results / "steered_control.json").exists():
         out["steered"] = steered_table(load(results / "steered_control.json"))
+    if (results / "loss_regions.json").exists():
+        out["loss-regions"] = loss_regions_table(load(results / "loss_regions.json"))
     if (results / "drafts.json").exists():
         out["drafts"] = drafts_table(load(results / "drafts.json"))
     vicuna = results / "vicuna80" / "summary.json"
