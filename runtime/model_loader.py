@@ -234,7 +234,7 @@ def training_dtype() -> str:
     """The float dtype of the passes that run the float model itself (training, the data pipeline's
     independence check): bfloat16 where the hardware computes in it (CUDA, or a CPU with AVX512-BF16
     or AMX), float32 elsewhere. Without native bf16 the CPU emulates it: on an AVX2-only CPU a training
-    step of 8 samples took several times its float32 time (docs/training.md)."""
+    forward and backward took 22 times its float32 time (docs/training.md)."""
     cpu = [getattr(torch.cpu, name, lambda: False) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     native = torch.cuda.is_available() or any(check() for check in cpu)
     return "bfloat16" if native else "float32"
