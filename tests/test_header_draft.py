@@ -101,3 +101,22 @@ def test_a_rejected_draft_leaves_the_cache_as_if_never_fed(monkeypatch):
         eng.generate(seq, SamplingParams(max_new_tokens=40, max_branch_tokens=8, max_title_tokens=4,
                                          temperature=1.0, seed=seed), "aspd")
         assert not seq.kv.has_dead and seq.kv.length == len(seq.written_sequence()[0])
+
+
+def test_drafted_headers_in_a_batch_equal_undrafted_answers_alone():
+    """The serving loop batches a drafted step (several tokens of one sequence) with other sequences'
+    one-token steps: every answer is the undrafted answer decoded alone, in fewer forwards."""
+    from runtime.serving import complete
+
+    lm = markup_heavy_engine(5).loaded
+    params = SamplingParams(max_new_tokens=80, max_branch_tokens=6, max_title_tokens=3, max_branches=4)
+    prompts = [[t] for t in Engine(lm).encode("abcdefgh")]
+    plain = Engine(lm, drafts=False)
+    alone = [plain.generate(plain.new_sequence(p), params, "aspd") for p in prompts]
+    assert sum(len(o.blocks) for o in alone) >= 4
+    drafted = Engine(lm, drafts=True)
+    got = dict(complete(drafted, prompts, params, mode="aspd", batch=4))
+    assert [got[i].result.output.markup for i in range(len(prompts))] == [o.markup for o in alone]
+    single = Engine(lm, drafts=True)
+    assert sum(single.generate(single.new_sequence(p), params, "aspd").forward_passes for p in prompts) < sum(
+        o.forward_passes for o in alone)
