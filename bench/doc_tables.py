@@ -43,9 +43,8 @@ def engine_table(r: dict) -> str:
         row("peak RSS", lambda f: f"{f['peak_rss_mb']:.0f} MB"),
     ]
     m, v = r["machine"], r["versions"]
-    flags = " ".join(x for x in m["flags"] if x.startswith(("avx512_bf16", "avx512f", "avx2", "amx")))
     tf = fs.get("bfloat16", {}).get("serial_tok_s_transformers_forward")
-    note = (f"\n{r['model']}, {m['cores']} cores ({m['cpu']}; {flags or 'no AVX2'}), torch {v['torch']}, "
+    note = (f"\n{r['model']}, {m['cores']} cores ({_cpu(m)}), torch {v['torch']}, "
             f"transformers {v['transformers']}, best of {r['settings']['repeats']} runs, {r['date']}. "
             f"`--dtype auto` chose `{auto.get('choice')}` from its own step timings {auto.get('timings_ms')}."
             + (f" The engine on transformers' forward (any non-Llama model), bf16: {tf:.1f} tok/s." if tf else ""))
@@ -207,6 +206,12 @@ def data_table(st: dict) -> str:
     return "\n".join(rows)
 
 
+def _cpu(m: dict) -> str:
+    """A benchmark machine's CPU and the flags that decide its matmul kernels."""
+    flags = " ".join(x for x in m["flags"] if x.startswith(("avx512_bf16", "avx512f", "avx2", "amx")))
+    return f"{m['cpu']}; {flags or 'no AVX2'}"
+
+
 def _machine(e: dict) -> str:
     """Where and when a benchmark ran, as its table's note says it."""
     return f"{e['machine']['cores']} cores, torch {e['versions']['torch']}, {e['date']}"
@@ -296,8 +301,7 @@ def drafts_table(r: dict) -> str:
     note = (f"\n`{m['command']}`: the first {r['all']['answers']} Vicuna-80 questions, each answered twice in a row "
             f"(drafts off and on, the order alternating), {m['format']} weights, greedy, default anti-loop, at most "
             f"{m['sampling']['max_new_tokens']} new tokens; the two answers are the same text for "
-            f"{r['same_text']} of {r['all']['answers']}; {m['environment']['machine']['cpu']} "
-            f"({', '.join(f for f in m['environment']['machine']['flags'] if f.startswith('avx'))}), "
+            f"{r['same_text']} of {r['all']['answers']}; {_cpu(m['environment']['machine'])}, "
             f"{_machine(m['environment'])}.")
     return "\n".join(rows) + "\n" + note
 

@@ -235,8 +235,9 @@ def training_dtype() -> str:
     independence check): bfloat16 where the hardware computes in it (CUDA, or a CPU with AVX512-BF16
     or AMX), float32 elsewhere. Without native bf16 the CPU emulates it: on an AVX2-only CPU a training
     forward and backward took 22 times its float32 time (docs/training.md)."""
-    cpu = [getattr(torch.cpu, name, lambda: False) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    native = torch.cuda.is_available() or any(check() for check in cpu)
+    from .autotune import cpu_flags  # autotune imports this module
+
+    native = torch.cuda.is_available() or bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
     return "bfloat16" if native else "float32"
 
 

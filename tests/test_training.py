@@ -186,9 +186,10 @@ def test_a_steered_answer_is_trained_without_its_intro_and_opens_with_its_block(
     (False, False, False, "float32"), (False, True, False, "bfloat16"), (False, False, True, "bfloat16"),
     (True, False, False, "bfloat16")])
 def test_training_runs_bf16_only_where_the_hardware_computes_in_it(monkeypatch, cuda, avx512_bf16, amx, want):
+    from runtime import autotune
     from runtime.model_loader import training_dtype
 
+    flags = ["avx", "avx2", "fma"] + ["avx512_bf16", "avx512f"] * avx512_bf16 + ["amx_bf16", "amx_tile"] * amx
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(autotune, "cpu_flags", lambda: sorted(flags))
     assert training_dtype() == want
