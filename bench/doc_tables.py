@@ -265,7 +265,8 @@ def steered_table(r: dict) -> str:
 
 def loss_regions_table(r: dict) -> str:
     """The base model's loss per answer region (bench/loss_regions.py)."""
-    names = ["serial", "title line", "first branch body", "sibling body", "added", "all"]
+    names = ["serial", "list title", "list body", "opening title line", "title line", "first branch body",
+             "sibling body", "added", "all"]
     systems = r["systems"]
     rows = ["| region | " + " | ".join(f"{s}: tokens, loss" for s in systems) + " | share of aspd's excess |",
             "|---|" + "---|" * (len(systems) + 1)]

@@ -3,13 +3,13 @@ the part of the answer each token belongs to.
 
 `aspd bench` reports the base model's mean loss per token on each system's answers against its own
 answers (`hf`). This splits that loss over an answer's pieces (`Response.answer_pieces`): serial
-text, each branch's first line up to its first colon (the restated title: "2. **Sleep**:"), the rest
-of each branch (its body, the first branch of a block apart from its siblings), and what the answer
-adds around branches ("title: " leads, line breaks). Serial text splits the same way where it holds a
-list ("list title", "list body"), so that the lists every system writes serially compare like for
-like with branches. It also counts branches cut mid-sentence,
-which happens when the answer's token budget runs out inside a block. Token-weighted means; excess
-nats against the reference system's mean loss per token.
+text, each branch's first line up to its first colon (the restated title: "2. **Sleep**:"; the
+"opening title line" where the answer starts with it), the rest of each branch (its body, the first
+branch of a block apart from its siblings), and what the answer adds around branches ("title: "
+leads, line breaks). Serial text splits the same way where it holds a list ("list title", "list
+body"), so that the lists every system writes serially compare like for like with branches. It also
+counts branches cut mid-sentence, which happens when the answer's token budget runs out inside a
+block. Token-weighted means; excess nats against the reference system's mean loss per token.
 
     .venv/bin/python bench/loss_regions.py --answers bench/results/vicuna80/answers.jsonl
 """
@@ -79,7 +79,8 @@ def pieces(row: dict) -> list[tuple[str, str]]:
             out.append((body, text))
         else:  # the branch restates its title first: "2. **Sleep well**: ..."
             cut = title_cut(text)
-            out += [("title line", text[:cut]), (body, text[cut:])]
+            # an answer that opens with its block opens with "1.", which the base model seldom writes first
+            out += [("opening title line" if not out else "title line", text[:cut]), (body, text[cut:])]
         first, led = False, False
     return out
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
-from .protocol import Phase, SpecialIds
+from .constraint import Phase
+from .protocol import SpecialIds
 
 NUMBERED = re.compile(r"(\d+)\.\s")
 

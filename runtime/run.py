@@ -27,22 +27,11 @@ import torch
 
 from . import header_draft
 from .anti_loop import History, link, title_bans
+from .constraint import Allowed, Constraint, Phase, answer_start, opens_line
 from .grammar import Matcher, matcher
 from .model_runner import Forward
 from .outputs import BlockStats, FinishReason, GenerationOutput, LogProb, token_logprob
-from .protocol import (
-    Allowed,
-    Branch,
-    Constraint,
-    ParallelBlock,
-    Phase,
-    Response,
-    SerialSegment,
-    Tag,
-    answer_start,
-    branch_seed,
-    opens_line,
-)
+from .protocol import Branch, ParallelBlock, Response, SerialSegment, Tag, branch_seed
 from .sampling import SamplingParams
 from .sequence import CLOSE_BLOCK, SeqState, Stream
 from .token_sampler import Sampler

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .anti_loop import History, apply
-from .protocol import Allowed
+from .constraint import Allowed
 from .sampling import SamplingParams
 
 if TYPE_CHECKING:

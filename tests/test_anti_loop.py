@@ -9,8 +9,8 @@ from transformers import LogitsProcessorList
 
 from runtime import protocol as P
 from runtime.anti_loop import History, apply, breaks_title_rule, link, processors, title_bans, word_mask
+from runtime.constraint import Allowed
 from runtime.engine import Engine
-from runtime.protocol import Allowed
 from runtime.sampling import SamplingParams
 from runtime.token_sampler import Sampler
 from runtime.vocab import token_texts, tokens_with

@@ -259,3 +259,12 @@ def test_loss_regions_split_an_answer_into_its_pieces():
                      ("title line", "3. **Walk**\n"), ("sibling body", "Daily."), ("added", "\n"), ("serial", "Done.")]
     assert cut_branches(row) == (1, 3)  # "Eight cups" stopped mid-sentence
     assert pieces({"text": "plain", "markup": None, "blocks": 0}) == [("serial", "plain")]
+    # an answer that opens with its block; serial lists split like branches
+    opening = {"text": parse(markup[len("Tips:\n"):]).answer_text(), "markup": markup[len("Tips:\n"):], "blocks": 1}
+    assert pieces(opening)[0] == ("opening title line", "1. **Sleep**:")
+    text = "Tips:\n\n1. **Sleep**: rest\nwell.\n\n- Walk daily\nDone.\n\nBye."
+    parts = pieces({"text": text, "markup": None, "blocks": 0})
+    assert "".join(t for _, t in parts) == text
+    assert parts == [("serial", "Tips:\n"), ("serial", "\n"), ("list title", "1. **Sleep**:"), ("list body", " rest\n"),
+                     ("list body", "well.\n"), ("serial", "\n"), ("list title", "- Walk daily\n"),
+                     ("list body", "Done.\n"), ("serial", "\n"), ("serial", "Bye.")]

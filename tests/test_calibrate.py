@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from runtime.constraint import Constraint, Phase
 from runtime.engine import Engine
 from runtime.model_loader import FORK_BIAS_FILE, read_calibration
-from runtime.protocol import Constraint, Phase
 from runtime.sampling import SamplingParams
 from tests.model_util import tiny_model
 from training import calibrate

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from runtime import constraint as C
 from runtime import protocol as P
 from runtime.engine import Engine
 from runtime.header_draft import draft, number
@@ -25,14 +26,14 @@ def test_title_numbers():
 
 
 def test_the_next_title_is_drafted_with_its_number_and_a_first_title_starts_at_one():
-    closed = P.Phase.TITLES_CLOSED
+    closed = C.Phase.TITLES_CLOSED
     assert draft(closed, 0, ["1. Eat well", "2. Sleep"], [], enc, IDS) == [IDS.title, *enc("3.")]
     assert draft(closed, 0, ["Python", "Rust"], [], enc, IDS) == [IDS.title]  # unnumbered: only the opening
-    assert draft(P.Phase.TITLE, 0, [], [], enc, IDS) == enc("1.")
-    assert draft(P.Phase.TITLE, 0, [], ["4. Rest", "5. Walk"], enc, IDS) == enc("6.")  # a later block numbers on
-    assert draft(P.Phase.TITLE, 0, [], ["Rest"], enc, IDS) == enc("1.")
-    assert draft(P.Phase.TITLE, 2, [], [], enc, IDS) == []  # inside a title: nothing predictable
-    assert draft(P.Phase.SERIAL, 0, [], [], enc, IDS) == []
+    assert draft(C.Phase.TITLE, 0, [], [], enc, IDS) == enc("1.")
+    assert draft(C.Phase.TITLE, 0, [], ["4. Rest", "5. Walk"], enc, IDS) == enc("6.")  # a later block numbers on
+    assert draft(C.Phase.TITLE, 0, [], ["Rest"], enc, IDS) == enc("1.")
+    assert draft(C.Phase.TITLE, 2, [], [], enc, IDS) == []  # inside a title: nothing predictable
+    assert draft(C.Phase.SERIAL, 0, [], [], enc, IDS) == []
 
 
 def _answers(eng: Engine, seeds: range, **kw) -> list[tuple[str, int]]:

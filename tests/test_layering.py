@@ -7,7 +7,8 @@
     runtime             protocol, engine, server
 
 Within runtime, `errors.py` and `protocol.py` (the one definition of the ASPD protocol) sit at the
-bottom: they import nothing from the project but `runtime.errors`.
+bottom: they import nothing from the project but `runtime.errors`; `constraint.py`, the decoding
+state machine over that protocol, nothing but `runtime.protocol`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ FLOORS = ("aspd_cli", "bench", "training", "aspd_lang", "runtime")  # top to bot
 LEAVES = {
     "runtime/errors.py": (),
     "runtime/protocol.py": ("runtime.errors",),
+    "runtime/constraint.py": ("runtime.protocol",),
 }
 
 
