@@ -52,7 +52,10 @@ def add_parsers(sub) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--token-lr", type=float, default=None, help="learning rate of the markup rows")
     t.add_argument("--markup-weight", type=float, default=1.0, help="loss weight of markup tokens")
-    t.add_argument("--init", type=Path, default=None, help="start from this adapter's checkpoint (a second stage)")
+    t.add_argument("--anchor", type=float, default=0.0,
+                   help="on serial answers, the share of the loss that is the KL to the base model (0: none)")
+    t.add_argument("--init", type=Path, default=None,
+                   help="start from this adapter (a second stage): a checkpoint's state.pt or an adapter directory")
     t.set_defaults(func=cmd_train)
     c = sub.add_parser("calibrate", help="fit the adapter's fork threshold on the calibration split")
     c.add_argument("--adapter", type=Path, default=None, help="the adapter to calibrate (default: the shipped one)")
@@ -131,12 +134,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     samples = [build(chat_ids(tok, r["prompt"]), P.parse(r["markup"]), enc, loaded.ids, eos if r["complete"] else None)
                for r in chosen]
     cfg = TrainConfig(rank=args.rank, lr=args.lr, epochs=args.epochs, accum=args.accum, batch=args.batch,
-                      seed=args.seed, token_lr=args.token_lr, markup_weight=args.markup_weight)
-    init = None
-    if args.init is not None:
-        import torch
-
-        init = torch.load(args.init, weights_only=False)["adapter"]
+                      seed=args.seed, token_lr=args.token_lr, markup_weight=args.markup_weight,
+                      anchor=args.anchor)
+    init = None if args.init is None else _adapter_state(args.init)
     parallel = sum(r["parallel"] for r in chosen)
     console.print(f"training on {len(samples)} samples ({parallel} parallel) in {dtype}, {cfg}")
     ckpt = args.data / ("checkpoint" if init is None else "checkpoint-stage2")
@@ -154,6 +154,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     write(out)
     console.print(f"adapter saved to {out} (final loss {hist.losses[-1]:.3f})")
     return 0
+
+
+def _adapter_state(path: Path) -> dict:
+    """An adapter's trained tensors, from a checkpoint (`state.pt`) or a saved adapter directory."""
+    import torch
+
+    if path.is_dir():
+        from peft.utils import load_peft_weights
+
+        return {k: v.float() for k, v in load_peft_weights(str(path), device="cpu").items()}
+    return torch.load(path, weights_only=False)["adapter"]
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

@@ -25,7 +25,8 @@ from .model_runner import Forward, KVSlice, ModelRunner
 from .outputs import FinishReason, GenerationOutput
 from .protocol import SERIAL_TAG, Tag, block_header
 from .roles import user_prompt
-from .run import Mode, Run, RunKind, Steps
+from .run import Run
+from .run_kind import Mode, RunKind, Steps
 from .sampling import SamplingParams
 from .sequence import CLOSE_BLOCK, EngineError, SeqState, Stream
 

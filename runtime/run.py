@@ -18,10 +18,8 @@ Each constrained stream (runtime/grammar.py: a generate's serial stream, each br
 from __future__ import annotations
 
 import dataclasses
-import enum
 import time
-from collections.abc import Generator
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -29,52 +27,17 @@ from . import header_draft
 from .anti_loop import History, link, title_bans
 from .constraint import Allowed, Constraint, Phase, answer_start, opens_line
 from .grammar import Matcher, matcher
-from .model_runner import Forward
 from .outputs import BlockStats, FinishReason, GenerationOutput, LogProb, token_logprob
 from .protocol import Branch, ParallelBlock, Response, SerialSegment, Tag, branch_seed
+from .run_kind import RunKind, Steps
 from .sampling import SamplingParams
 from .sequence import CLOSE_BLOCK, SeqState, Stream
+from .stops import apply_stop, stop_ids, stop_strings
 from .token_sampler import Sampler
 
 if TYPE_CHECKING:
     from .engine import Engine
     from .fork_gate import ForkGate
-
-Mode = Literal["aspd", "ar"]
-T = TypeVar("T")
-Steps = Generator[Forward, torch.Tensor, T]  # yields one forward's worth of work, is sent its logits
-
-
-class RunKind(enum.Enum):
-    ADAPTIVE = "aspd"
-    AR = "ar"
-    FORK = "fork"
-    PLAIN_FORK = "plain_fork"
-    BRANCHES = "branches"
-
-    @property
-    def serial(self) -> bool:
-        """Serial decoding: a block's join feeds <|/para|> and decoding goes on after it."""
-        return self in (RunKind.ADAPTIVE, RunKind.AR)
-
-    @property
-    def markup(self) -> bool:
-        """Branches are written in ASPD markup (closed by <|/branch|>, under the constraint)."""
-        return self in (RunKind.ADAPTIVE, RunKind.AR, RunKind.FORK)
-
-    @property
-    def joins(self) -> bool:
-        """The run closes the block it decodes (BRANCHES leaves it open)."""
-        return self is not RunKind.BRANCHES
-
-
-def stop_strings(p: SamplingParams) -> tuple[str, ...]:
-    return tuple(x for x in p.stop if x)
-
-
-def stop_ids(p: SamplingParams, eos: frozenset[int]) -> set[int]:
-    return set(p.stop_token_ids) | (set() if p.ignore_eos else set(eos))
-
 
 class Run:
     """The state of one generate, fork or decode_branches call.
@@ -284,37 +247,13 @@ class Run:
             self.title_ids[-1].append(tok)
 
     def _apply_stop(self, s: Stream, stops: tuple[str, ...], start: int = 0) -> bool:
-        """If a stop string appears in what `s` generated since `start`, cut text and cache right
-        before it (SGLang's semantics) and return True."""
-        seg = s.generated[start:]
-        n_keep, rest = self._cut_at_stop(seg, stops)
-        if n_keep is None:
+        """Cut `s` right before a stop string in what it generated since `start` (`stops.apply_stop`)."""
+        drop = apply_stop(self.seq, s, stops, self.eng.decode, self.eng.encode, start)
+        if drop is None:
             return False
-        drop = len(seg) - n_keep
-        fed = drop - len(s.pending)  # the newest token is still pending
-        s.pending = []
-        if fed > 0:
-            self.seq.retract_stream(s, fed)
         if self.logprobs is not None and s is self.seq.serial:
             del self.logprobs[max(len(self.logprobs) - drop, 0):]
-        del s.generated[len(s.generated) - drop:]
-        if rest:  # the stop string began inside a token: keep that token's text before it
-            extra = self.eng.encode(rest)
-            s.generated.extend(extra)
-            s.push(extra)
         return True
-
-    def _cut_at_stop(self, toks: list[int], stops: tuple[str, ...]) -> tuple[int | None, str]:
-        """(tokens to keep, leftover text) for the first stop string in decode(toks), or (None, "")."""
-        text = self.eng.decode(toks)
-        hits = [i for i in (text.find(x) for x in stops) if i >= 0]
-        if not hits:
-            return None, ""
-        cut = min(hits)
-        n = 0
-        while n < len(toks) and len(self.eng.decode(toks[:n + 1])) <= cut:
-            n += 1
-        return n, text[len(self.eng.decode(toks[:n])):cut]
 
     # ----------------------------------------------------------------- blocks
 

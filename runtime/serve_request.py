@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
     from .model_runner import Forward
     from .outcomes import Event
-    from .run import Mode, Run
+    from .run import Run
+    from .run_kind import Mode
     from .sequence import SeqState
 
 

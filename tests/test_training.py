@@ -111,6 +111,37 @@ def test_markup_weighting(tiny, sample):
         assert not torch.allclose(sample_loss(pm, sample, w), plain)
 
 
+def test_the_anchor_is_the_kl_to_the_model_without_its_adapter(tiny, sample):
+    """On a serial answer the anchored loss mixes in KL(base || adapted), the base being the model
+    with the adapter off and its markup logits removed; answers with a block keep the plain loss."""
+    from training.train import Anchor
+
+    def enc(t):
+        return tiny.tokenizer.encode(t, add_special_tokens=False)
+
+    serial = build(enc("q: "), P.parse("just one line, and then a second one."), enc, tiny.ids, eos=0)
+    pm = lora(copy.deepcopy(tiny.model), tiny.ids, TrainConfig(rank=4))
+    markup = frozenset(tiny.ids.markup)
+    with torch.no_grad():
+        for name, p in pm.named_parameters():  # move the adapter away from the identity
+            if "lora_B" in name or "trainable_tokens" in name:
+                p.add_(0.05 * torch.randn_like(p))
+        full = Anchor(1.0, markup)
+        ids = torch.tensor(serial.ids)[None]
+        adapted = pm(input_ids=ids).logits[0, :-1].float()
+        base = tiny.model(input_ids=ids).logits[0, :-1].float()  # what the adapter started from
+        base[:, sorted(markup)] = float("-inf")
+        labelled = torch.tensor(serial.labels[1:]) != IGNORE
+        logp = torch.log_softmax(base, -1)
+        kl = (logp.exp() * (logp.nan_to_num(neginf=0.0) - torch.log_softmax(adapted, -1))).sum(-1)
+        want = kl[labelled].mean()
+        torch.testing.assert_close(sample_loss(pm, serial, anchor=full), want, atol=1e-5, rtol=1e-4)
+        assert want > 1e-3
+        half = sample_loss(pm, serial, anchor=Anchor(0.5, markup))
+        torch.testing.assert_close(half, (sample_loss(pm, serial) + want) / 2, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(sample_loss(pm, sample, anchor=full), sample_loss(pm, sample))
+
+
 def test_prompt_set_is_large_unique_and_clean():
     from training.prompts import build
 

@@ -42,6 +42,7 @@ class TrainConfig:
     warmup: int = 10
     token_lr: float | None = None  # learning rate of the markup rows (default: lr)
     markup_weight: float = 1.0  # loss weight of markup tokens (the fork decisions are a few tokens per answer)
+    anchor: float = 0.0  # on serial answers, this share of the loss is the KL to the base model (adapter off)
 
 
 class History(BaseModel):
@@ -63,13 +64,28 @@ def lora(model, ids: SpecialIds, cfg: TrainConfig):
         return get_peft_model(model, conf)
 
 
-def sample_loss(model, s: Sample, weights: torch.Tensor | None = None) -> torch.Tensor:
+@dataclass(frozen=True)
+class Anchor:
+    """Keeps the adapter's text near the base model's: on a serial answer (no block) `weight` of each
+    token's loss is KL(base || adapted), the base being the same model with the adapter disabled and
+    its markup logits removed (a serial answer must not fork). The answers are the base model's own
+    greedy text, so the label alone pins its top token only; the KL pins the whole distribution, which
+    is what decides the text on prompts training never saw (the adapter's drift, docs/training.md)."""
+    weight: float
+    markup: frozenset[int]
+
+    def markup_free(self, s: Sample) -> bool:
+        return self.markup.isdisjoint(s.ids)
+
+
+def sample_loss(model, s: Sample, weights: torch.Tensor | None = None, anchor: Anchor | None = None) -> torch.Tensor:
     """Mean next-token loss over the labelled tokens, with the protocol's mask and positions;
     `weights[token id]` scales each target's loss (None: all 1)."""
-    return batch_loss(model, [s], weights)
+    return batch_loss(model, [s], weights, anchor)
 
 
-def batch_loss(model, samples: list[Sample], weights: torch.Tensor | None = None) -> torch.Tensor:
+def batch_loss(model, samples: list[Sample], weights: torch.Tensor | None = None,
+               anchor: Anchor | None = None) -> torch.Tensor:
     """The mean over `samples` of each one's `sample_loss`, in one padded forward. Each sample keeps
     its own protocol mask and positions; a pad token sees only itself and is never a target."""
     dev = next(model.parameters()).device
@@ -86,10 +102,23 @@ def batch_loss(model, samples: list[Sample], weights: torch.Tensor | None = None
     logits = model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False).logits.float()
     per = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE,
                                             reduction="none").view_as(labels)
+    serial = [] if anchor is None else [i for i, s in enumerate(samples) if anchor.markup_free(s)]
+    if serial and anchor.weight:
+        kl = _base_kl(model, logits[serial], ids[serial], pos[serial], mask[serial], anchor.markup)
+        per[serial] = (1 - anchor.weight) * per[serial] + anchor.weight * kl
     w = (labels != IGNORE).float()
     if weights is not None:
         w = w * weights.to(dev)[labels.clamp(min=0)]
     return ((per * w).sum(1) / w.sum(1)).mean()
+
+
+def _base_kl(model, logits: torch.Tensor, ids, pos, mask, markup: frozenset[int]) -> torch.Tensor:
+    """Per position KL(base || adapted) of a peft model's `logits`, the base being it with its adapters off."""
+    with torch.no_grad(), model.disable_adapter():
+        ref = model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False).logits.float()
+    ref[..., sorted(markup)] = -1e4  # not -inf: 0 * log 0 must stay 0
+    logp = torch.log_softmax(ref, -1)
+    return (logp.exp() * (logp - torch.log_softmax(logits, -1))).sum(-1)
 
 
 def train(model, ids: SpecialIds, samples: list[Sample], ckpt: Path, cfg: TrainConfig, log=print,
@@ -115,6 +144,7 @@ def train(model, ids: SpecialIds, samples: list[Sample], ckpt: Path, cfg: TrainC
     if cfg.markup_weight != 1.0:
         weights = torch.ones(model.get_output_embeddings().weight.shape[0])
         weights[sorted(ids.markup)] = cfg.markup_weight
+    anchor = Anchor(cfg.anchor, frozenset(ids.markup)) if cfg.anchor else None
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / cfg.warmup) * max(0.05, 1 - k / total))
     hist = History()
     run = fingerprint(samples, cfg, init)
@@ -136,7 +166,7 @@ def train(model, ids: SpecialIds, samples: list[Sample], ckpt: Path, cfg: TrainC
         acc = 0.0
         for k in range(0, len(group), cfg.batch):  # neighbours in length share a forward: little padding
             part = group[k:k + cfg.batch]
-            loss = batch_loss(pm, [samples[i] for i in part], weights) * len(part) / len(group)
+            loss = batch_loss(pm, [samples[i] for i in part], weights, anchor) * len(part) / len(group)
             loss.backward()
             acc += loss.item()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -1,0 +1,38 @@
+"""What one decoding call is (`RunKind`) and the step-generator type every run is written in."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Generator
+from typing import Literal, TypeVar
+
+import torch
+
+from .model_runner import Forward
+
+Mode = Literal["aspd", "ar"]
+T = TypeVar("T")
+Steps = Generator[Forward, torch.Tensor, T]  # yields one forward's worth of work, is sent its logits
+
+
+class RunKind(enum.Enum):
+    ADAPTIVE = "aspd"
+    AR = "ar"
+    FORK = "fork"
+    PLAIN_FORK = "plain_fork"
+    BRANCHES = "branches"
+
+    @property
+    def serial(self) -> bool:
+        """Serial decoding: a block's join feeds <|/para|> and decoding goes on after it."""
+        return self in (RunKind.ADAPTIVE, RunKind.AR)
+
+    @property
+    def markup(self) -> bool:
+        """Branches are written in ASPD markup (closed by <|/branch|>, under the constraint)."""
+        return self in (RunKind.ADAPTIVE, RunKind.AR, RunKind.FORK)
+
+    @property
+    def joins(self) -> bool:
+        """The run closes the block it decodes (BRANCHES leaves it open)."""
+        return self is not RunKind.BRANCHES
