@@ -63,6 +63,8 @@ def add_parsers(sub) -> None:
     add_model_args(c, adapter=False, dtype=False, attention=False)
     c.add_argument("--per-kind", type=int, default=60, help="prompts of each kind (list-like, other)")
     c.add_argument("--target", type=float, default=0.10, help="highest fork rate allowed on non-list prompts")
+    c.add_argument("--margin", type=float, default=1.0,
+                   help="the target must hold with every gate offset this much higher (logits)")
     c.add_argument("--max-new-tokens", type=int, default=256)
     c.add_argument("--no-gate", dest="gate", action="store_false",
                    help="no fork gate: one offset for every answer (the gate is fitted on the training prompts' kinds)")
@@ -191,9 +193,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     console.print(f"calibrating the fork bias of {adapter} on {len(texts)} calibration prompts")
     points, thresholds = calibrate.sweep(eng, texts, kinds, params, log=console.print)
     chosen = calibrate.choose(points, args.target)
-    gate = calibrate.choose_gate(thresholds, probs, kinds, args.target) if probs is not None else None
+    gate = None if probs is None else calibrate.choose_gate(thresholds, probs, kinds, args.target, margin=args.margin)
     path = calibrate.write(adapter, chosen, points, {
-        "target_other": args.target, "prompts_per_kind": args.per_kind, "max_new_tokens": args.max_new_tokens,
+        "target_other": args.target, "margin": args.margin, "prompts_per_kind": args.per_kind,
+        "max_new_tokens": args.max_new_tokens,
         **params.anti_loop, "decoding": "greedy"}, gate, record,
         [{"kind": k, "forks_at": t.forks_at, "not_at": t.not_at, "gate": None if p is None else round(p, 4)}
          for k, t, p in zip(kinds, thresholds, probs or [None] * len(kinds))])

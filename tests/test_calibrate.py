@@ -106,6 +106,10 @@ def test_choose_gate_pushes_list_like_prompts_and_holds_back_the_rest():
     # low 1 would give the others 1 + 11 * 0.02 = 1.22, between their grid values: unknown, so counted as
     # forking; with high 12, low 0 gives them 0.24: the most push that keeps them serial
     assert (g.low, g.high) == (0.0, 12.0)
+    # a margin of 1 keeps the others' offsets a logit below their threshold: low 0 would give them 1.24
+    g = calibrate.choose_gate(th, probs, kinds, target=0.0, grid=(12.0, 11.0, 10.0, 2.0, 1.0, 0.0, -1.0),
+                              margin=1.0)
+    assert (g.low, g.high) == (-1.0, 12.0) and g.fork_rate == {"listlike": 1.0, "other": 0.0}
     # with one offset for all (gate at 0.5 everywhere) nothing separates them
     g = calibrate.choose_gate(th, [0.5] * 4, kinds, target=0.0, grid=(12.0, 10.0, 2.0, 1.0))
     assert g.fork_rate["listlike"] == 0.0

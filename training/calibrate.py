@@ -120,15 +120,24 @@ def gate_rates(low: float, high: float, thresholds: list[Threshold], probs: list
 
 
 def choose_gate(thresholds: list[Threshold], probs: list[float], kinds: list[str], target: float,
-                grid: tuple[float, ...] = GRID) -> GatePoint:
+                grid: tuple[float, ...] = GRID, margin: float = 0.0) -> GatePoint:
     """The gate's offsets: among the grid pairs whose `other` fork rate is at most `target`, the best
-    list-like rate minus other rate; ties: as with one offset, the least suppression (highest `high`,
-    then highest `low`): answers to list-like prompts harder than these still fork."""
+    list-like rate minus other rate, each counted `margin` against the pair (list-like prompts with
+    every offset `margin` lower, the others with it `margin` higher); ties: as with one offset, the
+    least suppression (highest `high`, then highest `low`): answers to list-like prompts harder than
+    these still fork. The margin buys room for prompts that are not the calibration split's: without
+    it the choice sits right at the threshold of the split's most fork-prone other prompt (v7: low
+    -2.0, one prompt forking at -1.75), where unseen ones fork (Vicuna's Fermi questions)."""
+    def score(g: GatePoint) -> float:
+        lists = gate_rates(g.low - margin, g.high - margin, thresholds, probs, kinds).fork_rate["listlike"]
+        others = gate_rates(g.low + margin, g.high + margin, thresholds, probs, kinds).fork_rate["other"]
+        return lists - others
+
     pts = [gate_rates(lo, hi, thresholds, probs, kinds) for lo in grid for hi in grid if hi >= lo]
     ok = [g for g in pts if g.fork_rate["other"] <= target]
     if not ok:
         raise CalibrationError(f"no gate offsets bring the other fork rate to {target:.0%} or below")
-    return max(ok, key=lambda g: (g.fork_rate["listlike"] - g.fork_rate["other"], g.high, g.low))
+    return max(ok, key=lambda g: (score(g), g.high, g.low))
 
 
 def calibration_prompts(train: list[dict], trained_on: set[str], per_kind: int) -> tuple[list[str], list[str]]:
