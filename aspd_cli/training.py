@@ -63,8 +63,8 @@ def add_parsers(sub) -> None:
     add_model_args(c, adapter=False, dtype=False, attention=False)
     c.add_argument("--per-kind", type=int, default=60, help="prompts of each kind (list-like, other)")
     c.add_argument("--target", type=float, default=0.10, help="highest fork rate allowed on non-list prompts")
-    c.add_argument("--margin", type=float, default=1.0,
-                   help="the target must hold with every gate offset this much higher (logits)")
+    c.add_argument("--margin", type=float, default=0.0,
+                   help="score gate offsets with list-like prompts this much lower, the others this much higher")
     c.add_argument("--max-new-tokens", type=int, default=256)
     c.add_argument("--no-gate", dest="gate", action="store_false",
                    help="no fork gate: one offset for every answer (the gate is fitted on the training prompts' kinds)")
