@@ -11,6 +11,7 @@ import torch
 from runtime import fork_gate
 from runtime.engine import Engine
 from runtime.fork_gate import GATE_FILE, ForkGate, logit_readout, offset
+from runtime.roles import user_prompt
 from runtime.sampling import SamplingParams
 from tests.model_util import markup_heavy_engine, tiny_model
 from training import gate as fit_gate
@@ -63,6 +64,13 @@ def test_train_gate_record_reads_back_through_the_loader(tmp_path):
     # padded batches give each prompt's own features
     feats = fit_gate.features(lm, prompts[:3], batch=3)
     assert torch.allclose(feats, fit_gate.features(lm, prompts[:3], batch=1), atol=1e-4)
+    # in the prompts' order (batches run in length order): the full model's last hidden state
+    mixed = [prompts[0], "a much longer prompt with many more words in it", prompts[10]]
+    for f, text in zip(fit_gate.features(lm, mixed, batch=2), mixed):
+        ids = torch.tensor([user_prompt(lm.tokenizer, text)])
+        with torch.inference_mode():
+            h = lm.model(ids, output_hidden_states=True).hidden_states[-1][0, -1]
+        assert torch.allclose(f, h.float(), atol=1e-4)
     (tmp_path / GATE_FILE).write_text(json.dumps(rec))
     # the tiny model's head has fewer rows than its hidden size: no exact read-out from its logits
     head = lm.model.get_output_embeddings().weight

