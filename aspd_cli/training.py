@@ -180,18 +180,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     trained_on = {r["prompt"] for r in rows}
     train = [json.loads(x) for x in (args.data / "prompts_calib.jsonl").read_text().splitlines()]
     texts, kinds = calibrate.calibration_prompts(train, trained_on, args.per_kind)
+    loaded = load_model(args.model, dtype="auto", adapter=str(adapter))
     probs = record = None
-    if args.gate:  # the features run the float model (transformers' forward) in `training_dtype()`: the
-        # engine's format keeps bf16 or float16 weights beside its kernels, emulated on an AVX2-only CPU
-        from runtime.model_loader import training_dtype
+    if args.gate:  # before the engine: beside it, transformers' forward (the features) ran at half speed
         from training.gate import probabilities, train_gate
 
-        floats = load_model(args.model, dtype=training_dtype(), adapter=str(adapter))
         gate_rows = [json.loads(x) for x in (args.data / "prompts_train.jsonl").read_text().splitlines()]
-        record = train_gate(floats, [r["text"] for r in gate_rows], [r["kind"] for r in gate_rows], log=console.print)
-        probs = probabilities(floats, texts, record)
-        del floats
-    eng = Engine(load_model(args.model, dtype="auto", adapter=str(adapter)))
+        record = train_gate(loaded, [r["text"] for r in gate_rows], [r["kind"] for r in gate_rows], log=console.print)
+        probs = probabilities(loaded, texts, record)
+    eng = Engine(loaded)
     params = SamplingParams(max_new_tokens=args.max_new_tokens, **anti_loop_from(args))
     console.print(f"calibrating the fork bias of {adapter} on {len(texts)} calibration prompts")
     points, thresholds = calibrate.sweep(eng, texts, kinds, params, log=console.print)
