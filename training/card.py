@@ -58,7 +58,7 @@ def write(adapter: Path, evaluation: dict | None = None) -> Path:
             f"- staged. Stage 1: lr {c1['lr']}, {c1['epochs']} epoch(s), {h1['step']} steps in "
             f"{h1['seconds'] / 60:.0f} min, loss {l1[0]:.3f} -> {sum(l1[-10:]) / len(l1[-10:]):.3f} "
             f"(markup rows at lr {c1.get('token_lr')}, markup tokens weighted x{c1.get('markup_weight')}).",
-            f"  Each later stage started from the previous one's adapter on the grown data set; the last (the "
+            f"  Each later stage started from the previous one's adapter; the last (the "
             f"figures above{', a family-balanced draw' if rec.get('balanced') else ''}) with markup rows at "
             f"lr {cfg.get('token_lr')}, markup tokens weighted x{cfg.get('markup_weight')})",
         ]
