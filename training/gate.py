@@ -23,7 +23,7 @@ DECAYS = (1e-3, 1e-2, 1e-1)  # weight decay on the standardised features
 def features(loaded: LoadedModel, prompts: Sequence[str], batch: int = 16) -> torch.Tensor:
     """[n, hidden] float32: the final (normed) hidden state of each chat prompt's last token, the one
     whose logits give the answer's first token. Right padding: causal attention keeps it exact. The
-    decoder alone (no head over every position), in length order (little padding): 1.5x faster."""
+    decoder alone (the head over every position is wasted work), batched in length order (little padding)."""
     tok, decoder = loaded.tokenizer, loaded.model.get_decoder()
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     ids = [user_prompt(tok, p) for p in prompts]
