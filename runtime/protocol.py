@@ -86,21 +86,22 @@ class Response(BaseModel):
     def answer_text(self) -> str:
         """The answer as a reader gets it (engine output, server, DSL variables): `plain_text`, but a
         branch whose text does not open with its title is led by "title: " (the model wrote it after
-        that seed), and each branch ends a line, so a block never reads as run-on text."""
+        that seed), and each branch ends a line, so a block never reads as run-on text. Training answers,
+        whose branches restate their items' leads, read exactly as `plain_text`."""
         return "".join(text for _, text in self.answer_pieces())
 
     def answer_pieces(self) -> list[tuple[str, str]]:
         """`answer_text` as (kind, text) pieces in order: "serial" text, "branch" text, and what the
         answer adds around branches, a "lead" ("title: ") or a line "break"."""
         out: list[tuple[str, str]] = []
-        ends_line = False  # as "".endswith("\n"): an empty answer still ends its block with a line break
+        ends_line = False
 
         def add(kind: str, text: str) -> None:
             nonlocal ends_line
             if text:
                 out.append((kind, text))
                 ends_line = text.endswith("\n")
-        for seg in self.segments:
+        for seg, after in zip(self.segments, [*self.segments[1:], None]):
             if isinstance(seg, SerialSegment):
                 add("serial", seg.text)
                 continue
@@ -110,7 +111,10 @@ class Response(BaseModel):
                 if not _opens_with(b.text, b.title):
                     add("lead", f"{b.title}{TITLE_SEP} ")
                 add("branch", b.text)
-            if not ends_line:
+            # text after the block starts a line of its own, unless it begins one itself ("\n\nIn
+            # short, ..."; a line break more would be an empty line the answer never wrote); a next
+            # block's first branch breaks the line itself, and the answer's end needs none
+            if not ends_line and isinstance(after, SerialSegment) and not after.text.startswith("\n"):
                 add("break", "\n")
         return out
 

@@ -32,7 +32,7 @@ from .protocol import Branch, ParallelBlock, Response, SerialSegment, Tag, branc
 from .run_kind import RunKind, Steps
 from .sampling import SamplingParams
 from .sequence import CLOSE_BLOCK, SeqState, Stream
-from .stops import apply_stop, stop_ids, stop_strings
+from .stops import apply_stop, sentence_cut, stop_ids, stop_strings, take_back
 from .token_sampler import Sampler
 
 if TYPE_CHECKING:
@@ -69,6 +69,7 @@ class Run:
         self.title_ids: list[list[int]] = []  # the current block's titles
         self.earlier_titles: list[list[int]] = []  # those of this answer's earlier blocks
         self.block_steps = 0
+        self.dropped: dict[Tag, int] = {}  # branch tokens a budget cut took back (_end_cut_branches)
         self.stops = stop_strings(params) if params is not None else ()
         self.stop_ids = stop_ids(params, self.ids.eos) if params is not None else set()
         self.logprobs: list[LogProb] | None = [] if logprobs is not None else None
@@ -128,6 +129,7 @@ class Run:
             if not self.done and self.left <= 0:
                 self.finish, self.done = FinishReason.LENGTH, True
                 if seq.open_branches and self.kind.joins:
+                    self._end_cut_branches()
                     seq.close("generation stopped inside a parallel block (max_new_tokens)")
         return self.output()
 
@@ -350,6 +352,15 @@ class Run:
         elif len(b.generated) >= b.max_tokens:
             b.finish = FinishReason.LENGTH  # its last token is still fed, with the next step
 
+    def _end_cut_branches(self) -> None:
+        """The budget ran out inside a block: each branch it cut keeps its complete sentences (text
+        and cache cut back, as for a stop string), so no branch breaks off mid-sentence right before
+        its sibling's title. The dropped tokens still count as generated."""
+        for b in self.seq.open_branches:
+            if b.finish is None and (drop := len(b.generated) - sentence_cut(self.eng.decode, b.generated)):
+                take_back(self.seq, b, drop)
+                self.dropped[b.tag] = drop
+
     def _join(self) -> None:
         seq = self.seq
         for b in seq.open_branches:
@@ -368,7 +379,9 @@ class Run:
             brs = [brs[j] for j in self.only]
         branches = tuple(Branch(title=b.title, body=self.eng.decode(b.generated)) for b in brs)
         self.segments.append(ParallelBlock(branches=branches))
-        self.blocks.append(BlockStats(titles=[b.title for b in brs], branch_tokens=[len(b.generated) for b in brs],
+        # the tokens each branch generated (a budget cut's dropped tail too: it took steps)
+        self.blocks.append(BlockStats(titles=[b.title for b in brs],
+                                      branch_tokens=[len(b.generated) + self.dropped.get(b.tag, 0) for b in brs],
                                       steps=self.block_steps))
 
     def _flush_serial(self, end: int | None = None) -> None:

@@ -3,6 +3,7 @@ it (text and cache cut back), a stop token ends it without being part of it."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from .sampling import SamplingParams
@@ -40,13 +41,34 @@ def apply_stop(seq: SeqState, s: Stream, stops: tuple[str, ...], decode: Callabl
     if n_keep is None:
         return None
     drop = len(seg) - n_keep
-    fed = drop - len(s.pending)  # the newest token is still pending
-    s.pending = []
-    if fed > 0:
-        seq.retract_stream(s, fed)
-    del s.generated[len(s.generated) - drop:]
+    take_back(seq, s, drop)
     if rest:  # the stop string began inside a token: keep that token's text before it
         extra = encode(rest)
         s.generated.extend(extra)
         s.push(extra)
     return drop
+
+
+def take_back(seq: SeqState, s: Stream, drop: int) -> None:
+    """Drop the last `drop` generated tokens of `s`: from its text and, where fed, from the cache."""
+    fed = drop - len(s.pending)  # the newest token is still pending
+    s.pending = []
+    if fed > 0:
+        seq.retract_stream(s, fed)
+    del s.generated[len(s.generated) - drop:]
+
+
+# A sentence's end: ".", "!" or "?" with any closing quotes, brackets or bold marks, or a line's end;
+# a list item's number ("2.") is none.
+_SENTENCE_END = re.compile(r"(?:[.!?][\"')\]*]*|\n)\s*$")
+_ITEM_NUMBER = re.compile(r"(?:^|\n)[ \t*#]*\d+\.$")
+
+
+def sentence_cut(decode: Callable[[list[int]], str], toks: list[int]) -> int:
+    """How many of `toks` to keep so that their text ends a sentence or a line: the most that do, or
+    all of them where none does (a fragment is still better than nothing)."""
+    for n in range(len(toks), 0, -1):
+        text = decode(toks[:n])
+        if _SENTENCE_END.search(text) and not _ITEM_NUMBER.search(text):
+            return n
+    return len(toks)

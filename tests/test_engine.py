@@ -160,6 +160,29 @@ def test_serial_stop_string_cuts_text_and_cache(engine):
     _assert_join_exact(engine, seq)
 
 
+def test_a_block_cut_by_the_budget_keeps_each_branch_to_its_last_sentence(engine):
+    """The budget runs out inside a block: each cut branch keeps the text it wrote up to its last
+    sentence end, and its cache holds exactly that; a bigger budget writes the same text on."""
+    titles = ["one", "two", "three"]
+    whole = engine.fork(engine.new_sequence("q: "), titles, SamplingParams(
+        max_new_tokens=300, max_branch_tokens=15, temperature=1.0, seed=3), markup=True)
+    seq = engine.new_sequence("q: ")
+    out = engine.fork(seq, titles, SamplingParams(max_new_tokens=36, max_branch_tokens=15, temperature=1.0,
+                                                  seed=3), markup=True)
+    assert out.finish_reason == "length" and out.completion_tokens >= 36
+    trimmed = 0
+    for b, full, br in zip(out.response.blocks[0].branches, whole.response.blocks[0].branches, seq.open_branches):
+        assert full.body.startswith(b.body)
+        if br.finish is not None:  # it ended on its own, as in the whole run
+            assert b.body == full.body
+            continue
+        assert b.body.rstrip(" ").endswith((".", "!", "?", "\n")) or not any(c in b.body for c in ".!?\n")
+        fed = [t for t, _ in br.written]
+        assert not br.pending and engine.decode(fed) == P.branch_seed(b.title) + b.body  # no dropped token cached
+        trimmed += len(b.body) < len(full.body)
+    assert trimmed >= 2  # the budget cut them at 12 tokens each, and some of those were dropped
+
+
 def test_constrained_decoding_never_writes_malformed_markup():
     """(c) Random logits, many seeds, adaptive mode: the written text always parses."""
     eng = markup_heavy_engine(1)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from runtime import protocol as P
-from runtime.protocol import Branch, ParallelBlock, Response, SerialSegment, Tag
+from runtime.protocol import Branch, ParallelBlock, Response, SerialSegment, Tag, parse
+from runtime.stops import sentence_cut
+
+ROOT = Path(__file__).resolve().parents[1]
 
 IDS = P.SpecialIds(title=100, end_title=101, para=102, branch=103, end_branch=104, end_para=105,
                    eos=frozenset({0}))
@@ -118,3 +124,36 @@ def test_tokenize_response_places_markup_and_tags():
                     1, 89, 58, 32, 121, 121, 104, 105, 99]
     assert [t.block for t in tags] == [0] * 9 + [1] * 13 + [0, 0]
     assert [t.branch for t in tags] == [0] * 9 + [1] * 6 + [2] * 7 + [0, 0]
+
+
+def test_answer_text_adds_no_empty_line_after_a_block_and_nothing_at_the_end():
+    """The text after a block may start its own line ("\n\nIn short"): no break more. A block that
+    ends the answer adds nothing after it; one followed by text on the same line still gets its break."""
+    block = ParallelBlock(branches=(Branch(title="1. A", body=" 1. **A**: a.\n"),
+                                    Branch(title="2. B", body=" 2. **B**: b.")))
+    assert Response(segments=(block, SerialSegment(text="\n\nIn short, ab."))).answer_text() == \
+        "1. **A**: a.\n2. **B**: b.\n\nIn short, ab."
+    ab = "1. **A**: a.\n2. **B**: b."
+    assert Response(segments=(SerialSegment(text="Tips:\n"), block)).answer_text() == "Tips:\n" + ab
+    assert Response(segments=(block, SerialSegment(text="Done."))).answer_text() == ab + "\nDone."
+    assert Response(segments=(block, block)).answer_text() == ab + "\n" + ab
+
+
+def test_every_parallel_training_answer_reads_as_its_plain_text():
+    """What the model learnt is what a reader gets: the shipped data's answers, rendered for a reader,
+    are the base model's answers they were cut from (no added leads, breaks or empty lines)."""
+    rows = [json.loads(x) for x in (ROOT / "data" / "aspd" / "dataset.jsonl").read_text().splitlines()]
+    parallel = [parse(r["markup"]) for r in rows if r["parallel"]]
+    assert len(parallel) > 500
+    assert [r.answer_text() for r in parallel] == [r.plain_text() for r in parallel]
+
+
+@pytest.mark.parametrize("pieces, kept", [
+    (["He", " came", " in", " 2020", ".", " Then", " we"], "He came in 2020."),
+    (["Say", ' "hi', '."', " and"], 'Say "hi."'),
+    (["a", "\n", "2", "."], "a\n"),  # an item's number ends no sentence
+    (["Go", "!\n", "more"], "Go!\n"),
+    (["1", ".", " **X**", ":", " go"], "1. **X**: go"),  # no sentence end at all: all of it
+])
+def test_sentence_cut_keeps_up_to_the_last_sentence_end(pieces, kept):
+    assert "".join(pieces[:sentence_cut("".join, pieces)]) == kept
