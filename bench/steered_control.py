@@ -6,6 +6,10 @@ The adapter learns from steered answers (plain prompt -> opening + the base mode
 the base-model loss of those answers is about the floor of what imitating them can reach: the part of
 the adapter's loss gap that the list style itself costs, as opposed to what training damaged.
 Steered are the categories where the issue expects forks; the others stay unsteered, as in the data.
+Three steered variants: the data's openings with their stock intro ("Here are the key points:"), the
+same answers as the data holds them (intro dropped: they open with "1. **"), and the base model's own
+first line (from its unsteered answer) followed by "1. **" (`steering.own_opening`, a candidate for
+the next data). Every answer holds at most 256 tokens, its forced start included.
 
     .venv/bin/python bench/steered_control.py --answers bench/results/vicuna80/answers.jsonl
 """
@@ -27,6 +31,7 @@ from bench.questions import VICUNA80, load  # noqa: E402
 
 STEERED = ("generic", "knowledge", "roleplay", "common-sense", "counterfactual", "writing")
 OUT = Path(__file__).resolve().parent / "results" / "steered_control.json"
+MAX_TOKENS = 256  # the bench's answer budget; a forced start counts in it
 
 
 def _figures(rows: list[dict]) -> dict:
@@ -51,23 +56,34 @@ def main() -> None:
     from runtime.sampling import SamplingParams
     from runtime.serving import complete_all
     from training.prompts import Prompt
-    from training.steering import opening
+    from training.steering import answer, opening, own_opening
 
     rows = [json.loads(x) for x in args.answers.read_text().splitlines() if x.strip()]
     scored = {(str(r["question_id"]), r["system"]): r for r in rows if r.get("quality")}
     questions = [q for q in load(VICUNA80) if q.category in STEERED and (q.key, "hf") in scored][:args.limit]
     use_all_cores()
     eng = Engine(load_model(DEFAULT_MODEL, dtype="auto", adapter="none"))  # the bench's base engine and scorer
-    params = SamplingParams(max_new_tokens=256, temperature=0.0)  # the bench's decoding (default anti-loop)
+    params = SamplingParams(max_new_tokens=MAX_TOKENS, temperature=0.0)  # the bench's decoding (default anti-loop)
+
+    def score_row(q, text: str) -> dict:
+        return {"question_id": q.key, "category": q.category, "text": text,
+                "loss": answer_loss(eng.loaded.model, eng.chat_prompt(q.text), eng.encode(text)),
+                "repetition": metrics.repetition_rate(text), "degenerate": metrics.degenerate_rate(text),
+                "tokens": len(eng.encode(text))}
+
+    def steer(starts: list[str]) -> list[dict]:
+        """The base model's answers after the forced `starts`, each at most MAX_TOKENS with its start."""
+        prompts = [eng.chat_prompt(q.text) + eng.encode(o) for q, o in zip(questions, starts)]
+        gens = complete_all(eng, prompts, params, batch=args.batch)
+        return [score_row(q, eng.decode(eng.encode(start + g.text)[:MAX_TOKENS]))
+                for q, start, g in zip(questions, starts, gens)]
+
+    # the training data's openings ("Here are the key points:\n\n1. **"), scored with the intro and
+    # as the data holds them (intro dropped); and the base model's own first line, then the list
     starts = [opening(Prompt(f"vicuna-{q.key}", q.text, "listlike", "vicuna80")) for q in questions]
-    prompts = [eng.chat_prompt(q.text) + eng.encode(o) for q, o in zip(questions, starts)]
-    steered: list[dict] = []
-    for q, start, out in zip(questions, starts, complete_all(eng, prompts, params, batch=args.batch)):
-        text = start + out.text
-        steered.append({"question_id": q.key, "category": q.category, "text": text,
-                        "loss": answer_loss(eng.loaded.model, eng.chat_prompt(q.text), eng.encode(text)),
-                        "repetition": metrics.repetition_rate(text), "degenerate": metrics.degenerate_rate(text),
-                        "tokens": out.completion_tokens})
+    steered = steer(starts)
+    as_trained = [score_row(q, answer(r["text"], o)) for q, r, o in zip(questions, steered, starts)]
+    own = steer([own_opening(scored[(q.key, "hf")]["text"]) for q in questions])
 
     def system(name: str) -> list[dict]:
         out = []
@@ -79,7 +95,8 @@ def main() -> None:
                             "tokens": r["completion_tokens"]})
         return out
 
-    figs = {"base_unsteered (hf)": _figures(system("hf")), "base_steered": _figures(steered)}
+    figs = {"base_unsteered (hf)": _figures(system("hf")), "base_steered": _figures(steered),
+            "base_steered_as_trained": _figures(as_trained), "base_steered_own_intro": _figures(own)}
     for name in ("ar", "aspd"):
         if any(k[1] == name for k in scored):
             figs[f"adapter_{name}"] = _figures(system(name))
@@ -88,9 +105,9 @@ def main() -> None:
         f["loss_vs_base"] = metrics.relative_delta(f["loss"], ref)
     result = {"meta": {"command": "bench/steered_control.py " + " ".join(sys.argv[1:]), "answers": shown(args.answers),
                        "steered_categories": list(STEERED), "questions": len(questions),
-                       "sampling": {"max_new_tokens": 256, "decoding": "greedy", "anti_loop": "default"},
+                       "sampling": {"max_new_tokens": MAX_TOKENS, "decoding": "greedy", "anti_loop": "default"},
                        "environment": environment()},
-              "systems": figs, "steered_answers": steered}
+              "systems": figs, "steered_answers": steered, "own_intro_answers": own}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for name, f in figs.items():
         print(f"{name:22s} loss {f['loss']:.3f} ({f['loss_vs_base']:+.1%})  rep4 {f['repetition_4gram']:.3f}  "

@@ -213,6 +213,18 @@ def test_a_steered_answer_is_trained_without_its_intro_and_opens_with_its_block(
     assert answer("Let's go:\n\n**A**", "Here's an overview:\n\n**") == "Let's go:\n\n**A**"  # not its intro
 
 
+@pytest.mark.parametrize(("own", "want"), [
+    ("Stress is normal. Here is how to cope:\n\n1. Sleep", "Stress is normal. Here is how to cope:\n\n1. **"),
+    ("1. **Sleep**: rest.", "1. **"),  # it opens with a list itself: no intro to keep
+    ("## Plan\nx", "1. **"),
+    ("Long. " + "x" * 400, "Long.\n\n1. **"),  # a long first line: its first sentence
+])
+def test_own_opening_keeps_the_base_models_first_line_before_the_list(own, want):
+    from training.steering import own_opening
+
+    assert own_opening(own) == want
+
+
 @pytest.mark.parametrize(("cuda", "avx512_bf16", "amx", "want"), [
     (False, False, False, "float32"), (False, True, False, "bfloat16"), (False, False, True, "bfloat16"),
     (True, False, False, "bfloat16")])

@@ -6,11 +6,16 @@ it does work: after "Here are the key points:\\n\\n1. **" it writes a bold-title
 prompts get one of a few such openings; the model writes the rest, and the training sample is the
 plain prompt -> opening + answer (the steering is not in the prompt: the adapter learns to open
 that way itself). Other prompts are never steered: the adapter must also learn when not to fork.
+
+The intro is dropped from the training answer (the adapter must not learn a stock phrase), so those
+answers open with their list, which the base model seldom does. `own_opening` is the alternative
+under test (`bench/steered_control.py`): the base model's own first line, then the list.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 
 from .prompts import Prompt
 
@@ -33,3 +38,20 @@ def answer(response: str, opening_text: str) -> str:
     if not intro or not response.startswith(intro):
         return response
     return response[len(intro):].lstrip("\n")
+
+
+LIST_START = "1. **"
+_LIST_OR_HEADING = re.compile(r"\s*(?:\d+[.)]|[-*#•])")
+
+
+def own_opening(own_answer: str, max_chars: int = 300) -> str:
+    """A list opening after the base model's own first line (`own_answer`: its unsteered answer):
+    that line, or its first sentence where the line runs past `max_chars`, then a numbered bold
+    list; just the list where the answer opens with a list or heading of its own."""
+    line = own_answer.strip().split("\n", 1)[0].strip()
+    if len(line) > max_chars:
+        m = re.search(r"[.!?:](?=\s)", line)
+        line = line[:m.end()] if m and m.end() <= max_chars else ""
+    if not line or _LIST_OR_HEADING.match(line):
+        return LIST_START
+    return f"{line}\n\n{LIST_START}"
