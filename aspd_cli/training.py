@@ -35,6 +35,10 @@ def add_parsers(sub) -> None:
     d.add_argument("--no-independence", action="store_true", help="skip the model's independence check")
     d.add_argument("--judge-url", default=None, help="optional LLM judge: an OpenAI-compatible server")
     d.add_argument("--judge-model", default="default")
+    d.add_argument("--own-intro", action="store_true",
+                   help="responses: list-like answers open with the model's own first line, then the list")
+    d.add_argument("--kind", choices=("listlike", "other"), default=None, help="responses: only prompts of this kind")
+    d.add_argument("--prompts", type=Path, default=None, help="the folder with prompts_train.jsonl (default: --out)")
     d.set_defaults(func=cmd_data)
     t = sub.add_parser("train", help="fine-tune the ASPD adapter (LoRA + the six markup token rows)")
     t.add_argument("--data", type=Path, default=DATA)
@@ -89,8 +93,11 @@ def cmd_data(args: argparse.Namespace) -> int:
         from runtime.engine import Engine
         from training.responses import generate
 
-        todo = prompts.read(out / "prompts_train.jsonl")[:args.limit]
-        generate(Engine(load_model(args.model, adapter="none")), todo, out / "responses.jsonl", batch=args.batch)
+        todo = [p for p in prompts.read((args.prompts or out) / "prompts_train.jsonl")[:args.limit]
+                if args.kind in (None, p.kind)]
+        out.mkdir(parents=True, exist_ok=True)
+        generate(Engine(load_model(args.model, adapter="none")), todo, out / "responses.jsonl", batch=args.batch,
+                 own_intro=args.own_intro)
     if args.step in ("build", "all"):
         from runtime.model_loader import training_dtype
         from training.dataset import make, stats_table

@@ -211,6 +211,36 @@ def test_a_steered_answer_is_trained_without_its_intro_and_opens_with_its_block(
     assert P.parse(got["tips-1"]["markup"]).plain_text() == listy.removeprefix("Here are the key points:\n\n")
     assert got["arith-1"]["markup"] == serial and not got["arith-1"]["parallel"]
     assert answer("Let's go:\n\n**A**", "Here's an overview:\n\n**") == "Let's go:\n\n**A**"  # not its intro
+    assert answer("1. **A**: a.", "1. **") == "1. **A**: a."  # an opening without an intro line
+
+
+def test_own_intro_answers_start_with_the_models_own_first_line_and_keep_it(tiny, tmp_path):
+    """Own-intro generation: a list-like answer opens with what the model writes first unsteered (up
+    to its line break), then the forced list start; only that start is recorded as forced, so the
+    data keeps the intro. Other prompts stay unsteered."""
+    import json
+
+    from runtime.engine import Engine
+    from runtime.sampling import SamplingParams
+    from training.prompts import Prompt
+    from training.responses import INTRO, generate
+    from training.steering import answer
+
+    eng = Engine(tiny)
+    ps = [Prompt("ways-1", "some ways", "listlike", "t"), Prompt("tips-1", "give tips", "listlike", "t"),
+          Prompt("arith-1", "two plus two", "other", "a")]
+    params = SamplingParams(max_new_tokens=12, temperature=0.0)
+    assert generate(eng, ps, tmp_path / "r.jsonl", params, batch=2, own_intro=True) == 3
+    rows = {r["id"]: r for r in map(json.loads, (tmp_path / "r.jsonl").read_text().splitlines())}
+    first = {p.id: eng.generate(eng.new_sequence(eng.chat_prompt(p.text)), INTRO, "ar").text for p in ps[:2]}
+    assert first == {"ways-1": "e", "tips-1": "666."}  # the tiny model's first lines: a word, an item number
+    ways, tips = rows["ways-1"], rows["tips-1"]
+    assert (ways["intro"], ways["opening"]) == ("e", "\n\n1. **") and ways["response"].startswith("e\n\n1. **")
+    assert (tips["intro"], tips["opening"]) == ("", "1. **") and tips["response"].startswith("1. **")
+    for r in (ways, tips):
+        assert answer(r["response"], r["opening"]) == r["response"]  # the data keeps all of it
+    assert rows["arith-1"]["opening"] == "" and rows["arith-1"]["intro"] == ""
+    assert generate(eng, ps, tmp_path / "r.jsonl", params, batch=2, own_intro=True) == 0  # resumes: all done
 
 
 @pytest.mark.parametrize(("own", "want"), [

@@ -2,6 +2,10 @@
 (continuous batching, shared chat-template prefix computed once), list-like prompts steered by a
 forced opening (`steering`). Appends to a JSONL as answers finish, so an interrupted run resumes
 where it stopped. `response` is the whole answer (opening included), `opening` the forced part.
+
+With `own_intro` a list-like prompt's opening is the base model's own first line (decoded first,
+greedy, up to its line break: `intro` in the row), then the list start (`steering.own_opening`);
+only the list start is forced, so the training answer keeps the intro.
 """
 
 from __future__ import annotations
@@ -15,13 +19,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from runtime.engine import Engine
 from runtime.sampling import SamplingParams
-from runtime.serving import complete
+from runtime.serving import complete, complete_all
 
 from .prompts import Prompt
-from .steering import opening
+from .steering import opening, own_opening
 
 # Greedy under the default anti-loop rule (plain greedy makes this model loop in half its answers).
 PARAMS = SamplingParams(max_new_tokens=320, temperature=0.0)
+INTRO = SamplingParams(max_new_tokens=80, temperature=0.0, stop=("\n",))  # the own first line, same rule
 
 
 def done_ids(path: Path) -> set[str]:
@@ -40,30 +45,49 @@ def interleaved(prompts: list[Prompt]) -> list[Prompt]:
     return [p for r in rounds for p in r if p is not None]
 
 
+def own_intros(engine: Engine, prompts: list[Prompt], batch: int) -> list[str]:
+    """Each list-like prompt's answer start: the base model's own first line, then the list start
+    ('' for the others, which stay unsteered)."""
+    listy = [p for p in prompts if p.kind == "listlike"]
+    lines = complete_all(engine, [engine.chat_prompt(p.text) for p in listy], INTRO, batch=batch)
+    own = {p.id: own_opening(o.text) for p, o in zip(listy, lines)}
+    return [own.get(p.id, "") for p in prompts]
+
+
 def generate(engine: Engine, prompts: list[Prompt], out: Path, params: SamplingParams = PARAMS,
-             batch: int = 16) -> int:
-    """Answer every prompt not yet in `out`; returns how many were written now."""
+             batch: int = 16, own_intro: bool = False, chunk: int = 256) -> int:
+    """Answer every prompt not yet in `out` (`chunk` at a time: an own-intro run decodes a chunk's
+    first lines, then its answers); returns how many were written now."""
     todo = interleaved([p for p in prompts if p.id not in done_ids(out)])
-    if not todo:
-        return 0
     t0 = time.perf_counter()
     written = 0
     with open(out, "a") as f, Progress(TextColumn("answers"), BarColumn(), MofNCompleteColumn(),
                                        TimeRemainingColumn()) as bar:
         task = bar.add_task("", total=len(todo))
-        starts = [opening(p) for p in todo]
-        prompts = [engine.chat_prompt(p.text) + engine.encode(o) for p, o in zip(todo, starts)]
-        for i, ev in complete(engine, prompts, params, batch=batch):
-            p = todo[i]
-            row = {"id": p.id, "kind": p.kind, "prompt": p.text, "opening": starts[i]}
-            if ev.error:
-                row["error"] = ev.error
-            else:
-                o = ev.result.output
-                row.update(response=starts[i] + o.text, finish_reason=o.finish_reason, tokens=o.completion_tokens)
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            written += 1
-            bar.advance(task)
+        for k in range(0, len(todo), chunk):
+            written += _answer(engine, todo[k:k + chunk], f, params, batch, own_intro, lambda: bar.advance(task))
     print(f"{written} answers in {time.perf_counter() - t0:.0f} s")
     return written
+
+
+def _answer(engine: Engine, todo: list[Prompt], f, params: SamplingParams, batch: int, own_intro: bool,
+            advance) -> int:
+    starts = own_intros(engine, todo, batch) if own_intro else [opening(p) for p in todo]
+    prompts = [engine.chat_prompt(p.text) + engine.encode(o) for p, o in zip(todo, starts)]
+    for i, ev in complete(engine, prompts, params, batch=batch):
+        p = todo[i]
+        intro, forced = "", starts[i]
+        if own_intro and "\n\n" in forced:  # the own line is not forced: only what follows it
+            intro, forced = forced.split("\n\n", 1)[0], "\n\n" + forced.split("\n\n", 1)[1]
+        row = {"id": p.id, "kind": p.kind, "prompt": p.text, "opening": forced}
+        if own_intro:
+            row["intro"] = intro
+        if ev.error:
+            row["error"] = ev.error
+        else:
+            o = ev.result.output
+            row.update(response=starts[i] + o.text, finish_reason=o.finish_reason, tokens=o.completion_tokens)
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        advance()
+    return len(todo)

@@ -33,8 +33,9 @@ def opening(p: Prompt) -> str:
 
 
 def answer(response: str, opening_text: str) -> str:
-    """A steered `response` without its opening's intro line: it starts where the list does."""
-    intro = opening_text.split("\n\n", 1)[0]
+    """A steered `response` without its opening's intro line: it starts where the list does. An
+    opening without an intro line ("1. **", or an own-intro answer's forced "\n\n1. **") cuts nothing."""
+    intro = opening_text.split("\n\n", 1)[0] if "\n\n" in opening_text else ""
     if not intro or not response.startswith(intro):
         return response
     return response[len(intro):].lstrip("\n")
