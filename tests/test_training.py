@@ -253,6 +253,9 @@ def test_own_opening_keeps_the_base_models_first_line_before_the_list(own, want)
     from training.steering import own_opening
 
     assert own_opening(own) == want
+    # a line the token cap cut keeps its first sentence only, and one with none is no intro
+    assert own_opening("It was red. I'm not sure if", capped=True) == "It was red.\n\n1. **"
+    assert own_opening("I'm not sure if", capped=True) == "1. **"
 
 
 @pytest.mark.parametrize(("cuda", "avx512_bf16", "amx", "want"), [

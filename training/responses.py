@@ -18,6 +18,7 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from runtime.engine import Engine
+from runtime.outputs import FinishReason
 from runtime.sampling import SamplingParams
 from runtime.serving import complete, complete_all
 
@@ -50,7 +51,7 @@ def own_intros(engine: Engine, prompts: list[Prompt], batch: int) -> list[str]:
     ('' for the others, which stay unsteered)."""
     listy = [p for p in prompts if p.kind == "listlike"]
     lines = complete_all(engine, [engine.chat_prompt(p.text) for p in listy], INTRO, batch=batch)
-    own = {p.id: own_opening(o.text) for p, o in zip(listy, lines)}
+    own = {p.id: own_opening(o.text, capped=o.finish_reason == FinishReason.LENGTH) for p, o in zip(listy, lines)}
     return [own.get(p.id, "") for p in prompts]
 
 

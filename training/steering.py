@@ -45,12 +45,13 @@ LIST_START = "1. **"
 _LIST_OR_HEADING = re.compile(r"\s*(?:\d+[.)]|[-*#•])")
 
 
-def own_opening(own_answer: str, max_chars: int = 300) -> str:
+def own_opening(own_answer: str, max_chars: int = 300, capped: bool = False) -> str:
     """A list opening after the base model's own first line (`own_answer`: its unsteered answer):
-    that line, or its first sentence where the line runs past `max_chars`, then a numbered bold
-    list; just the list where the answer opens with a list or heading of its own."""
+    that line, or its first sentence where the line runs past `max_chars` or was `capped` (cut by a
+    token cap before its end), then a numbered bold list; just the list where the answer opens with
+    a list or heading of its own."""
     line = own_answer.strip().split("\n", 1)[0].strip()
-    if len(line) > max_chars:
+    if len(line) > max_chars or capped:
         m = re.search(r"[.!?:](?=\s)", line)
         line = line[:m.end()] if m and m.end() <= max_chars else ""
     if not line or _LIST_OR_HEADING.match(line):
