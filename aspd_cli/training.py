@@ -20,7 +20,7 @@ from pathlib import Path
 from runtime.sampling import anti_loop_args, anti_loop_from
 from training.prompts import DATA
 
-from .common import add_model_args, console, load_model
+from .common import UsageError, add_model_args, console, load_model
 
 
 def add_parsers(sub) -> None:
@@ -93,8 +93,10 @@ def cmd_data(args: argparse.Namespace) -> int:
         from runtime.engine import Engine
         from training.responses import generate
 
-        todo = [p for p in prompts.read((args.prompts or out) / "prompts_train.jsonl")[:args.limit]
-                if args.kind in (None, p.kind)]
+        source = (args.prompts or out) / "prompts_train.jsonl"
+        if not source.is_file():
+            raise UsageError(f"no {source}: run `aspd data prompts` first, or name its folder with --prompts")
+        todo = [p for p in prompts.read(source)[:args.limit] if args.kind in (None, p.kind)]
         out.mkdir(parents=True, exist_ok=True)
         generate(Engine(load_model(args.model, adapter="none")), todo, out / "responses.jsonl", batch=args.batch,
                  own_intro=args.own_intro)

@@ -23,7 +23,7 @@ from runtime.sampling import SamplingParams
 from runtime.serving import complete, complete_all
 
 from .prompts import Prompt
-from .steering import opening, own_opening
+from .steering import list_start, opening, own_intro
 
 # Greedy under the default anti-loop rule (plain greedy makes this model loop in half its answers).
 PARAMS = SamplingParams(max_new_tokens=320, temperature=0.0)
@@ -46,13 +46,13 @@ def interleaved(prompts: list[Prompt]) -> list[Prompt]:
     return [p for r in rounds for p in r if p is not None]
 
 
-def own_intros(engine: Engine, prompts: list[Prompt], batch: int) -> list[str]:
-    """Each list-like prompt's answer start: the base model's own first line, then the list start
-    ('' for the others, which stay unsteered)."""
+def own_starts(engine: Engine, prompts: list[Prompt], batch: int) -> list[tuple[str, str]]:
+    """(intro, forced start) of each answer: for a list-like prompt the base model's own first line
+    (`steering.own_intro`) and the list start after it; ('', '') for the others, which stay unsteered."""
     listy = [p for p in prompts if p.kind == "listlike"]
     lines = complete_all(engine, [engine.chat_prompt(p.text) for p in listy], INTRO, batch=batch)
-    own = {p.id: own_opening(o.text, capped=o.finish_reason == FinishReason.LENGTH) for p, o in zip(listy, lines)}
-    return [own.get(p.id, "") for p in prompts]
+    own = {p.id: own_intro(o.text, capped=o.finish_reason == FinishReason.LENGTH) for p, o in zip(listy, lines)}
+    return [(own[p.id], list_start(own[p.id])) if p.id in own else ("", "") for p in prompts]
 
 
 def generate(engine: Engine, prompts: list[Prompt], out: Path, params: SamplingParams = PARAMS,
@@ -73,13 +73,11 @@ def generate(engine: Engine, prompts: list[Prompt], out: Path, params: SamplingP
 
 def _answer(engine: Engine, todo: list[Prompt], f, params: SamplingParams, batch: int, own_intro: bool,
             advance) -> int:
-    starts = own_intros(engine, todo, batch) if own_intro else [opening(p) for p in todo]
-    prompts = [engine.chat_prompt(p.text) + engine.encode(o) for p, o in zip(todo, starts)]
+    # the own line is not forced: `opening` holds only what follows it
+    starts = own_starts(engine, todo, batch) if own_intro else [("", opening(p)) for p in todo]
+    prompts = [engine.chat_prompt(p.text) + engine.encode(i + o) for p, (i, o) in zip(todo, starts)]
     for i, ev in complete(engine, prompts, params, batch=batch):
-        p = todo[i]
-        intro, forced = "", starts[i]
-        if own_intro and "\n\n" in forced:  # the own line is not forced: only what follows it
-            intro, forced = forced.split("\n\n", 1)[0], "\n\n" + forced.split("\n\n", 1)[1]
+        p, (intro, forced) = todo[i], starts[i]
         row = {"id": p.id, "kind": p.kind, "prompt": p.text, "opening": forced}
         if own_intro:
             row["intro"] = intro
@@ -87,7 +85,7 @@ def _answer(engine: Engine, todo: list[Prompt], f, params: SamplingParams, batch
             row["error"] = ev.error
         else:
             o = ev.result.output
-            row.update(response=starts[i] + o.text, finish_reason=o.finish_reason, tokens=o.completion_tokens)
+            row.update(response=intro + forced + o.text, finish_reason=o.finish_reason, tokens=o.completion_tokens)
         f.write(json.dumps(row) + "\n")
         f.flush()
         advance()

@@ -45,15 +45,24 @@ LIST_START = "1. **"
 _LIST_OR_HEADING = re.compile(r"\s*(?:\d+[.)]|[-*#•])")
 
 
-def own_opening(own_answer: str, max_chars: int = 300, capped: bool = False) -> str:
-    """A list opening after the base model's own first line (`own_answer`: its unsteered answer):
-    that line, or its first sentence where the line runs past `max_chars` or was `capped` (cut by a
-    token cap before its end), then a numbered bold list; just the list where the answer opens with
-    a list or heading of its own."""
+def own_intro(own_answer: str, max_chars: int = 300, capped: bool = False) -> str:
+    """The base model's own first line (`own_answer`: its unsteered answer, or just that line) as the
+    intro of a steered list: the line, or its first sentence where the line runs past `max_chars` or
+    was `capped` (cut by a token cap before its end); '' where there is none to keep, or the answer
+    opens with a list or heading of its own."""
     line = own_answer.strip().split("\n", 1)[0].strip()
     if len(line) > max_chars or capped:
         m = re.search(r"[.!?:](?=\s)", line)
         line = line[:m.end()] if m and m.end() <= max_chars else ""
-    if not line or _LIST_OR_HEADING.match(line):
-        return LIST_START
-    return f"{line}\n\n{LIST_START}"
+    return "" if _LIST_OR_HEADING.match(line) else line
+
+
+def list_start(intro: str) -> str:
+    """What is forced after an own intro: the list, a paragraph below it (right away without one)."""
+    return f"\n\n{LIST_START}" if intro else LIST_START
+
+
+def own_opening(own_answer: str, max_chars: int = 300, capped: bool = False) -> str:
+    """The whole start of an own-intro answer: `own_intro`, then `list_start`."""
+    intro = own_intro(own_answer, max_chars, capped)
+    return intro + list_start(intro)
