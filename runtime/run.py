@@ -303,7 +303,8 @@ class Run:
                     seq.serial.push([self.ids.end_para])  # fed with whatever follows
                 self.finish, self.done = FinishReason.JOIN, True
             return
-        rows = [b for b in live if b in logits]
+        # the budget's last tokens go to the first branches: a step never writes past max_new_tokens
+        rows = [b for b in live if b in logits][:self.left]
         if rows:
             # an answer's branches are sampled in turn, each seeing what those before it wrote this
             # step (`link`); a program's independent branches in one call
