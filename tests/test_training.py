@@ -169,6 +169,22 @@ def test_added_prompt_tables_leave_the_first_set_and_its_splits_unchanged():
     assert sum(p.source in added for p in b["train"]) >= 500
 
 
+def test_prose_form_requests_are_other_and_keep_their_ids_and_texts():
+    """Letters, emails, speeches, reviews and self-introductions are labelled "other" (never steered
+    into a list); the relabel draws nothing, so every prompt's id and text stay as before."""
+    import random
+
+    from training.prompts import DATA, LISTLIKE_V2, OTHER_V2, PROSE_FORM, read, synthesise
+
+    tables = (("listlike", LISTLIKE_V2), ("other", OTHER_V2))
+    prompts = synthesise(random.Random(1), tables)
+    prose = [p for p in prompts if p.source.removeprefix("template:") in PROSE_FORM]
+    assert len(prose) >= 300 and all(p.kind == "other" for p in prose)
+    assert any("letter" in p.text for p in prose) and any(p.kind == "listlike" for p in prompts)
+    shipped = {(p.id, p.text, p.kind) for p in read(DATA / "prompts_train.jsonl")}  # answers are keyed by id
+    assert {(p.id, p.text, p.kind) for p in prompts} <= shipped
+
+
 def test_balanced_draw_round_robins_prompt_families():
     from training.dataset import balanced, family
 
