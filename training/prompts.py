@@ -161,8 +161,8 @@ OTHER_V2 = {
 }
 # Templates of LISTLIKE_V2 whose right answer is prose (a letter, an email, a speech, a review, a
 # character's monologue): forcing a list start on them writes lists of invented names and repeated
-# "**Your Name**" items, so they are answered unsteered and labelled "other" (serial training answers;
-# the gate learns not to push them). Relabelled after synthesis, so every prompt and id stays the same.
+# "**Your Name**" items, so they are never steered (`steering.steered`); they stay list-like, so
+# their answers' runs of paragraphs still become parallel blocks (prose branches).
 PROSE_FORM = frozenset({"persona", "speech", "review", "letter"})
 
 
@@ -171,8 +171,8 @@ def synthesise(rng: random.Random, tables: tuple = (("listlike", LISTLIKE), ("ot
     for kind, table in tables:
         for name, (templates, slots) in table.items():
             for k, (tpl, fill) in enumerate(itertools.product(templates, _fillers(name, slots, rng))):
-                out.append(Prompt(f"{name}-{k}", tpl.format(n=rng.choice(["three", "four", "five"]), **fill),
-                                  "other" if name in PROSE_FORM else kind, f"template:{name}"))
+                out.append(Prompt(f"{name}-{k}", tpl.format(n=rng.choice(["three", "four", "five"]), **fill), kind,
+                                  f"template:{name}"))
     return out
 
 

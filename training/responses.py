@@ -23,7 +23,7 @@ from runtime.sampling import SamplingParams
 from runtime.serving import complete, complete_all
 
 from .prompts import Prompt
-from .steering import list_start, opening, own_intro
+from .steering import list_start, opening, own_intro, steered
 
 # Greedy under the default anti-loop rule (plain greedy makes this model loop in half its answers).
 PARAMS = SamplingParams(max_new_tokens=320, temperature=0.0)
@@ -47,9 +47,9 @@ def interleaved(prompts: list[Prompt]) -> list[Prompt]:
 
 
 def own_starts(engine: Engine, prompts: list[Prompt], batch: int) -> list[tuple[str, str]]:
-    """(intro, forced start) of each answer: for a list-like prompt the base model's own first line
+    """(intro, forced start) of each answer: for a steered prompt the base model's own first line
     (`steering.own_intro`) and the list start after it; ('', '') for the others, which stay unsteered."""
-    listy = [p for p in prompts if p.kind == "listlike"]
+    listy = [p for p in prompts if steered(p)]
     lines = complete_all(engine, [engine.chat_prompt(p.text) for p in listy], INTRO, batch=batch)
     own = {p.id: own_intro(o.text, capped=o.finish_reason == FinishReason.LENGTH) for p, o in zip(listy, lines)}
     return [(own[p.id], list_start(own[p.id])) if p.id in own else ("", "") for p in prompts]

@@ -17,16 +17,22 @@ from __future__ import annotations
 import hashlib
 import re
 
-from .prompts import Prompt
+from .prompts import PROSE_FORM, Prompt
 
 INTROS = ("Here are the key points:", "Sure! Here are a few things to consider:", "Here is what you need to know:",
           "Great question! Here are the main points:", "Let's break it down:", "Here's an overview:")
 STYLES = ("\n\n1. **", "\n\n1. **", "\n\n1. **", "\n\n**")  # numbered bold titles 3:1 over bold paragraphs
 
 
+def steered(p: Prompt) -> bool:
+    """Whether `p`'s answer is steered into a list: a list-like prompt whose right form is not prose
+    (a letter or a monologue steered into a list reads as a list of names: `prompts.PROSE_FORM`)."""
+    return p.kind == "listlike" and p.source.removeprefix("template:") not in PROSE_FORM
+
+
 def opening(p: Prompt) -> str:
     """The forced start of the answer ('' for prompts that stay unsteered), fixed per prompt id."""
-    if p.kind != "listlike":
+    if not steered(p):
         return ""
     h = int.from_bytes(hashlib.sha256(p.id.encode()).digest()[:8], "big")
     return INTROS[h % len(INTROS)] + STYLES[(h // len(INTROS)) % len(STYLES)]
