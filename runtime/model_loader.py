@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import shutil
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,7 @@ def embedded_checkpoint(dtype: torch.dtype = torch.bfloat16) -> Path:
     """Path of the cached safetensors copy of the embedded model, created on first use."""
     gguf = embedded_gguf()
     out = cache_dir() / f"{gguf.stem}-{str(dtype).removeprefix('torch.')}-v{_CHECKPOINT_VERSION}"
-    if (out / "config.json").exists() and any(out.glob("*.safetensors")):
+    if _complete(out):
         return out
     from transformers import GgufConfig
 
@@ -96,13 +97,29 @@ def embedded_checkpoint(dtype: torch.dtype = torch.bfloat16) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    if out.exists():  # an incomplete copy from an interrupted run
-        shutil.rmtree(out)
-    tmp.replace(out)  # atomic: a reader never sees a half-written checkpoint
+    # A private temporary folder per process: two processes converting at once (a calibration beside
+    # data generation) must not write into, or delete, each other's half-written copy.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        if _complete(out):  # another process finished first: its copy is the same
+            return out
+        if out.exists():  # an incomplete copy from an interrupted run
+            shutil.rmtree(out, ignore_errors=True)
+        try:
+            tmp.replace(out)  # atomic: a reader never sees a half-written checkpoint
+        except OSError:
+            if not _complete(out):  # not a lost race with an equal copy: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _complete(checkpoint: Path) -> bool:
+    return (checkpoint / "config.json").exists() and any(checkpoint.glob("*.safetensors"))
 
 
 def _restore_pretokenizer(tok: PreTrainedTokenizerBase, gguf: Path) -> None:

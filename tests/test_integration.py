@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,22 @@ def test_embedded_model_is_cached_as_safetensors():
     cfg = json.loads((path / "config.json").read_text())
     assert "quantization_config" not in cfg  # the GGUF quantizer was detached before saving
     assert cfg.get("dtype", cfg.get("torch_dtype")) == "bfloat16"
+
+
+def test_two_processes_converting_the_embedded_model_at_once_both_get_it(tmp_path):
+    """A calibration started beside data generation on a fresh machine: both convert the GGUF into
+    the same cache at once. Each writes its own temporary copy; one copy lands, none is left over."""
+    code = "from runtime.model_loader import embedded_checkpoint; print(embedded_checkpoint())"
+    env = {**os.environ, "ASPD_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-500:] for _, err in outs]
+    paths = {out.strip().splitlines()[-1] for out, _ in outs}
+    assert len(paths) == 1
+    path = Path(paths.pop())
+    assert (path / "model.safetensors").exists()
+    assert list(tmp_path.iterdir()) == [path]  # no temporary copy left behind
 
 
 def test_the_tokenizer_splits_text_as_the_model_was_trained():
