@@ -400,9 +400,10 @@ def tables() -> dict[str, str]:
         out["cluster"] = cluster_table(load(results / "serve_cluster.json"))
     if (results / "serve_faults.json").exists():
         out["faults"] = faults_table(load(results / "serve_faults.json"))
-    stats = ROOT / "data" / "aspd" / "data_stats.json"
-    if stats.exists():
-        out["data"] = data_table(load(stats))
+    # The data behind the shipped adapter: its build's statistics as `aspd train` recorded them.
+    shipped = ROOT / "runtime" / "adapters" / "smollm2-135m-aspd" / "training.json"
+    if shipped.exists() and load(shipped).get("data_stats"):
+        out["data"] = data_table(load(shipped)["data_stats"])
     if (results / "adapter.json").exists():
         out["adapter"] = adapter_table(load(results / "adapter.json"))
     if (results / "steered_control.json").exists():
