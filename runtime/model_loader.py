@@ -106,7 +106,7 @@ def embedded_checkpoint(dtype: torch.dtype = torch.bfloat16) -> Path:
         tok.save_pretrained(tmp)
         if _complete(out):  # another process finished first: its copy is the same
             return out
-        if out.exists():  # an incomplete copy from an interrupted run
+        if out.exists() and not _complete(out):  # an incomplete copy from an interrupted run
             shutil.rmtree(out, ignore_errors=True)
         try:
             tmp.replace(out)  # atomic: a reader never sees a half-written checkpoint
