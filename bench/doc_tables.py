@@ -402,8 +402,8 @@ def tables() -> dict[str, str]:
         out["faults"] = faults_table(load(results / "serve_faults.json"))
     # The data behind the shipped adapter: its build's statistics as `aspd train` recorded them.
     shipped = ROOT / "runtime" / "adapters" / "smollm2-135m-aspd" / "training.json"
-    if shipped.exists() and load(shipped).get("data_stats"):
-        out["data"] = data_table(load(shipped)["data_stats"])
+    if shipped.exists() and (stats := load(shipped).get("data_stats")):
+        out["data"] = data_table(stats)
     if (results / "adapter.json").exists():
         out["adapter"] = adapter_table(load(results / "adapter.json"))
     if (results / "steered_control.json").exists():
