@@ -80,6 +80,17 @@ def test_paragraph_runs_without_intro_and_conclusion():
     assert all(len(t) < len(b.text) for t, b in zip(block.titles, block.branches))
 
 
+def test_a_letters_paragraphs_stay_serial():
+    letter = ("Dear neighbours,\n\nI am writing to tell you that the new branch library opens on Monday, with "
+              "a reading room, a cafe and a garden.\n\nThe library will hold story hours for children every "
+              "Saturday morning, run by volunteers from the street.\n\nI would like to thank everyone who "
+              "signed the petition for it last year; it worked, and the council listened.\n\nBest wishes,\nSam")
+    assert roundtrip(letter).blocks == []
+    # the same run with impersonal openings is one block
+    points = letter.replace("I am writing to tell you that", "Good news:").replace("I would like to", "Let us")
+    assert len(roundtrip(points).blocks) == 1
+
+
 def test_single_items_duplicate_titles_and_short_paragraphs_stay_serial():
     assert roundtrip("Just one line.\n\n1. only item").blocks == []
     assert roundtrip("Sum:\n\nFirst, 9 + 10 = 19.\n\nThen 19 / 2 = 9.5.\n\nSo 9.5.\n\nDone.").blocks == []

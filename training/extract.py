@@ -35,6 +35,10 @@ MIN_ITEM_WORDS = 8  # a list of bare titles ("1. **Baking a Candle**") is not wo
 # Two titles this alike restate one point, or one is a misspelt copy the decoder's n-gram block forced
 # ("Elimination of Entertainment", "Elimation of Entertainment"); 0.8 would also catch honest pairs.
 ALIKE_TITLES = 0.85
+# A run of paragraphs opening "I am", "We will", "Your ...": a letter's, an email's or a speaker's, each
+# following the last; titled by their first words they taught v9 to fork a letter ("I am", "I have",
+# "I'm": Vicuna q73). Two such openings keep the run serial.
+_PERSONAL = re.compile(r"^(?:I|I'm|I've|I'll|I'd|We|We're|We've|We'll|You|You're|You've|Your|My|Our|Dear)\b")
 _NUM = re.compile(r"^(\d{1,2})[.)]\s+")
 _BULLET = re.compile(r"^[-*•]\s+")
 _HEAD = re.compile(r"^(#{1,4})\s+(.+)$")
@@ -221,7 +225,7 @@ def _groups(text: str, kind: str, spans: list[tuple[int, int]]) -> list[Group]:
     size: each but the last gives its final newline back to the serial text, because a block may
     not open right after a join."""
     titles = _titles([text[a:b] for a, b in spans], kind)
-    if titles is None:
+    if titles is None or (kind == "paragraphs" and sum(bool(_PERSONAL.match(t)) for t in titles) >= 2):
         return []
     parts = -(-len(spans) // MAX_BRANCHES)
     size = -(-len(spans) // parts)
