@@ -18,9 +18,9 @@ MIN_BRANCH_TOKENS = 32
 
 
 def opens_line(tokens: Sequence[int], ids: SpecialIds) -> bool:
-    """Does text written after `tokens` start a line? It does after any newline, the chat template's
-    header line ("<|im_start|>assistant\n") included (a block may open there in a program's gen, but
-    not as a chat answer's first token: `Run` keeps that for the answer's own opening line)."""
+    """Does text written after `tokens` start a line where a block may open? It does after any
+    newline, the chat template's header line ("<|im_start|>assistant\n") included: a parallel
+    training answer opens with its block, so the fork decision is the answer's first token."""
     return ids.line_end is not None and bool(tokens) and tokens[-1] in ids.line_end
 
 
@@ -81,9 +81,6 @@ class Constraint:
     # next words as titles ("I am", "I'm", "I've"); one opened as a chat answer's first token lists
     # guesses at its opening line ("def longest(lst, n)", "def longest(lst, m)").
     line_start: bool = False
-    # False at a chat answer's start (`Run`) until the answer has written text of its own: its opening
-    # line comes before any block, as in 438 of data v3's 451 parallel answers.
-    has_text: bool = True
 
     def allowed(self, branch_tokens: int = 0, branch_cap: int | None = None, tokens_left: int | None = None) -> Allowed:
         """`tokens_left`: the answer's remaining budget, for a block's size (None: unbounded)."""
@@ -109,7 +106,7 @@ class Constraint:
                 opts.add(ids.para)
             return Allowed(only=frozenset(opts))
         if (self.adaptive and self.phase is Phase.SERIAL and room(2) and not self.in_code
-                and (self.line_start or ids.line_end is None) and self.has_text):
+                and (self.line_start or ids.line_end is None)):
             bias = ((ids.title, self.fork_bias),) if self.fork_bias else ()
             return Allowed(banned=markup - {ids.title}, bias=bias)
         return Allowed(banned=markup)
@@ -126,7 +123,6 @@ class Constraint:
         if self.phase in (Phase.SERIAL, Phase.AFTER_JOIN):
             self.in_code ^= token in ids.fence
             self.line_start = opens_line((token,), ids)
-            self.has_text = self.has_text or not self.line_start
         if self.phase is Phase.TITLE:
             if token == ids.end_title:
                 self.phase, self.titles = Phase.TITLES_CLOSED, self.titles + 1

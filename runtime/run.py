@@ -92,15 +92,11 @@ class Run:
         # A chat answer (right after the template's assistant header) with no offset of its own takes
         # the gate's, set from its first logits before its first token (which may open a block);
         # text that does not start an answer (a gen mid-answer, a raw prompt) keeps the calibrated one.
-        start = adaptive and answer_start(tokens, self.ids)
-        if start and p.fork_bias is None:
+        if adaptive and p.fork_bias is None and answer_start(tokens, self.ids):
             self.gate = self.eng.loaded.gate
-        # A chat answer writes its own opening line before any block: one that opens with its block
-        # starts on a bare list the base model finds unlikely (Vicuna-80, v9: 43 of 46 forked answers
-        # did; that first line cost 2.1 nats a token, 18% of the ASPD answers' excess loss).
         return Constraint(self.ids, adaptive=adaptive, max_title_tokens=p.max_title_tokens,
                           max_branches=p.max_branches, fork_bias=bias,
-                          line_start=adaptive and opens_line(tokens, self.ids), has_text=not start)
+                          line_start=adaptive and opens_line(tokens, self.ids))
 
     @classmethod
     def branches(cls, eng: Engine, seq: SeqState, requests: dict[int, SamplingParams]) -> Run:
