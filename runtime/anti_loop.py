@@ -61,7 +61,8 @@ class History:
         self.n = 0  # the n of `next`, built at the first `banned(n)`
         self.next: dict[tuple[int, ...], set[int]] = {}  # (n-1)-gram -> tokens that followed it
         self.base = 0  # length when copied: merge() takes what came after
-        self.peers: list[History] = []  # sibling branches whose n-grams this one may not repeat
+        self.own: dict[tuple[int, ...], set[int]] = {}  # as `next`, of the n-grams wholly after `base`
+        self.peers: list[History] = []  # sibling branches whose own n-grams this one may not repeat
 
     def add(self, token: int) -> None:
         self.tokens.append(token)
@@ -69,7 +70,10 @@ class History:
             self.bits[token] = True
         n = self.n
         if n and len(self.tokens) >= n:
-            self.next.setdefault(tuple(self.tokens[-n:-1]), set()).add(token)
+            key = tuple(self.tokens[-n:-1])
+            self.next.setdefault(key, set()).add(token)
+            if self.base and len(self.tokens) - n >= self.base:
+                self.own.setdefault(key, set()).add(token)
 
     def extend(self, tokens: Sequence[int]) -> None:
         for t in tokens:
@@ -79,28 +83,36 @@ class History:
         out = History(self.words)
         out.tokens, out.bits, out.n = list(self.tokens), self.bits.clone(), self.n
         out.next = {k: set(v) for k, v in self.next.items()}
-        out.base = len(self.tokens)
+        out.base = len(self.tokens)  # (its `own` starts empty)
         return out
 
     def merge(self, branch: History) -> None:
         self.extend(branch.tokens[branch.base:])
 
     def banned(self, n: int) -> list[int]:
-        """Tokens that would repeat an n-gram already written, here or by a peer (n < 2: none)."""
+        """Tokens that would repeat an n-gram already written, here or by a peer (n < 2: none). A
+        peer's n-grams count only where they lie wholly in its own text: one reaching back into the
+        text before the block is each sibling's own start there (serially, a later item follows its
+        predecessor, not that text); shared, it banned every branch but the first from opening as the
+        first did, so they opened "* 2. **", "**2.", "- 2. **" (a block after an answer's intro)."""
         if n < 2 or len(self.tokens) < n - 1:
             return []
         key = tuple(self.tokens[len(self.tokens) - n + 1:])
         out = set(self._following(n).get(key, ()))
         for p in self.peers:
-            out |= p._following(n).get(key, set())
+            p._following(n)
+            out |= p.own.get(key, set())
         return list(out)
 
     def _following(self, n: int) -> dict[tuple[int, ...], set[int]]:
         """(n-1)-gram -> the tokens that followed it, built for this n at first use."""
         if n != self.n:
-            self.n, self.next = n, {}
+            self.n, self.next, self.own = n, {}, {}
             for i in range(n - 1, len(self.tokens)):
-                self.next.setdefault(tuple(self.tokens[i - n + 1:i]), set()).add(self.tokens[i])
+                key = tuple(self.tokens[i - n + 1:i])
+                self.next.setdefault(key, set()).add(self.tokens[i])
+                if self.base and i - n + 1 >= self.base:
+                    self.own.setdefault(key, set()).add(self.tokens[i])
         return self.next
 
 

@@ -69,6 +69,23 @@ def test_linked_branches_may_not_repeat_what_a_sibling_wrote():
     assert a.tokens == [1, 2, 3, 4, 5] and b.tokens == [1, 2, 7, 3, 9]  # each keeps its own tokens
 
 
+def test_siblings_may_each_open_as_another_did_after_the_text_before_the_block():
+    """An n-gram reaching back into the shared text before the block is each sibling's own start,
+    which serially follows its predecessor's body instead: a sibling's opening may not ban it."""
+    h = History(torch.ones(10, dtype=torch.bool))
+    h.extend([1, 2, 3])  # an intro: "... :\n\n"
+    a, b = h.copy(), h.copy()
+    link([a, b])
+    a.add(8)  # " " then "1. **" in the first branch
+    assert b.banned(3) == [] and b.banned(4) == []  # b may open with " " too
+    b.add(8)
+    a.extend([4, 5])
+    b.add(4)
+    assert b.banned(3) == [5]  # within the branches' own text, no n-gram twice
+    assert a._following(3) and b.banned(3) == [5]  # the same after a rebuild for another n
+    assert b.banned(4) == [] and b.banned(2) == [5]
+
+
 def test_an_answers_branches_do_not_repeat_each_others_ngrams():
     """The branches of one adaptive answer are sampled in turn, each seeing what its siblings wrote,
     in earlier steps and in this one: no 2-gram of one branch's text is in a sibling's (greedy on this

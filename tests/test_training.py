@@ -202,10 +202,9 @@ def test_interleaved_generation_order_round_robins_sources():
     assert [p.id for p in interleaved(ps)] == ["a0", "b0", "a1", "a2"]
 
 
-def test_a_steered_answer_cut_to_its_block_is_dropped(tiny, tmp_path):
-    """The fixed steering's intro line is cut (data v2), so the answer would open with its block, which
-    the decoder never opens as a chat answer's first token: the answer is dropped, not taught; an
-    unsteered answer is kept whole."""
+def test_a_steered_answer_is_trained_without_its_intro_and_opens_with_its_block(tiny, tmp_path):
+    """The steering's intro line is cut, so a parallel training answer's first token is `<|title|>`
+    (the fork decision the offset acts on); an unsteered answer is kept whole."""
     import json
 
     from training.dataset import make
@@ -220,9 +219,10 @@ def test_a_steered_answer_cut_to_its_block_is_dropped(tiny, tmp_path):
             {"id": "arith-1", "kind": "other", "prompt": "2+2?", "opening": "", "response": serial,
              "finish_reason": "stop"}]
     (tmp_path / "responses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    stats = make(tiny, tmp_path / "responses.jsonl", tmp_path, threshold=None, log=lambda _: None)
+    make(tiny, tmp_path / "responses.jsonl", tmp_path, threshold=None, log=lambda _: None)
     got = {r["id"]: r for r in map(json.loads, (tmp_path / "dataset.jsonl").read_text().splitlines())}
-    assert "tips-1" not in got and stats["steps"]["dropped_no_opening_line"] == 1
+    assert got["tips-1"]["parallel"] and got["tips-1"]["markup"].startswith(P.TITLE)
+    assert P.parse(got["tips-1"]["markup"]).plain_text() == listy.removeprefix("Here are the key points:\n\n")
     assert got["arith-1"]["markup"] == serial and not got["arith-1"]["parallel"]
     assert answer("Let's go:\n\n**A**", "Here's an overview:\n\n**") == "Let's go:\n\n**A**"  # not its intro
     assert answer("1. **A**: a.", "1. **") == "1. **A**: a."  # an opening without an intro line

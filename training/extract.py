@@ -6,8 +6,7 @@ model mostly writes essays whose middle paragraphs each make one point). Fenced 
 split. A group needs `MIN_BRANCHES` to `MAX_BRANCHES` items (a longer list becomes consecutive
 groups), short unique titles (at most `MAX_TITLE_WORDS` words, from the item's bold lead, heading or
 first words), and bodies longer than their titles. `rewrite(...).plain_text()` is exactly the original answer.
-`thin()` names the groups not worth a fork (bare titles, titles that restate each other, or a block
-with no opening line before it, which the decoder never opens in a chat answer): the
+`thin()` names the groups not worth a fork (bare titles, or titles that restate each other): the
 dataset drops their answers rather than teach the model to write them, or to leave a list serial.
 `tidy()` repairs the one markdown slip the steered opening causes ("**1. **Title**:").
 
@@ -288,8 +287,6 @@ def loops(text: str) -> bool:
 
 def thin(text: str, g: Group) -> str | None:
     """Why a group is not worth forking (its answer is a poor training example), or None."""
-    if not text[:g.start].strip():  # a chat answer writes its opening line before any block (`Run`)
-        return "no_opening_line"
     if any(len(text[a:b].split()) < MIN_ITEM_WORDS for a, b in g.items):
         return "bare_titles"
     keys = [re.sub(r"[^a-z0-9 ]", "", _NUM.sub("", t.lower())).strip() for t in g.titles]
