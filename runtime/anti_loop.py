@@ -61,7 +61,7 @@ class History:
         self.n = 0  # the n of `next`, built at the first `banned(n)`
         self.next: dict[tuple[int, ...], set[int]] = {}  # (n-1)-gram -> tokens that followed it
         self.base = 0  # length when copied: merge() takes what came after
-        self.own: dict[tuple[int, ...], set[int]] = {}  # as `next`, of the n-grams wholly after `base`
+        self.own: dict[tuple[int, ...], set[int]] = {}  # as `next`, of the n-grams wholly after a base > 0
         self.peers: list[History] = []  # sibling branches whose own n-grams this one may not repeat
 
     def add(self, token: int) -> None:
@@ -100,9 +100,14 @@ class History:
         key = tuple(self.tokens[len(self.tokens) - n + 1:])
         out = set(self._following(n).get(key, ()))
         for p in self.peers:
-            p._following(n)
-            out |= p.own.get(key, set())
+            out |= p._own(n).get(key, set())
         return list(out)
+
+    def _own(self, n: int) -> dict[tuple[int, ...], set[int]]:
+        """As `_following`, of the n-grams wholly in what was written after the copy (all of them for a
+        history copied empty: a block opening the answer)."""
+        following = self._following(n)
+        return self.own if self.base else following
 
     def _following(self, n: int) -> dict[tuple[int, ...], set[int]]:
         """(n-1)-gram -> the tokens that followed it, built for this n at first use."""

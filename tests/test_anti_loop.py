@@ -86,6 +86,14 @@ def test_siblings_may_each_open_as_another_did_after_the_text_before_the_block()
     assert b.banned(4) == [] and b.banned(2) == [5]
 
 
+def test_siblings_of_a_block_opening_the_answer_are_linked_too():
+    a, b = History(torch.ones(10, dtype=torch.bool)).copy(), History(torch.ones(10, dtype=torch.bool)).copy()
+    link([a, b])
+    a.extend([3, 4])
+    b.add(3)
+    assert b.banned(2) == [4]
+
+
 def test_an_answers_branches_do_not_repeat_each_others_ngrams():
     """The branches of one adaptive answer are sampled in turn, each seeing what its siblings wrote,
     in earlier steps and in this one: no 2-gram of one branch's text is in a sibling's (greedy on this
