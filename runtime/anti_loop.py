@@ -68,12 +68,16 @@ class History:
         self.tokens.append(token)
         if self.words[token]:
             self.bits[token] = True
-        n = self.n
-        if n and len(self.tokens) >= n:
-            key = tuple(self.tokens[-n:-1])
-            self.next.setdefault(key, set()).add(token)
-            if self.base and len(self.tokens) - n >= self.base:
-                self.own.setdefault(key, set()).add(token)
+        if self.n and len(self.tokens) >= self.n:
+            self._record(len(self.tokens) - 1)
+
+    def _record(self, i: int) -> None:
+        """Note the n-gram that ends at token i (in `own` too where it lies wholly after a base > 0)."""
+        start, token = i - self.n + 1, self.tokens[i]
+        key = tuple(self.tokens[start:i])
+        self.next.setdefault(key, set()).add(token)
+        if self.base and start >= self.base:
+            self.own.setdefault(key, set()).add(token)
 
     def extend(self, tokens: Sequence[int]) -> None:
         for t in tokens:
@@ -114,10 +118,7 @@ class History:
         if n != self.n:
             self.n, self.next, self.own = n, {}, {}
             for i in range(n - 1, len(self.tokens)):
-                key = tuple(self.tokens[i - n + 1:i])
-                self.next.setdefault(key, set()).add(self.tokens[i])
-                if self.base and i - n + 1 >= self.base:
-                    self.own.setdefault(key, set()).add(self.tokens[i])
+                self._record(i)
         return self.next
 
 

@@ -128,15 +128,15 @@ def test_a_list_of_bare_titles_is_not_worth_a_fork():
     bare = "Ideas:\n\n1. **Candles**\n2. **Soap**\n3. **Bread and jam**\n"
     [g] = find_groups(bare)
     assert thin(bare, g) == "bare_titles"
-    full = "Ideas:\n\n" + "\n".join(f"{i}. **{w}**: a paragraph of eight words or more here." for i, w in
-                                   enumerate(("Candles", "Soap", "Bread"), start=1))
+    full = "\n".join(f"{i}. **{w}**: a paragraph of eight words or more here." for i, w in
+                     enumerate(("Candles", "Soap", "Bread"), start=1))
     assert [thin(full, g) for g in find_groups(full)] == [None]
 
 
 def test_titles_that_restate_each_other_are_not_worth_a_fork():
     def items(*titles):
-        return "Points:\n" + "\n".join(f"{i}. **{t}**: a paragraph of eight words or more on this point."
-                                        for i, t in enumerate(titles, start=1))
+        return "\n".join(f"{i}. **{t}**: a paragraph of eight words or more on this point." for i, t in
+                         enumerate(titles, start=1))
 
     alike = items("Elimination of Entertainment", "Elimination of Income", "Elimation of Entertainment")
     [g] = find_groups(alike)
