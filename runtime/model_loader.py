@@ -9,6 +9,7 @@ the GGUF names restored); later loads read that copy.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.util
 import json
 import os
@@ -86,6 +87,17 @@ def embedded_checkpoint(dtype: torch.dtype = torch.bfloat16) -> Path:
     out = cache_dir() / f"{gguf.stem}-{str(dtype).removeprefix('torch.')}-v{_CHECKPOINT_VERSION}"
     if _complete(out):
         return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # One converter at a time (a calibration started beside data generation on a fresh machine): the
+    # others wait on the lock, then find the copy complete.
+    with open(out.parent / f"{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _complete(out):
+            _convert(gguf, dtype, out)
+    return out
+
+
+def _convert(gguf: Path, dtype: torch.dtype, out: Path) -> None:
     from transformers import GgufConfig
 
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -97,25 +109,14 @@ def embedded_checkpoint(dtype: torch.dtype = torch.bfloat16) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    # A private temporary folder per process: two processes converting at once (a calibration beside
-    # data generation) must not write into, or delete, each other's half-written copy.
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        if _complete(out):  # another process finished first: its copy is the same
-            return out
-        if out.exists() and not _complete(out):  # an incomplete copy from an interrupted run
-            shutil.rmtree(out, ignore_errors=True)
-        try:
-            tmp.replace(out)  # atomic: a reader never sees a half-written checkpoint
-        except OSError:
-            if not _complete(out):  # not a lost race with an equal copy: a real failure
-                raise
+        shutil.rmtree(out, ignore_errors=True)  # an incomplete copy from an interrupted run
+        tmp.replace(out)  # atomic: a reader never sees a half-written checkpoint
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
 
 def _complete(checkpoint: Path) -> bool:

@@ -40,7 +40,8 @@ def test_embedded_model_is_cached_as_safetensors():
 
 def test_two_processes_converting_the_embedded_model_at_once_both_get_it(tmp_path):
     """A calibration started beside data generation on a fresh machine: both convert the GGUF into
-    the same cache at once. Each writes its own temporary copy; one copy lands, none is left over."""
+    the same cache at once. One converts under the lock while the other waits; one copy lands, no
+    temporary copy is left over."""
     code = "from runtime.model_loader import embedded_checkpoint; print(embedded_checkpoint())"
     env = {**os.environ, "ASPD_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
@@ -51,7 +52,7 @@ def test_two_processes_converting_the_embedded_model_at_once_both_get_it(tmp_pat
     assert len(paths) == 1
     path = Path(paths.pop())
     assert (path / "model.safetensors").exists()
-    assert list(tmp_path.iterdir()) == [path]  # no temporary copy left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name, f"{path.name}.lock"]  # no temporary copy
 
 
 def test_the_tokenizer_splits_text_as_the_model_was_trained():
