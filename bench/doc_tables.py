@@ -258,7 +258,9 @@ def steered_table(r: dict) -> str:
     m = r["meta"]
     note = (f"\n{m['questions']} Vicuna-80 questions of the categories where forks are expected "
             f"({', '.join(m['steered_categories'])}); greedy, default anti-loop, at most "
-            f"{m['sampling']['max_new_tokens']} tokens (a forced start included); adapter rows from {m['answers']}; "
+            f"{m['sampling']['max_new_tokens']} tokens (a forced start included)"
+            + (f"; base answers decoded in {m['weights']}" if m.get("weights") else "")
+            + f"; adapter rows from {m['answers']}; "
             f"{_machine(m['environment'])}.")
     return "\n".join(rows) + "\n" + note
 

@@ -48,6 +48,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--limit", type=int, default=None, help="only the first N steered questions (a smoke run)")
+    ap.add_argument("--dtype", default="auto", help="the base engine's weight format: the bench run's, for answers "
+                    "comparable with its hf rows (auto: this machine's cached `autotune` choice)")
     args = ap.parse_args()
 
     from runtime.engine import Engine
@@ -62,7 +64,7 @@ def main() -> None:
     scored = {(str(r["question_id"]), r["system"]): r for r in rows if r.get("quality")}
     questions = [q for q in load(VICUNA80) if q.category in STEERED and (q.key, "hf") in scored][:args.limit]
     use_all_cores()
-    eng = Engine(load_model(DEFAULT_MODEL, dtype="auto", adapter="none"))  # the bench's base engine and scorer
+    eng = Engine(load_model(DEFAULT_MODEL, dtype=args.dtype, adapter="none"))  # the bench's base engine and scorer
     params = SamplingParams(max_new_tokens=MAX_TOKENS, temperature=0.0)  # the bench's decoding (default anti-loop)
 
     def score_row(q, text: str) -> dict:
@@ -105,6 +107,7 @@ def main() -> None:
         f["loss_vs_base"] = metrics.relative_delta(f["loss"], ref)
     result = {"meta": {"command": "bench/steered_control.py " + " ".join(sys.argv[1:]), "answers": shown(args.answers),
                        "steered_categories": list(STEERED), "questions": len(questions),
+                       "weights": eng.loaded.weights.value if eng.loaded.weights else str(eng.loaded.model.dtype),
                        "sampling": {"max_new_tokens": MAX_TOKENS, "decoding": "greedy", "anti_loop": "default"},
                        "environment": environment()},
               "systems": figs, "steered_answers": steered, "own_intro_answers": own}
