@@ -107,7 +107,7 @@ def main() -> None:
         f["loss_vs_base"] = metrics.relative_delta(f["loss"], ref)
     result = {"meta": {"command": "bench/steered_control.py " + " ".join(sys.argv[1:]), "answers": shown(args.answers),
                        "steered_categories": list(STEERED), "questions": len(questions),
-                       "weights": eng.loaded.weights.value if eng.loaded.weights else str(eng.loaded.model.dtype),
+                       "weights": eng.loaded.weights,  # as bench/decoding.py records it
                        "sampling": {"max_new_tokens": MAX_TOKENS, "decoding": "greedy", "anti_loop": "default"},
                        "environment": environment()},
               "systems": figs, "steered_answers": steered, "own_intro_answers": own}
