@@ -6,7 +6,9 @@ rows, the int kernels dequantize again for every row, and fbgemm's float16 GEMM,
 weight panel once for all rows, wins; a decode step is memory-bound either way, so fewer weight
 bytes help everywhere. At first load the decoder is built in each candidate format and a serial (1
 row) and a branch (4 rows) step are timed against a short cache, and a 64-row pass (a prefill); the
-result is cached per model, CPU and torch version, so later loads cost nothing. float32 is never
+result is cached per model, CPU and torch version, so later loads cost nothing, unless the machine was
+busy while it was measured (other processes on the cores change which format wins: one measurement
+under a training run chose int8 where an idle machine chooses int4): that choice serves this load only. float32 is never
 chosen automatically (it is the exact reference, always slower): ask for it with `--dtype float32`.
 
 A quantized kernel's cost grows with rows faster than a float matmul's on CPUs with native bf16
@@ -36,6 +38,8 @@ ROWS = (1, 4)  # a serial step and a 4-branch step: what the choice weighs
 PREFILL_ROWS = 64  # a prefill-sized pass: decides DENSE_ROWS
 DENSE_ROWS = 32
 CACHE_FILE = "autotune.json"
+BUSY_LOAD = 1.0  # 1-minute load average per core above which a measurement is not cached (more runnable
+# threads than cores: another job shares them; a loading process alone adds little to a 1-minute average)
 MEASURE_VERSION = 3  # bump when what `measure` times changes: older cached entries are then ignored
 
 
@@ -60,6 +64,14 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def busy() -> bool:
+    """Were the cores busy with other work over the last minute (the measurement then misleads)?"""
+    try:
+        return os.getloadavg()[0] > BUSY_LOAD * (os.cpu_count() or 1)
+    except OSError:  # no load average on this platform
+        return False
 
 
 def model_key(name: str, adapter: str | None) -> str:
@@ -156,11 +168,12 @@ def choose_format(model, gguf: Path | None, lora: dict | None, key: str,
         entry = {"timings_ms": measure(model, gguf, lora), "cpu": cpu_name(), "flags": cpu_flags(),
                  "torch": torch.__version__, "threads": torch.get_num_threads()}
         entry["choice"] = choose(entry["timings_ms"]).value
-        cache[entry_key] = entry
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # several processes may measure at once
-        tmp.write_text(json.dumps(cache, indent=1))
-        tmp.replace(path)
+        if not busy():
+            cache[entry_key] = entry
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")  # several processes may measure at once
+            tmp.write_text(json.dumps(cache, indent=1))
+            tmp.replace(path)
     fmt = fmt or WeightFormat(entry["choice"])
     return fmt, dense_rows(entry["timings_ms"], fmt)
 

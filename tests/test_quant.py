@@ -162,12 +162,26 @@ def test_auto_format_is_measured_once_and_cached(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("ASPD_CACHE", str(tmp_path))
     calls = []
     monkeypatch.setattr(autotune, "measure", lambda model, gguf, lora: calls.append(1) or TIMES)
+    monkeypatch.setattr(autotune, "busy", lambda: False)  # whatever else this machine runs
     model = copy.deepcopy(tiny.model)
     assert autotune.choose_format(model, None, None, "tiny") == (WeightFormat.INT4, None)
     assert autotune.choose_format(model, None, None, "tiny", WeightFormat.INT8) == (WeightFormat.INT8, None)
     assert len(calls) == 1
     entry = autotune.cached_entry("tiny")
     assert entry["choice"] == "int4" and entry["timings_ms"] == TIMES
+
+
+def test_a_measurement_on_a_busy_machine_serves_that_load_only(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("ASPD_CACHE", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(autotune, "measure", lambda model, gguf, lora: calls.append(1) or TIMES)
+    monkeypatch.setattr(autotune.os, "getloadavg", lambda: (2.0 * (autotune.os.cpu_count() or 1), 0.0, 0.0))
+    model = copy.deepcopy(tiny.model)
+    assert autotune.choose_format(model, None, None, "tiny") == (WeightFormat.INT4, None)
+    assert autotune.cached_entry("tiny") is None
+    monkeypatch.setattr(autotune.os, "getloadavg", lambda: (0.5, 0.0, 0.0))
+    assert autotune.choose_format(model, None, None, "tiny") == (WeightFormat.INT4, None)
+    assert len(calls) == 2 and autotune.cached_entry("tiny")["choice"] == "int4"
 
 
 def test_an_adapters_cached_choice_follows_its_shape_not_its_path(tmp_path):
