@@ -6,10 +6,10 @@ rows, the int kernels dequantize again for every row, and fbgemm's float16 GEMM,
 weight panel once for all rows, wins; a decode step is memory-bound either way, so fewer weight
 bytes help everywhere. At first load the decoder is built in each candidate format and a serial (1
 row) and a branch (4 rows) step are timed against a short cache, and a 64-row pass (a prefill); the
-result is cached per model, CPU and torch version, so later loads cost nothing, unless the machine was
-busy while it was measured (other processes on the cores change which format wins: one measurement
-under a training run chose int8 where an idle machine chooses int4): that choice serves this load only. float32 is never
-chosen automatically (it is the exact reference, always slower): ask for it with `--dtype float32`.
+result is cached per model, CPU and torch version, so later loads cost nothing. A measurement taken
+while other work shares the cores serves its own load only (under a training run the base model
+measured int8 where an idle machine chooses int4). float32 is never chosen automatically (it is the
+exact reference, always slower): ask for it with `--dtype float32`.
 
 A quantized kernel's cost grows with rows faster than a float matmul's on CPUs with native bf16
 arithmetic, so where bf16 runs the 64-row pass faster, prefills (passes of DENSE_ROWS rows or more)

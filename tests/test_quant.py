@@ -158,10 +158,17 @@ def test_auto_choice_is_a_function_of_the_timings():
         assert autotune.choose({**fp16, "float16": {"1": 35.0, "4": 40.0}}) is WeightFormat.INT8
 
 
-def test_auto_format_is_measured_once_and_cached(tiny, tmp_path, monkeypatch):
+@pytest.fixture
+def measures(tmp_path, monkeypatch) -> list[int]:
+    """A fresh autotune cache and `measure` replaced by TIMES: one entry per measurement taken."""
     monkeypatch.setenv("ASPD_CACHE", str(tmp_path))
-    calls = []
+    calls: list[int] = []
     monkeypatch.setattr(autotune, "measure", lambda model, gguf, lora: calls.append(1) or TIMES)
+    return calls
+
+
+def test_auto_format_is_measured_once_and_cached(tiny, measures, monkeypatch):
+    calls = measures
     monkeypatch.setattr(autotune, "busy", lambda: False)  # whatever else this machine runs
     model = copy.deepcopy(tiny.model)
     assert autotune.choose_format(model, None, None, "tiny") == (WeightFormat.INT4, None)
@@ -171,10 +178,8 @@ def test_auto_format_is_measured_once_and_cached(tiny, tmp_path, monkeypatch):
     assert entry["choice"] == "int4" and entry["timings_ms"] == TIMES
 
 
-def test_a_measurement_on_a_busy_machine_serves_that_load_only(tiny, tmp_path, monkeypatch):
-    monkeypatch.setenv("ASPD_CACHE", str(tmp_path))
-    calls = []
-    monkeypatch.setattr(autotune, "measure", lambda model, gguf, lora: calls.append(1) or TIMES)
+def test_a_measurement_on_a_busy_machine_serves_that_load_only(tiny, measures, monkeypatch):
+    calls = measures
     monkeypatch.setattr(autotune.os, "getloadavg", lambda: (2.0 * (autotune.os.cpu_count() or 1), 0.0, 0.0))
     model = copy.deepcopy(tiny.model)
     assert autotune.choose_format(model, None, None, "tiny") == (WeightFormat.INT4, None)
