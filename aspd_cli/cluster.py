@@ -72,8 +72,11 @@ class Plan:
         return [sys.executable, "-m", "sglang_router.launch_router", "--worker-urls",
                 *(self.url(p) for p in self.worker_ports), "--host", self.host, "--port", str(self.port),
                 "--policy", self.policy, "--prometheus-host", self.host, "--prometheus-port", str(self.metrics_port),
-                # a dead worker leaves the rotation within seconds (the default checks once a minute)
-                "--health-check-interval-secs", "2", "--health-failure-threshold", "2", "--log-level", "warn",
+                # a dead worker leaves the rotation within seconds (the default checks once a minute), and
+                # before that two refused connections open its circuit, so the router's retries of the same
+                # request go to a live worker (at the default 10, a request's five retries all hit the dead one)
+                "--health-check-interval-secs", "2", "--health-failure-threshold", "2",
+                "--cb-failure-threshold", "2", "--cb-timeout-duration-secs", "10", "--log-level", "warn",
                 *self.router_args]
 
 

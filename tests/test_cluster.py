@@ -216,6 +216,28 @@ def test_a_worker_killed_mid_load_is_routed_around_and_no_request_hangs_or_is_lo
                 os.kill(pid, 0)
 
 
+def _served(worker: str) -> int:
+    """How many requests a worker has taken (its Prometheus counter)."""
+    metrics = httpx.get(worker + "/metrics", timeout=TIMEOUT).text
+    return int(float(next(ln.split()[-1] for ln in metrics.splitlines() if ln.startswith("sglang:num_requests_total"))))
+
+
+@pytest.mark.slow
+def test_the_requests_right_after_a_worker_dies_all_answer(tiny_dir):
+    """Before any health check notices: cache_aware sends these prompts to the worker that holds their
+    prefixes, now dead; its circuit opens after two refused connections, so the router's retries reach
+    the live worker (at the router's default of ten, a request's five retries all hit the dead one)."""
+    with cluster_command("--workers", "2", "--port", str(free_port()), "--worker-port", "0", "--model", tiny_dir,
+                         *SERVE) as c:
+        asks = range(101, 107)
+        assert [_ask(c.router, i) for i in asks] == ["answer"] * 6
+        holder = max(c.workers, key=lambda w: _served(w[0]))  # the worker the router's prefix tree points to
+        os.kill(holder[1], signal.SIGKILL)
+        assert [_ask(c.router, i) for i in asks] == ["answer"] * 6
+        c.proc.send_signal(signal.SIGINT)
+        assert c.proc.wait(timeout=40) == 0
+
+
 def test_each_worker_gets_its_own_cores():
     assert split_cores([0, 1, 2, 3], 2) == [(0, 1), (2, 3)]
     assert split_cores([0, 1, 2], 2) == [(0, 1), (2,)]
