@@ -63,7 +63,8 @@ def engine_adapter_table(r: dict) -> str:
         else:
             cells = [fmt.format(f[key]) for f in fs.values()]
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(rows) + f"\n\n`bench/engine.py --adapter auto --formats {','.join(fs)}`, {r['date']}."
+    return "\n".join(rows) + (f"\n\n`bench/engine.py --adapter auto --formats {','.join(fs)}`, {r['machine']['cores']} "
+                              f"cores ({_cpu(r['machine'])}), torch {r['versions']['torch']}, {r['date']}.")
 
 
 def formats_table(base: dict, adapted: dict | None) -> str:
@@ -74,9 +75,11 @@ def formats_table(base: dict, adapted: dict | None) -> str:
         for name, f in (r or {}).get("formats", {}).items():
             rows.append(f"| {label} | `{name}` | {f['weight_mb']:.0f} MB | {f['greedy_identical']:.0%} | "
                         f"{f['greedy_first_difference_mean']:.1f} | {f['loss']:.4f} | {f['loss_delta_pct']:+.2f}% |")
+    where = "; ".join(f"{label}: {_cpu(r['machine'])}, {r['date']}"
+                      for r, label in ((base, "base"), (adapted, "adapter")) if r)
     note = (f"\n{base['prompts']} Vicuna-80 prompts, greedy, no penalty, all prompts batched in one forward per step; "
             f"loss over the first 256 tokens of each `hf` answer of the committed Vicuna-80 run "
-            f"({next(iter(base['formats'].values()))['answer_tokens']} tokens); {base['date']}. "
+            f"({next(iter(base['formats'].values()))['answer_tokens']} tokens); {where}. "
             f"int4 layers against gguf's own Q4_1 dequantization (fp32 kernel): max difference "
             f"{base.get('int4_vs_gguf_max_abs_diff')}.")
     return "\n".join(rows) + "\n" + note
