@@ -64,7 +64,8 @@ def engine_serial(eng: Engine, prompt: list[int], n: int) -> float:
 def hf_serial(eng: Engine, prompt: list[int], n: int) -> float:
     ids = torch.tensor([prompt])
     p = fixed(n)
-    rule = LogitsProcessorList(processors(eng.words, len(prompt), p.repetition_penalty, p.no_repeat_ngram_size))
+    rule = LogitsProcessorList(processors(eng.words, len(prompt), p.repetition_penalty, p.no_repeat_ngram_size,
+                                          eng.utf8))
     t = time.perf_counter()
     with torch.inference_mode():
         out = eng.loaded.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,

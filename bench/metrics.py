@@ -31,7 +31,12 @@ def repetition_rate(text: str, n: int = 4) -> float:
     return repeats / len(grams)
 
 
-_CODE = re.compile(r"```.*?(```|$)|`[^`\n]*`|https?://\S+", re.S)
+# Code is not prose: fenced blocks (to the end if unclosed), inline spans (to the line's end if the
+# answer was cut inside one), C preprocessor lines outside a fence, URLs and e-mail addresses.
+_CODE = re.compile(r"```.*?(```|\Z)|`[^`\n]*(`|$)|^[ \t]*#(include|define|import|pragma|ifn?def|if|endif)\b.*?$"
+                   r"|https?://\S+|[\w.+-]+@[\w-]+\.[\w.]+", re.S | re.M)
+_LANGUAGE = re.compile(r"[A-Z]#")  # C#, F#: names, not stray symbols
+_IDENTIFIER = re.compile(r"[A-Za-z_]\w*(\.|::)\w")  # file.is_open(), std::string: unfenced code
 _TEXT_PUNCT = set(".,;:!?'\"()[]{}-/%&*+=<>$°…–—‘’“”^~≈≤≥≠±×÷√∑∏∆∞")  # prose, Markdown and math
 
 
@@ -39,12 +44,14 @@ def degenerate_words(text: str) -> list[str]:
     """The words of an answer that are broken text, the way a small model's text degrades under a
     harsh repetition penalty: run-on words glued from several (two or more lower-to-upper case
     changes: 'ThisOneIs', 'NotABoutMe'; 'JavaScript' and 'McDonald' have one), letter runs of 25 or
-    more, and stray symbols ('#tag', '_x', '@', '|', '~', emoji) outside code and URLs. Markdown's
-    own marks (headings, bold, bullets) are text."""
+    more, and stray symbols ('#tag', '_x', '@', '|', '~', emoji). Code (`_CODE`, dotted names), URLs,
+    e-mail addresses, language names and Markdown's own marks (headings, bold, bullets) are not."""
     out = []
     for word in _CODE.sub(" ", text).split():
         core = word.strip(".,;:!?()[]\"'*")
         if not core or set(core) <= {"#"} or set(core) <= {"|"}:  # Markdown heading and table marks
+            continue
+        if _LANGUAGE.fullmatch(core) or _IDENTIFIER.match(core):
             continue
         run_on = len(re.findall(r"[a-z][A-Z]", core)) >= 2
         too_long = re.search(r"[^\W\d_]{25,}", core) is not None

@@ -94,7 +94,8 @@ class HFSystem:
         ids = torch.tensor([prompt], device=self.model.device)
         first = _FirstToken()
         p = self.params
-        rule = processors(self.engine.words, len(prompt), p.repetition_penalty, p.no_repeat_ngram_size)
+        rule = processors(self.engine.words, len(prompt), p.repetition_penalty, p.no_repeat_ngram_size,
+                          self.engine.utf8)
         if self.params.seed is not None:
             torch.manual_seed(self.params.seed)
         t0 = time.perf_counter()

@@ -10,6 +10,8 @@ text drifts into run-on words while lists lose their numbering. So:
   wrote so far (`link`): no n-gram twice in the answer, as when it is decoded serially;
 - `repetition_penalty` applies only to *word* tokens (a letter in them) already in the history;
 - `no_repeat_ngram_size` n: a token that would repeat an n-gram of the history is banned;
+- a token that would leave a broken character (a lone byte of a byte-level tokenizer, the n-gram
+  rule's favourite escape) is banned (`utf8.py`);
 - nothing of the above applies while a title is written; instead no title may repeat an earlier
   title of the answer (`title_bans`).
 
@@ -25,6 +27,7 @@ from collections.abc import Sequence
 import torch
 from transformers import LogitsProcessor
 
+from .utf8 import Utf8Table
 from .vocab import token_texts
 
 _START = -1  # stands for a title's start in `title_bans`
@@ -49,13 +52,15 @@ def word_mask(tokenizer, vocab_size: int, device: torch.device | str = "cpu",
 
 
 class History:
-    """The tokens a stream wrote (answer text only), its words as a bit set, and its n-grams.
+    """The tokens a stream wrote (answer text only), its words as a bit set, its n-grams, and (with a
+    `utf8` table) the state its bytes left: 0 between characters, else a character is open.
 
     A branch starts as a `copy()` of the serial history; at the join the serial history takes
     each branch's own tokens back with `merge()`."""
 
-    def __init__(self, words: torch.Tensor):
-        self.words = words
+    def __init__(self, words: torch.Tensor, utf8: Utf8Table | None = None):
+        self.words, self.utf8 = words, utf8
+        self.char = 0
         self.tokens: list[int] = []
         self.bits = torch.zeros_like(words)
         self.n = 0  # the n of `next`, built at the first `banned(n)`
@@ -66,6 +71,8 @@ class History:
 
     def add(self, token: int) -> None:
         self.tokens.append(token)
+        if self.utf8 is not None:
+            self.char = self.utf8.after(self.char, token)
         if self.words[token]:
             self.bits[token] = True
         if self.n and len(self.tokens) >= self.n:
@@ -84,8 +91,8 @@ class History:
             self.add(t)
 
     def copy(self) -> History:
-        out = History(self.words)
-        out.tokens, out.bits, out.n = list(self.tokens), self.bits.clone(), self.n
+        out = History(self.words, self.utf8)
+        out.tokens, out.bits, out.n, out.char = list(self.tokens), self.bits.clone(), self.n, self.char
         out.next = {k: set(v) for k, v in self.next.items()}
         out.base = len(self.tokens)  # (its `own` starts empty)
         return out
@@ -130,8 +137,9 @@ def link(histories: Sequence[History]) -> None:
 
 def apply(logits: torch.Tensor, histories: Sequence[History], penalty: float, n: int,
           rows: Sequence[bool]) -> None:
-    """In place, on [rows, vocab] logits: the word penalty and the n-gram bans, on the rows where
-    `rows[i]` (False while a title is written)."""
+    """In place, on [rows, vocab] logits: the word penalty, the n-gram bans and whole characters, on
+    the rows where `rows[i]` (False while a title is written). While a character is open only its
+    continuation bytes may follow, whatever the n-grams say: the bans act between characters."""
     on = [i for i, r in enumerate(rows) if r]
     if not on:
         return
@@ -142,9 +150,15 @@ def apply(logits: torch.Tensor, histories: Sequence[History], penalty: float, n:
         penalised = torch.where(sub < 0, sub * penalty, sub / penalty)
         logits[idx] = torch.where(bits, penalised, sub)
     for i in on:
-        ban = histories[i].banned(n)
+        h = histories[i]
+        if h.utf8 is not None and h.char:
+            logits[i].masked_fill_(h.utf8.bans[h.char], float("-inf"))
+            continue
+        ban = h.banned(n)
         if ban:
             logits[i, ban] = float("-inf")
+        if h.utf8 is not None:
+            logits[i].masked_fill_(h.utf8.bans[0], float("-inf"))
 
 
 def title_bans(titles: Sequence[Sequence[int]], words: torch.Tensor, end_title: int) -> frozenset[int]:
@@ -190,13 +204,13 @@ class AntiLoopProcessor(LogitsProcessor):
     """The same rule as a transformers logits processor, for `model.generate` baselines: the history
     of row i is what it generated after the prompt (`prompt_len` tokens), kept across steps."""
 
-    def __init__(self, words: torch.Tensor, prompt_len: int, penalty: float, n: int):
-        self.words, self.prompt_len, self.penalty, self.n = words, prompt_len, penalty, n
+    def __init__(self, words: torch.Tensor, prompt_len: int, penalty: float, n: int, utf8: Utf8Table | None = None):
+        self.words, self.prompt_len, self.penalty, self.n, self.utf8 = words, prompt_len, penalty, n, utf8
         self.hist: list[History] = []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if len(self.hist) != input_ids.shape[0]:
-            self.hist = [History(self.words.to(scores.device)) for _ in range(input_ids.shape[0])]
+            self.hist = [History(self.words.to(scores.device), self.utf8) for _ in range(input_ids.shape[0])]
         for h, row in zip(self.hist, input_ids):
             h.extend(row[self.prompt_len + len(h.tokens):].tolist())
         scores = scores.clone()
@@ -204,8 +218,10 @@ class AntiLoopProcessor(LogitsProcessor):
         return scores
 
 
-def processors(words: torch.Tensor, prompt_len: int, penalty: float, n: int) -> list[LogitsProcessor]:
-    """`logits_processor=` for `generate` (`words`: `word_mask`): the rule, or nothing when it is off."""
-    if penalty == 1.0 and n < 2:
+def processors(words: torch.Tensor, prompt_len: int, penalty: float, n: int,
+               utf8: Utf8Table | None = None) -> list[LogitsProcessor]:
+    """`logits_processor=` for `generate` (`words`: `word_mask`; `utf8`: the engine's table): the
+    rule, or nothing when it is off and there are no characters to keep whole."""
+    if penalty == 1.0 and n < 2 and utf8 is None:
         return []
-    return [AntiLoopProcessor(words, prompt_len, penalty, n)]
+    return [AntiLoopProcessor(words, prompt_len, penalty, n, utf8)]

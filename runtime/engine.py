@@ -29,6 +29,7 @@ from .run import Run
 from .run_kind import Mode, RunKind, Steps
 from .sampling import SamplingParams
 from .sequence import CLOSE_BLOCK, EngineError, SeqState, Stream
+from .utf8 import utf8_table
 
 T = TypeVar("T")
 
@@ -46,6 +47,7 @@ class Engine:
                                   dense_rows=loaded.dense_rows)
         self.max_len = self.runner.max_positions
         self.words = word_mask(self.tok, self.runner.vocab_size, self.runner.device, exclude=self.ids.markup)
+        self.utf8 = utf8_table(self.tok, self.runner.vocab_size, self.runner.device)
         self._live: weakref.WeakSet[SeqState] = weakref.WeakSet()
 
     # ----------------------------------------------------------------- text helpers
@@ -60,8 +62,12 @@ class Engine:
         """The user's message in the chat template; a model without one gets it plain."""
         return user_prompt(self.tok, user, system)
 
+    def new_history(self) -> History:
+        """An empty anti-loop history under this engine's vocabulary rules."""
+        return History(self.words, self.utf8)
+
     def new_stream(self, tag: Tag, history: History | None = None) -> Stream:
-        return Stream(tag=tag, history=history or History(self.words))
+        return Stream(tag=tag, history=history or self.new_history())
 
     # ----------------------------------------------------------------- sequences
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from . import header_draft
-from .anti_loop import History, link, title_bans
+from .anti_loop import link, title_bans
 from .constraint import Allowed, Constraint, Phase, answer_start, opens_line
 from .grammar import Matcher, matcher
 from .outputs import BlockStats, FinishReason, GenerationOutput, LogProb, token_logprob
@@ -79,7 +79,7 @@ class Run:
         if kind.serial:
             self._constrain(seq.serial, params, self.stop_ids)
         seq.serial.generated = []
-        seq.serial.history = History(eng.words)  # the anti-loop rule sees what this call writes, as in SGLang
+        seq.serial.history = eng.new_history()  # the anti-loop rule sees what this call writes, as in SGLang
 
     def _constraint(self) -> Constraint:
         if not self.kind.serial:  # a fork's branches: titled ones decode under the constraint's branch rules
@@ -105,7 +105,7 @@ class Run:
         budget is the sum of theirs."""
         run = cls(eng, seq, RunKind.BRANCHES, None, budget=sum(p.max_new_tokens for p in requests.values()))
         for j, p in requests.items():
-            seq.open_branches[j].restart(History(eng.words), Sampler(p, eng.runner.device), stop_strings(p),
+            seq.open_branches[j].restart(eng.new_history(), Sampler(p, eng.runner.device), stop_strings(p),
                                          stop_ids(p, eng.ids.eos), p.max_new_tokens)
             run._constrain(seq.open_branches[j], p, stop_ids(p, eng.ids.eos))
         run.only = list(requests)

@@ -137,7 +137,7 @@ def test_engine_decodes_exactly_like_transformers_generate_with_the_processor(fa
             out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=60, do_sample=False,
                                     suppress_tokens=sorted(lm.ids.markup),
                                     logits_processor=LogitsProcessorList(processors(eng.words, len(prompt),
-                                                                                    penalty, n)))
+                                                                                    penalty, n, eng.utf8)))
         theirs = out[0, len(prompt):].tolist()
         assert ours == theirs[:len(theirs) - (theirs[-1] in lm.ids.eos)], (penalty, n)
         assert len(ours) >= 10

@@ -36,15 +36,20 @@ def test_ideal_speedup_of_a_known_structure():
 
 
 def test_degenerate_text_detector():
-    """Run-on words, endless letter runs and stray symbols count; prose, Markdown, code and URLs do not."""
+    """Run-on words, endless letter runs and stray symbols count; prose, Markdown, code (fenced, inline,
+    an inline span cut by the budget, preprocessor lines, dotted names), language names, URLs and e-mails
+    do not."""
     broken = "_jenkins-375x689ThisOneIs NotABoutMe #languagelearning 🌍 withoutanypausesorbreaksinbetweenwords ok"
     assert metrics.degenerate_words(broken) == broken.split()[:-1]
     assert metrics.degenerate_rate(broken) == 5 / 6
     clean = ("## Tips\n\n1. **Start Small**: learn 10 words a day (e.g. \"hola\"), see https://x.org/a_b#c.\n"
              "2. **Speak**: YouTube and JavaScript tutorials, McDonald's menus — it's fun! x ≈ 2^3 ≥ 7.\n"
-             "| a | b |\n- use `my_var`:\n```python\nx_y = {'a': 1}  # note\n```\n")
+             "| a | b |\n- use `my_var`:\n```python\nx_y = {'a': 1}  # note\n```\n"
+             "C# or F#? Write to a.b@x.org.\n#include <stdio.h>\nif (file.is_open()) std::cout_x;\n"
+             "Then `r\"^[a-z_]+@[A-Za-z]")
     assert metrics.degenerate_words(clean) == [] and metrics.degenerate_rate(clean) == 0.0
     assert metrics.degenerate_rate("") == 0.0
+    assert metrics.degenerate_words("say #include twice, C#x and @me") == ["#include", "C#x", "@me"]  # in prose
 
 
 def test_repetition_length_and_stats():
