@@ -33,7 +33,8 @@ def repetition_rate(text: str, n: int = 4) -> float:
 
 # Code is not prose: fenced blocks (to the end if unclosed), inline spans (to the line's end if the
 # answer was cut inside one), C preprocessor lines outside a fence, URLs and e-mail addresses.
-_CODE = re.compile(r"```.*?(```|\Z)|`[^`\n]*(`|$)|^[ \t]*#(include|define|import|pragma|ifn?def|if|endif)\b.*?$"
+_CODE = re.compile(r"```.*?(```|\Z)|`[^`\n]*(`|$)"
+                   r"|^[ \t]*#(include|define|undef|import|pragma|ifn?def|if|elif|else|endif|error)\b.*?$"
                    r"|https?://\S+|[\w.+-]+@[\w-]+\.[\w.]+", re.S | re.M)
 _LANGUAGE = re.compile(r"[A-Z]#")  # C#, F#: names, not stray symbols
 _IDENTIFIER = re.compile(r"[A-Za-z_]\w*(\.|::)\w")  # file.is_open(), std::string: unfenced code
@@ -65,8 +66,9 @@ DEGENERATE_MAX = 0.01  # an answer with more flagged words than this is broken t
 
 
 def degenerate_rate(text: str) -> float:
-    """Share of an answer's words that `degenerate_words` flags (0 for clean prose)."""
-    words = _CODE.sub(" ", text).split()
+    """Share of an answer's words that `degenerate_words` flags (0 for clean prose). Code counts among
+    the words, as clean ones: an answer of code and three stray words is not 100% broken text."""
+    words = text.split()
     return len(degenerate_words(text)) / len(words) if words else 0.0
 
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from difflib import SequenceMatcher
 
+from runtime.anti_loop import alike_titles
 from runtime.protocol import TITLE_BANNED_CHARS, Branch, ParallelBlock, Response, SerialSegment
 
 MIN_BRANCHES = 3  # a pair is rarely worth a fork: titles and a join for one saved branch
@@ -32,9 +32,6 @@ MAX_TITLE_WORDS = 6
 MIN_PARAGRAPHS = 3  # a run of plain paragraphs: at least this many, each at least MIN_PARAGRAPH_CHARS
 MIN_PARAGRAPH_CHARS = 80
 MIN_ITEM_WORDS = 8  # a list of bare titles ("1. **Baking a Candle**") is not worth a fork
-# Two titles this alike restate one point, or one is a misspelt copy the decoder's n-gram block forced
-# ("Elimination of Entertainment", "Elimation of Entertainment"); 0.8 would also catch honest pairs.
-ALIKE_TITLES = 0.85
 # A run of paragraphs opening "I am", "We will", "Your ...": a letter's, an email's or a speaker's, each
 # following the last; titled by their first words they taught v9 to fork a letter ("I am", "I have",
 # "I'm": Vicuna q73). Two such openings keep the run serial.
@@ -289,8 +286,7 @@ def thin(text: str, g: Group) -> str | None:
     """Why a group is not worth forking (its answer is a poor training example), or None."""
     if any(len(text[a:b].split()) < MIN_ITEM_WORDS for a, b in g.items):
         return "bare_titles"
-    keys = [re.sub(r"[^a-z0-9 ]", "", _NUM.sub("", t.lower())).strip() for t in g.titles]
-    if any(SequenceMatcher(None, a, b).ratio() >= ALIKE_TITLES for i, a in enumerate(keys) for b in keys[:i]):
+    if any(alike_titles(g.titles[:k + 1]) for k in range(1, len(g.titles))):
         return "alike_titles"
     return None
 
