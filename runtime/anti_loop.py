@@ -165,7 +165,7 @@ def apply(logits: torch.Tensor, histories: Sequence[History], penalty: float, n:
         if ban:
             logits[i, ban] = float("-inf")
         if h.utf8 is not None:
-            logits[i].masked_fill_(h.utf8.bans[0], float("-inf"))
+            logits[i, h.utf8.at_rest] = float("-inf")
 
 
 def title_bans(titles: Sequence[Sequence[int]], words: torch.Tensor, end_title: int) -> frozenset[int]:

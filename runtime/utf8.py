@@ -75,6 +75,7 @@ class Utf8Table:
 
     after_: tuple[tuple[int, ...], ...]
     bans: torch.Tensor
+    at_rest: torch.Tensor  # the ids `bans[0]` holds (a few dozen lone bytes): cheaper to index every step
 
     def after(self, state: int, token: int) -> int:
         """The state after `token` (one that breaks a character, fed anyway, starts afresh)."""
@@ -100,7 +101,7 @@ def _table(tokenizer, vocab_size: int, device: torch.device) -> Utf8Table:
                 r = run(s, data)
                 after[s][i] = -1 if r is None else r
     bans = torch.tensor([[x < 0 for x in row] for row in after], device=device)
-    return Utf8Table(tuple(tuple(row) for row in after), bans)
+    return Utf8Table(tuple(tuple(row) for row in after), bans, bans[0].nonzero().flatten())
 
 
 def utf8_table(tokenizer, vocab_size: int, device: torch.device | str = "cpu") -> Utf8Table | None:
