@@ -96,7 +96,8 @@ def main() -> None:
     for penalty, n in GRID:
         if (penalty, n) in done and done[(penalty, n)]["questions"] == len(qs):
             row = done[(penalty, n)]
-            rows.append(row | structure([row["examples"][str(q.question_id)] for q in qs], eng))
+            rows.append(row | structure([row["examples"][str(q.question_id)] for q in qs], eng)
+                        | {"rescored": common.environment()["date"]})
             continue
         p = SamplingParams(max_new_tokens=MAX_NEW, repetition_penalty=penalty, no_repeat_ngram_size=n)
         t0 = time.perf_counter()
@@ -117,10 +118,16 @@ def main() -> None:
     _write(args.out, rows, old, eng)
 
 
+def previous_env(out: Path) -> dict:
+    return json.loads(out.read_text())["environment"]
+
+
 def _write(out: Path, rows: list[dict], before: dict | None, eng) -> None:
     chosen = choose(rows)
     out.write_text(json.dumps({
-        "environment": common.environment(), "weights": eng.loaded.weights, "max_new_tokens": MAX_NEW,
+        # where the answers were generated: a run that only re-scores stored answers keeps the old machine
+        "environment": common.environment() if any("rescored" not in r for r in rows) else previous_env(out),
+        "weights": eng.loaded.weights, "max_new_tokens": MAX_NEW,
         "questions": "vicuna80", "mode": "ar, greedy, base model", "before": before,
         "chosen": {"repetition_penalty": chosen["repetition_penalty"],
                    "no_repeat_ngram_size": chosen["no_repeat_ngram_size"]},

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from . import header_draft
-from .anti_loop import alike_titles, link, title_bans
+from .anti_loop import link, title_bans
 from .constraint import Allowed, Constraint, Phase, answer_start, opens_line
 from .grammar import Matcher, matcher
 from .outputs import BlockStats, FinishReason, GenerationOutput, LogProb, token_logprob
@@ -193,8 +193,6 @@ class Run:
         titles = [*self.earlier_titles, *self.title_ids]  # no title repeats one of this answer
         if self.constraint.phase is Phase.TITLE and allowed.only is None:
             ban = title_bans(titles, self.eng.words, self.ids.end_title)
-            if len(self.title_ids) > 1 and alike_titles([self.eng.decode(t) for t in self.title_ids]):
-                ban |= {self.ids.end_title}  # no title closes alike an earlier one of its block
             if ban:
                 allowed = dataclasses.replace(allowed, banned=allowed.banned | ban)
         return self.sampler(logits[None], [s.history], [allowed], [self.grammars.get(s)])[0], allowed

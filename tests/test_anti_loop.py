@@ -212,21 +212,6 @@ def test_alike_titles():
     assert not alike_titles(["1. Protein"])
 
 
-def test_no_title_of_a_block_closes_alike_an_earlier_one():
-    """Greedy blocks of a markup-heavy model: no two titles of a block alike, but where the token cap
-    closed one (the rule bans closing; the cap forces it). Without the rule 5 of these 52 blocks hold a pair."""
-    eng = markup_heavy_engine(1)
-    blocks = 0
-    for k in range(20):
-        seq = eng.new_sequence("q: " + "abcdefghijklmnopqrst"[k] * 3)
-        out = eng.generate(seq, SamplingParams(max_new_tokens=200, max_branch_tokens=5, max_title_tokens=6), "aspd")
-        for b in out.blocks:
-            titles = [t for t in b.titles if len(eng.encode(t)) < 6]
-            blocks += len(titles) > 1
-            assert not any(alike_titles(titles[:k + 1]) for k in range(1, len(titles))), b.titles
-    assert blocks >= 30
-
-
 def test_the_tokens_a_title_may_not_hold(tiny):
     tok = tiny.tokenizer
     # the banned characters the tiny vocabulary has: the newline and the title separator
