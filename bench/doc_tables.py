@@ -346,10 +346,14 @@ def decoding_table(r: dict) -> str:
                     f"{x['repetition_4gram']:.3f} | {x['degenerate']:.2%} | {x['with_groups']:.0%} | "
                     f"{x['ceiling_mean']:.2f}x / {x['ceiling_max']:.2f}x | {x['loss']:.3f} |")
     e = r["environment"]
+    rescored = sorted({x["rescored"] for x in r["settings"] if x.get("rescored")})
+    again = (f" The text figures (loops, repetition, degenerate words, structure) re-scored on {', '.join(rescored)} "
+             f"from the stored answers with the current metrics; the first row's, scored once, counted code as "
+             f"degenerate." if rescored else "")
     note = (f"\nThe base model's greedy answers to the {r['settings'][0]['questions']} Vicuna-80 questions "
             f"(at most {r['max_new_tokens']} tokens, {r['weights']}); the first row is the committed `hf` answers of "
-            f"the earlier default. Ceiling: the speedup if every parallel group the data pipeline finds forked. "
-            f"{_machine(e)}.")
+            f"the earlier default. Ceiling: the speedup if every parallel group the data pipeline finds forked."
+            f"{again} {_machine(e)}.")
     return "\n".join(rows) + "\n" + note
 
 
