@@ -107,6 +107,7 @@ class History:
 
     def merge(self, branch: History) -> None:
         self.extend(branch.tokens[branch.base:])
+        self.char = 0  # the join closed every branch: a character left open by a cut branch stays cut
 
     def banned(self, n: int) -> list[int]:
         """Tokens that would repeat an n-gram already written, here or by a peer (n < 2: none). A

@@ -88,3 +88,15 @@ def test_ngram_bans_wait_for_the_open_character():
     plain = History(torch.zeros(len(tok), dtype=torch.bool))  # the rule without the guard: broken text
     plain.extend(h.tokens)
     assert sampler(logits.clone(), [plain], [Allowed()]) == tok.encode("t", add_special_tokens=False)
+
+
+def test_a_character_cut_with_its_branch_does_not_bind_the_text_after_the_join():
+    tok = byte_tokenizer()
+    table = utf8_table(tok, len(tok))
+    serial = History(torch.zeros(len(tok), dtype=torch.bool), table)
+    serial.extend(tok.encode("a ", add_special_tokens=False))
+    branch = serial.copy()
+    branch.extend(tok.encode("’", add_special_tokens=False)[:1])  # cut by its token cap after a lead byte
+    assert branch.char
+    serial.merge(branch)
+    assert serial.char == 0
