@@ -92,12 +92,13 @@ def main() -> None:
     prompts = [eng.chat_prompt(q.text) for q in qs]
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     done = {(r["repetition_penalty"], r["no_repeat_ngram_size"]): r for r in previous.get("settings", [])}
+    today = time.strftime("%Y-%m-%d")
     rows = []
     for penalty, n in GRID:
         if (penalty, n) in done and done[(penalty, n)]["questions"] == len(qs):
             row = done[(penalty, n)]
             rows.append(row | structure([row["examples"][str(q.question_id)] for q in qs], eng)
-                        | {"rescored": common.environment()["date"]})
+                        | {"rescored": today})
             continue
         p = SamplingParams(max_new_tokens=MAX_NEW, repetition_penalty=penalty, no_repeat_ngram_size=n)
         t0 = time.perf_counter()
@@ -108,25 +109,21 @@ def main() -> None:
                      "examples": {str(q.question_id): t for q, t in zip(qs, texts)}})
         print(f"penalty {penalty} ngram {n}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[-1].items()
                                                          if isinstance(v, float)), flush=True)
-        _write(args.out, rows, None, eng)
+        _write(args.out, rows, None, eng, previous)
     old = previous.get("before")  # scored once: the committed answers have since been re-run under the default
     if old is None:
         before = [json.loads(x) for x in BEFORE.read_text().splitlines()]
         by_q = {r["question_id"]: r["text"] for r in before if r["system"] == "hf"}
         old = {"repetition_penalty": "1.2 on every token (before)", "no_repeat_ngram_size": 0, "questions": len(qs),
-               "date": common.environment()["date"], **score([by_q[q.question_id] for q in qs], prompts, eng)}
-    _write(args.out, rows, old, eng)
+               "date": today, **score([by_q[q.question_id] for q in qs], prompts, eng)}
+    _write(args.out, rows, old, eng, previous)
 
 
-def previous_env(out: Path) -> dict:
-    return json.loads(out.read_text())["environment"]
-
-
-def _write(out: Path, rows: list[dict], before: dict | None, eng) -> None:
+def _write(out: Path, rows: list[dict], before: dict | None, eng, previous: dict) -> None:
     chosen = choose(rows)
     out.write_text(json.dumps({
         # where the answers were generated: a run that only re-scores stored answers keeps the old machine
-        "environment": common.environment() if any("rescored" not in r for r in rows) else previous_env(out),
+        "environment": common.environment() if any("rescored" not in r for r in rows) else previous["environment"],
         "weights": eng.loaded.weights, "max_new_tokens": MAX_NEW,
         "questions": "vicuna80", "mode": "ar, greedy, base model", "before": before,
         "chosen": {"repetition_penalty": chosen["repetition_penalty"],

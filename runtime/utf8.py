@@ -42,7 +42,7 @@ def step(state: int, byte: int) -> int | None:
         return 0 if byte < 0x80 else _LEAD.get(byte)
     if not lo <= byte <= hi:
         return None
-    return {1: 0, 2: 1, 3: 2}[owed]
+    return owed - 1  # states 0, 1, 2 owe 0, 1, 2 more bytes of any continuation
 
 
 def run(state: int, data: bytes) -> int | None:
