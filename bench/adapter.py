@@ -12,6 +12,9 @@ are its answers?
 
     .venv/bin/aspd bench                      # Vicuna-80 -> bench/results/vicuna80/
     .venv/bin/python bench/adapter.py         # held-out split + the bench's figures -> bench/results/adapter.json
+
+The held-out answers go to `adapter_answers.jsonl` beside the result (markup, text, the words the
+degenerate-text detector flags), so that its rates can be read, not only counted.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from bench.common import environment, shown  # noqa: E402
-from bench.metrics import degenerate_rate, ideal_speedup  # noqa: E402
+from bench.metrics import degenerate_rate, degenerate_words, ideal_speedup  # noqa: E402
 from runtime import protocol as P  # noqa: E402
 from runtime.engine import Engine  # noqa: E402
 from runtime.model_loader import find_adapter, load  # noqa: E402
@@ -112,6 +115,11 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
+    with open(args.out.with_name(args.out.stem + "_answers.jsonl"), "w") as f:
+        for e, o in zip(evals, outs):
+            f.write(json.dumps({"id": e["id"], "kind": e["kind"], "prompt": e["text"], "blocks": len(o.blocks),
+                                "markup": o.markup, "text": o.text, "degenerate_words": degenerate_words(o.text)})
+                    + "\n")
     if (Path(adapter) / "training.json").exists():
         from training.card import write
 
