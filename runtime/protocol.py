@@ -105,9 +105,10 @@ class Response(BaseModel):
             if isinstance(seg, SerialSegment):
                 add("serial", seg.text)
                 continue
+            brk = _line_break(seg)
             for b in seg.branches:
                 if out and not ends_line:
-                    add("break", "\n")
+                    add("break", brk)
                 if not _opens_with(b.text, b.title):
                     add("lead", f"{b.title}{TITLE_SEP} ")
                 add("branch", b.text)
@@ -115,7 +116,7 @@ class Response(BaseModel):
             # short, ..."; a line break more would be an empty line the answer never wrote); a next
             # block's first branch breaks the line itself, and the answer's end needs none
             if not ends_line and isinstance(after, SerialSegment) and not after.text.startswith("\n"):
-                add("break", "\n")
+                add("break", brk)
         return out
 
     def markup(self) -> str:
@@ -124,6 +125,14 @@ class Response(BaseModel):
     @property
     def blocks(self) -> list[ParallelBlock]:
         return [s for s in self.segments if isinstance(s, ParallelBlock)]
+
+
+def _line_break(block: ParallelBlock) -> str:
+    """The break after a branch that ends mid-line: the block's own spacing, an empty line where every
+    branch that ends its line ends it with one (a list of paragraphs), else a newline (v13's Vicuna
+    answers read "...development.\n6. **Amino Acids**" amid "\n\n"-spaced items otherwise)."""
+    ends = [b.text for b in block.branches if b.text.endswith("\n")]
+    return "\n\n" if ends and all(t.endswith("\n\n") for t in ends) else "\n"
 
 
 def _opens_with(text: str, title: str) -> bool:

@@ -157,3 +157,19 @@ def test_every_parallel_training_answer_reads_as_its_plain_text():
 ])
 def test_sentence_cut_keeps_up_to_the_last_sentence_end(pieces, kept):
     assert "".join(pieces[:sentence_cut("".join, pieces)]) == kept
+
+
+def test_a_branch_that_ends_mid_line_is_broken_off_in_its_blocks_spacing():
+    """Items spaced by empty lines keep them where a branch stopped mid-line; a block without one ends
+    such a branch with a newline."""
+    spaced = ParallelBlock(branches=(Branch(title="1. A", body=" 1. **A**: a.\n\n"),
+                                     Branch(title="2. B", body=" 2. **B**: b."),
+                                     Branch(title="3. C", body=" 3. **C**: c.\n\n")))
+    assert Response(segments=(spaced, SerialSegment(text="Done."))).answer_text() == \
+        "1. **A**: a.\n\n2. **B**: b.\n\n3. **C**: c.\n\nDone."
+    assert Response(segments=(spaced, spaced)).answer_text() == "1. **A**: a.\n\n2. **B**: b.\n\n3. **C**: c.\n\n" * 2
+    mixed = ParallelBlock(branches=(Branch(title="1. A", body=" 1. **A**: a.\n\n"),
+                                    Branch(title="2. B", body=" 2. **B**: b.\n"),
+                                    Branch(title="3. C", body=" 3. **C**: c.")))
+    assert Response(segments=(mixed, SerialSegment(text="Done."))).answer_text() == \
+        "1. **A**: a.\n\n2. **B**: b.\n3. **C**: c.\nDone."
