@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from runtime import protocol as P
-from training.extract import chained, find_groups, loops, opening, rewrite, thin, tidy, trim_to_line
+from training.extract import find_groups, loops, rewrite, thin, tidy, trim_to_line
 
 NUMBERED = """Here are some tips:
 
@@ -158,19 +158,3 @@ def test_titles_are_one_plain_line():
                      enumerate(("a_b", "cd", "ef"), start=1))
     for title in roundtrip(text).blocks[0].titles:
         assert not set(title) & set(P.TITLE_BANNED_CHARS), title
-
-
-def test_titles_that_run_on_one_opening_make_a_chain():
-    def answer(*titles: str) -> str:
-        line = "{}. **{}**: {} is one more way of getting better at a language.\n"
-        return "".join(line.format(k, t, t) for k, t in enumerate(titles, 1))
-
-    groups = find_groups(answer("Use a Language", "Use a Study", "Use a Practice", "Read"))
-    assert chained(groups)  # three titles open "use a" ("A Study" opens "study")
-    assert not chained(find_groups(answer("Impact on health", "Impact on society", "Costs", "Jobs")))
-    assert not chained(find_groups(answer("A Study plan", "Use a Study", "Sleep well", "Eat well")))
-    assert opening("3. **The Museum itself**") == "museum itself" and opening("2. Sleep") is None
-    # over all of an answer's groups: two blocks of "Plan your ..." chain
-    text = answer("Plan your budget", "Plan your route", "Pack light") + "\nMore:\n\n" + answer(
-        "Plan your meals", "Book early", "Travel light")
-    assert len(find_groups(text)) == 2 and chained(find_groups(text))

@@ -19,7 +19,7 @@ from runtime import protocol as P
 from runtime.anti_loop import breaks_title_rule, word_mask
 from runtime.roles import chat_ids  # the prompt as the model sees it (also imported from here)
 
-from .extract import chained, find_groups, loops, rewrite, thin, tidy, trim_to_line
+from .extract import find_groups, loops, rewrite, thin, tidy, trim_to_line
 from .independence import THRESHOLD, independent, sibling_gains
 from .samples import build
 from .steering import answer
@@ -58,7 +58,6 @@ def make(loaded, responses: Path, out: Path, threshold: float | None = THRESHOLD
         c["not_looping"] += 1
         groups = find_groups(text) if row["kind"] == "listlike" else []  # the others teach when not to fork
         reasons = [r for g in groups if (r := thin(text, g) or repeats(g))]
-        reasons += ["chained_titles"] if chained(groups) else []
         if reasons:
             c[f"dropped_{reasons[0]}"] += 1
             continue

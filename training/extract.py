@@ -6,10 +6,8 @@ model mostly writes essays whose middle paragraphs each make one point). Fenced 
 split. A group needs `MIN_BRANCHES` to `MAX_BRANCHES` items (a longer list becomes consecutive
 groups), short unique titles (at most `MAX_TITLE_WORDS` words, from the item's bold lead, heading or
 first words), and bodies longer than their titles. `rewrite(...).plain_text()` is exactly the original answer.
-`thin()` names the groups not worth a fork (bare titles, or titles that restate each other), and
-`chained()` the answers whose titles run on one opening ("Use a Language", "Use a Study", "Use a
-Practice"): the dataset drops their answers rather than teach the model to write them, or to leave a
-list serial.
+`thin()` names the groups not worth a fork (bare titles, or titles that restate each other): the
+dataset drops their answers rather than teach the model to write them, or to leave a list serial.
 `tidy()` repairs the one markdown slip the steered opening causes ("**1. **Title**:").
 
 Item numbers: a branch cannot see its siblings, so a numbered item's title carries its number
@@ -24,7 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from runtime.anti_loop import alike_titles, title_key
+from runtime.anti_loop import alike_titles
 from runtime.protocol import TITLE_BANNED_CHARS, Branch, ParallelBlock, Response, SerialSegment
 
 MIN_BRANCHES = 3  # a pair is rarely worth a fork: titles and a join for one saved branch
@@ -34,9 +32,6 @@ MAX_TITLE_WORDS = 6
 MIN_PARAGRAPHS = 3  # a run of plain paragraphs: at least this many, each at least MIN_PARAGRAPH_CHARS
 MIN_PARAGRAPH_CHARS = 80
 MIN_ITEM_WORDS = 8  # a list of bare titles ("1. **Baking a Candle**") is not worth a fork
-# An answer whose titles open alike this often ("Plan your budget", "Plan your travel", ...) is a chain:
-# trained on 273 such answers of data v3, v13 ran "Use a X" through four blocks of the demo's answer.
-MAX_SAME_OPENING = 2
 # A run of paragraphs opening "I am", "We will", "Your ...": a letter's, an email's or a speaker's, each
 # following the last; titled by their first words they taught v9 to fork a letter ("I am", "I have",
 # "I'm": Vicuna q73). Two such openings keep the run serial.
@@ -294,22 +289,6 @@ def thin(text: str, g: Group) -> str | None:
     if any(alike_titles(g.titles[:k + 1]) for k in range(1, len(g.titles))):
         return "alike_titles"
     return None
-
-
-def opening(title: str) -> str | None:
-    """A title's first two words, without its number or a leading article ("use a", "plan your")."""
-    words = title_key(title).split()
-    words = words[1:] if words[:1] in (["the"], ["a"], ["an"]) else words
-    return " ".join(words[:2]) if len(words) >= 2 else None
-
-
-def chained(groups: list[Group]) -> bool:
-    """Whether more than `MAX_SAME_OPENING` of an answer's titles, over all its groups, share an opening."""
-    counts: dict[str, int] = {}
-    for o in (opening(t) for g in groups for t in g.titles):
-        if o:
-            counts[o] = counts.get(o, 0) + 1
-    return max(counts.values(), default=0) > MAX_SAME_OPENING
 
 
 def tidy(text: str) -> str:
