@@ -58,6 +58,8 @@ def add_parsers(sub) -> None:
     t.add_argument("--markup-weight", type=float, default=1.0, help="loss weight of markup tokens")
     t.add_argument("--anchor", type=float, default=0.0,
                    help="on serial answers, the share of the loss that is the KL to the base model (0: none)")
+    t.add_argument("--anchor-branches", action="store_true",
+                   help="anchor answers with a block too: branch bodies to the base model reading the joined text")
     t.add_argument("--init", type=Path, default=None,
                    help="start from this adapter (a second stage): a checkpoint's state.pt or an adapter directory")
     t.set_defaults(func=cmd_train)
@@ -146,7 +148,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                for r in chosen]
     cfg = TrainConfig(rank=args.rank, lr=args.lr, epochs=args.epochs, accum=args.accum, batch=args.batch,
                       seed=args.seed, token_lr=args.token_lr, markup_weight=args.markup_weight,
-                      anchor=args.anchor)
+                      anchor=args.anchor, anchor_branches=args.anchor_branches)
     init = None if args.init is None else _adapter_state(args.init)
     parallel = sum(r["parallel"] for r in chosen)
     console.print(f"training on {len(samples)} samples ({parallel} parallel) in {dtype}, {cfg}")

@@ -166,9 +166,13 @@ def add_special_tokens(model: PreTrainedModel, tok: PreTrainedTokenizerBase) -> 
     eos |= set(_as_list(getattr(model.generation_config, "eos_token_id", None)))
     return SpecialIds(*(conv(t) for t in SPECIAL_TOKENS), eos=frozenset(eos),
                       not_in_title=tokens_with(tok, TITLE_BANNED_CHARS), fence=tokens_containing(tok, "```"),
-                      line_end=tokens_ending(tok, "\n"),
+                      line_end=tokens_ending(tok, "\n"), space=_single(tok.encode(" ", add_special_tokens=False)),
                       template=(frozenset(tok.all_special_ids) | frozenset(tok.added_tokens_decoder))
                       - {conv(t) for t in SPECIAL_TOKENS})
+
+
+def _single(ids: list[int]) -> int | None:
+    return ids[0] if len(ids) == 1 else None
 
 
 def _as_list(x) -> list[int]:

@@ -330,6 +330,7 @@ class SpecialIds:
     fence: frozenset[int] = frozenset()  # tokens holding "```": no block opens inside fenced code
     line_end: frozenset[int] | None = None  # tokens ending in a newline: a block opens only after one (None: anywhere)
     template: frozenset[int] = frozenset()  # the tokenizer's own special tokens (chat-template role markers)
+    space: int | None = None  # the token of one space, when a body's separator from its title is one (`Branch.text`)
 
     @property
     def markup(self) -> frozenset[int]:

@@ -126,7 +126,7 @@ def test_the_anchor_is_the_kl_to_the_model_without_its_adapter(tiny, sample):
         for name, p in pm.named_parameters():  # move the adapter away from the identity
             if "lora_B" in name or "trainable_tokens" in name:
                 p.add_(0.05 * torch.randn_like(p))
-        full = Anchor(1.0, markup)
+        full = Anchor(1.0, tiny.ids)
         ids = torch.tensor(serial.ids)[None]
         adapted = pm(input_ids=ids).logits[0, :-1].float()
         base = tiny.model(input_ids=ids).logits[0, :-1].float()  # what the adapter started from
@@ -137,9 +137,70 @@ def test_the_anchor_is_the_kl_to_the_model_without_its_adapter(tiny, sample):
         want = kl[labelled].mean()
         torch.testing.assert_close(sample_loss(pm, serial, anchor=full), want, atol=1e-5, rtol=1e-4)
         assert want > 1e-3
-        half = sample_loss(pm, serial, anchor=Anchor(0.5, markup))
+        half = sample_loss(pm, serial, anchor=Anchor(0.5, tiny.ids))
         torch.testing.assert_close(half, (sample_loss(pm, serial) + want) / 2, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(sample_loss(pm, sample, anchor=full), sample_loss(pm, sample))
+
+
+def test_the_reading_order_is_the_answer_text_without_markup_titles_or_seeds(tiny, sample):
+    """What the branch anchor's base model reads: the prompt, then the answer's text piece by piece
+    (serial text, each branch's body), and the restated title line of each body is marked."""
+    from training.samples import reading_order
+
+    def enc(t):
+        return tiny.tokenizer.encode(t, add_special_tokens=False)
+
+    resp = rewrite(TEXT, find_groups(TEXT))
+    order, restated = reading_order(sample, tiny.ids)
+    bodies = [enc(b.body) for seg in resp.blocks for b in seg.branches]
+    assert all(b[0] == tiny.ids.space for b in bodies)  # "title: body": the space is read as no text
+    bodies = iter(b[1:] for b in bodies)
+    pieces = [enc(seg.text) if isinstance(seg, P.SerialSegment) else [t for _ in seg.branches for t in next(bodies)]
+              for seg in resp.segments]
+    assert [sample.ids[j] for j in order] == enc("q: ") + [t for p in pieces for t in p] + [0]
+    bodies = [j for j in order if sample.tags[j].block > 0]
+    firsts = {sample.tags[j]: j for j in reversed(bodies)}.values()  # each branch's first token read
+    assert len(firsts) == 3 and all(j in restated for j in firsts)  # every body opens restating its title
+    assert restated < set(bodies) and len(restated) < len(bodies)  # the rest of each body is read
+
+
+def test_the_branch_anchor_reads_the_joined_text(tiny, sample):
+    """With `branches`, a body token's loss is KL(base || adapted), the base reading the answer's text
+    with the earlier siblings' bodies, which the branch itself does not see; markup and restated
+    titles keep their label."""
+    from runtime.model_runner import sequence_mask
+    from training.samples import reading_order
+    from training.train import Anchor
+
+    pm = lora(copy.deepcopy(tiny.model), tiny.ids, TrainConfig(rank=4))
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if "lora_B" in name or "trainable_tokens" in name:
+                p.add_(0.05 * torch.randn_like(p))
+        plain = sample_loss(pm, sample)
+        got = sample_loss(pm, sample, anchor=Anchor(1.0, tiny.ids, branches=True))
+        assert not torch.allclose(got, plain)
+        # by hand: the base reads the text as one sequence; the adapter its own masked sample
+        order, restated = reading_order(sample, tiny.ids)
+        text = torch.tensor([sample.ids[j] for j in order])[None]
+        base = tiny.model(input_ids=text).logits[0].float()
+        base[:, sorted(tiny.ids.markup)] = float("-inf")
+        ids = torch.tensor(sample.ids)[None]
+        logits = pm(input_ids=ids, position_ids=torch.tensor(sample.positions)[None],
+                    attention_mask=sequence_mask(sample.tags),
+                    use_cache=False).logits[0].float()
+        labels = torch.tensor(sample.labels[1:])
+        per = torch.nn.functional.cross_entropy(logits[:-1], labels, ignore_index=IGNORE, reduction="none")
+        read = {j: r for r, j in enumerate(order)}
+        kls = 0
+        for j in range(sample.prompt_len, len(sample.ids)):
+            if j not in read or sample.labels[j] == IGNORE or j in restated or sample.ids[j] in tiny.ids.markup:
+                continue
+            logp = torch.log_softmax(base[read[j] - 1], -1)
+            per[j - 1] = (logp.exp() * (logp.nan_to_num(neginf=0.0) - torch.log_softmax(logits[j - 1], -1))).sum()
+            kls += 1
+        assert kls > 10 and any(sample.tags[j].branch > 1 for j in read if j not in restated)
+        torch.testing.assert_close(got, per[labels != IGNORE].mean(), atol=1e-5, rtol=1e-4)
 
 
 def test_prompt_set_is_large_unique_and_clean():

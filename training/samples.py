@@ -46,6 +46,41 @@ def build(prompt_ids: list[int], resp: Response, encode, ids: SpecialIds, eos: i
                   labels=[IGNORE] * n + labels, prompt_len=n)
 
 
+# A branch's body first restates its title ("2. **Sleep well**:"), copying its own title: about as
+# many tokens as its seed, this many more for the list's marks.
+RESTATED_SLACK = 2
+
+
+def reading_order(s: Sample, ids: SpecialIds) -> tuple[list[int], frozenset[int]]:
+    """The sample as a reader of its answer's text sees it: the indices of its tokens in reading order
+    (the prompt, the serial text and each branch's body, without markup, titles, seeds or the space
+    after a seed: `Response.plain_text`, piece by piece as the engine tokenises it), and those of the branch
+    tokens that restate their branch's own title (`RESTATED_SLACK`), which a reader cannot predict."""
+    order: list[int] = []
+    restated: set[int] = set()
+    in_title, prev, seed, k = False, SERIAL_TAG, 0, 0
+    for i, (t, tag) in enumerate(zip(s.ids, s.tags)):
+        if tag != prev and tag.block > 0:  # a branch's seed (unlabelled) opens it
+            seed = next(n for n, lab in enumerate(s.labels[i:] + [0]) if lab != IGNORE)
+            k = 0
+        prev = tag
+        if i < s.prompt_len:
+            order.append(i)
+        elif tag.block == 0:
+            in_title = (in_title or t == ids.title) and t != ids.end_title
+            if not in_title and t not in ids.markup:
+                order.append(i)
+        else:
+            k += 1
+            if k == seed + 1 and t == ids.space:  # the separator after "title:", not in the text
+                continue
+            if s.labels[i] != IGNORE and t not in ids.markup:
+                order.append(i)
+                if k <= 2 * seed + RESTATED_SLACK:
+                    restated.add(i)
+    return order, frozenset(restated)
+
+
 def branch_token_spans(sample: Sample) -> list[list[tuple[int, int]]]:
     """Per block, per branch: the [start, end) indices of the branch's tokens in the sample."""
     blocks: dict[int, dict[int, list[int]]] = {}

@@ -23,7 +23,7 @@ from runtime.model_loader import quiet_peft
 from runtime.model_runner import sequence_mask
 from runtime.protocol import SpecialIds
 
-from .samples import IGNORE, Sample
+from .samples import IGNORE, Sample, reading_order
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -43,6 +43,7 @@ class TrainConfig:
     token_lr: float | None = None  # learning rate of the markup rows (default: lr)
     markup_weight: float = 1.0  # loss weight of markup tokens (the fork decisions are a few tokens per answer)
     anchor: float = 0.0  # on serial answers, this share of the loss is the KL to the base model (adapter off)
+    anchor_branches: bool = False  # the anchor on answers with a block too (their text as a reader sees it)
 
 
 class History(BaseModel):
@@ -66,16 +67,22 @@ def lora(model, ids: SpecialIds, cfg: TrainConfig):
 
 @dataclass(frozen=True)
 class Anchor:
-    """Keeps the adapter's text near the base model's: on a serial answer (no block) `weight` of each
-    token's loss is KL(base || adapted), the base being the same model with the adapter disabled and
-    its markup logits removed (a serial answer must not fork). The answers are the base model's own
-    greedy text, so the label alone pins its top token only; the KL pins the whole distribution, which
-    is what decides the text on prompts training never saw (the adapter's drift, docs/training.md)."""
+    """Keeps the adapter's text near the base model's: `weight` of each token's loss is KL(base ||
+    adapted), the base being the same model with the adapter disabled and its markup logits removed.
+    The answers are the base model's own greedy text, so the label alone pins its top token only; the
+    KL pins the whole distribution, which is what decides the text on prompts training never saw (the
+    adapter's drift, docs/training.md). The base reads the answer as its text reads
+    (`samples.reading_order`): on a serial answer, exactly the sample. With `branches`, answers with a
+    block are anchored too: a branch body's tokens (past its restated title) to the base model's
+    distribution after the earlier siblings' bodies, which the branch does not see but a reader of the
+    joined answer does; markup stays on its label. Without it (the default until v14) only serial
+    answers are anchored."""
     weight: float
-    markup: frozenset[int]
+    ids: SpecialIds
+    branches: bool = False
 
-    def markup_free(self, s: Sample) -> bool:
-        return self.markup.isdisjoint(s.ids)
+    def applies(self, s: Sample) -> bool:
+        return self.branches or self.ids.markup.isdisjoint(s.ids)
 
 
 def sample_loss(model, s: Sample, weights: torch.Tensor | None = None, anchor: Anchor | None = None) -> torch.Tensor:
@@ -102,23 +109,38 @@ def batch_loss(model, samples: list[Sample], weights: torch.Tensor | None = None
     logits = model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False).logits.float()
     per = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE,
                                             reduction="none").view_as(labels)
-    serial = [] if anchor is None else [i for i, s in enumerate(samples) if anchor.markup_free(s)]
-    if serial and anchor.weight:
-        kl = _base_kl(model, logits[serial], ids[serial], pos[serial], mask[serial], anchor.markup)
-        per[serial] = (1 - anchor.weight) * per[serial] + anchor.weight * kl
+    rows = [] if anchor is None or not anchor.weight else [i for i, s in enumerate(samples) if anchor.applies(s)]
+    for i, at, kl in _base_kl(model, samples, rows, logits, anchor.ids if rows else None):
+        per[i, at] = (1 - anchor.weight) * per[i, at] + anchor.weight * kl
     w = (labels != IGNORE).float()
     if weights is not None:
         w = w * weights.to(dev)[labels.clamp(min=0)]
     return ((per * w).sum(1) / w.sum(1)).mean()
 
 
-def _base_kl(model, logits: torch.Tensor, ids, pos, mask, markup: frozenset[int]) -> torch.Tensor:
-    """Per position KL(base || adapted) of a peft model's `logits`, the base being it with its adapters off."""
-    with torch.no_grad(), model.disable_adapter():
-        ref = model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False).logits.float()
-    ref[..., sorted(markup)] = -1e4  # not -inf: 0 * log 0 must stay 0
-    logp = torch.log_softmax(ref, -1)
-    return (logp.exp() * (logp - torch.log_softmax(logits, -1))).sum(-1)
+def _base_kl(model, samples: list[Sample], rows: list[int], logits: torch.Tensor, ids: SpecialIds | None):
+    """For each sample of `rows`: (row, positions, KL(base || adapted) there) over the positions whose
+    next token a reader of the answer's text sees (markup and restated titles excepted), the base being
+    the peft model with its adapters off, reading that text as one causal sequence."""
+    if not rows:
+        return []
+    views = [reading_order(samples[i], ids) for i in rows]
+    dev = logits.device
+    text = torch.zeros(len(rows), max(len(o) for o, _ in views), dtype=torch.long, device=dev)
+    for k, ((order, _), i) in enumerate(zip(views, rows)):
+        text[k, :len(order)] = torch.tensor([samples[i].ids[j] for j in order])
+    with torch.no_grad(), model.disable_adapter():  # right-padded and causal: the pads are never read
+        ref = model(input_ids=text, use_cache=False).logits.float()
+    ref[..., sorted(ids.markup)] = -1e4  # not -inf: 0 * log 0 must stay 0
+    out = []
+    for k, ((order, restated), i) in enumerate(zip(views, rows)):
+        s = samples[i]
+        pairs = [(j, r) for r, j in enumerate(order) if j >= s.prompt_len and s.labels[j] != IGNORE
+                 and j not in restated and s.ids[j] not in ids.markup]
+        at = torch.tensor([j - 1 for j, _ in pairs], device=dev)  # the logits that predict token j
+        logp = torch.log_softmax(ref[k, [r - 1 for _, r in pairs]], -1)
+        out.append((i, at, (logp.exp() * (logp - torch.log_softmax(logits[i, at], -1))).sum(-1)))
+    return out
 
 
 def train(model, ids: SpecialIds, samples: list[Sample], ckpt: Path, cfg: TrainConfig, log=print,
@@ -144,7 +166,7 @@ def train(model, ids: SpecialIds, samples: list[Sample], ckpt: Path, cfg: TrainC
     if cfg.markup_weight != 1.0:
         weights = torch.ones(model.get_output_embeddings().weight.shape[0])
         weights[sorted(ids.markup)] = cfg.markup_weight
-    anchor = Anchor(cfg.anchor, frozenset(ids.markup)) if cfg.anchor else None
+    anchor = Anchor(cfg.anchor, ids, cfg.anchor_branches) if cfg.anchor else None
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / cfg.warmup) * max(0.05, 1 - k / total))
     hist = History()
     run = fingerprint(samples, cfg, init)
