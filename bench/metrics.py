@@ -37,7 +37,7 @@ _CODE = re.compile(r"```.*?(```|\Z)|`[^`\n]*(`|$)"
                    r"|^[ \t]*#(include|define|undef|import|pragma|ifn?def|if|elif|else|endif|error)\b.*?$"
                    r"|https?://\S+|[\w.+-]+@[\w-]+\.[\w.]+", re.S | re.M)
 _LANGUAGE = re.compile(r"[A-Z]#")  # C#, F#: names, not stray symbols
-_IDENTIFIER = re.compile(r"[A-Za-z_]\w*(\.|::)\w")  # file.is_open(), std::string: unfenced code
+_IDENTIFIER = re.compile(r"[A-Za-z_]\w*(\.\w|::\w|\()")  # file.is_open(), std::string, sort_rec(a: unfenced code
 _TEXT_PUNCT = set(".,;:!?'\"()[]{}-/%&*+=<>$°…–—‘’“”^~≈≤≥≠±×÷√∑∏∆∞")  # prose, Markdown and math
 
 
@@ -45,7 +45,7 @@ def degenerate_words(text: str) -> list[str]:
     """The words of an answer that are broken text, the way a small model's text degrades under a
     harsh repetition penalty: run-on words glued from several (two or more lower-to-upper case
     changes: 'ThisOneIs', 'NotABoutMe'; 'JavaScript' and 'McDonald' have one), letter runs of 25 or
-    more, and stray symbols ('#tag', '_x', '@', '|', '~', emoji). Code (`_CODE`, dotted names), URLs,
+    more, and stray symbols ('#tag', '_x', '@', '|', '~', emoji). Code (`_CODE`, dotted names, calls), URLs,
     e-mail addresses, language names and Markdown's own marks (headings, bold, bullets) are not."""
     out = []
     for word in _CODE.sub(" ", text).split():

@@ -37,7 +37,7 @@ def test_ideal_speedup_of_a_known_structure():
 
 def test_degenerate_text_detector():
     """Run-on words, endless letter runs and stray symbols count; prose, Markdown, code (fenced, inline,
-    an inline span cut by the budget, preprocessor lines, dotted names), language names, URLs and e-mails
+    an inline span cut by the budget, preprocessor lines, dotted names, calls), language names, URLs and e-mails
     do not."""
     broken = "_jenkins-375x689ThisOneIs NotABoutMe #languagelearning 🌍 withoutanypausesorbreaksinbetweenwords ok"
     assert metrics.degenerate_words(broken) == broken.split()[:-1]
