@@ -58,8 +58,9 @@ def add_parsers(sub) -> None:
     t.add_argument("--markup-weight", type=float, default=1.0, help="loss weight of markup tokens")
     t.add_argument("--anchor", type=float, default=0.0,
                    help="on serial answers, the share of the loss that is the KL to the base model (0: none)")
-    t.add_argument("--anchor-branches", action="store_true",
-                   help="anchor answers with a block too: branch bodies to the base model reading the joined text")
+    t.add_argument("--anchor-branches", type=float, default=0.0, metavar="W",
+                   help="on answers with a block, the share of the loss that is the KL to the base model reading "
+                        "the joined text, branch bodies included (0: none)")
     t.add_argument("--init", type=Path, default=None,
                    help="start from this adapter (a second stage): a checkpoint's state.pt or an adapter directory")
     t.set_defaults(func=cmd_train)

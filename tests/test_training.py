@@ -178,7 +178,7 @@ def test_the_branch_anchor_reads_the_joined_text(tiny, sample):
             if "lora_B" in name or "trainable_tokens" in name:
                 p.add_(0.05 * torch.randn_like(p))
         plain = sample_loss(pm, sample)
-        got = sample_loss(pm, sample, anchor=Anchor(1.0, tiny.ids, branches=True))
+        got = sample_loss(pm, sample, anchor=Anchor(1.0, tiny.ids, branches=1.0))
         assert not torch.allclose(got, plain)
         # by hand: the base reads the text as one sequence; the adapter its own masked sample
         order, restated = reading_order(sample, tiny.ids)
@@ -201,6 +201,8 @@ def test_the_branch_anchor_reads_the_joined_text(tiny, sample):
             kls += 1
         assert kls > 10 and any(sample.tags[j].branch > 1 for j in read if j not in restated)
         torch.testing.assert_close(got, per[labels != IGNORE].mean(), atol=1e-5, rtol=1e-4)
+        half = sample_loss(pm, sample, anchor=Anchor(1.0, tiny.ids, branches=0.5))  # mixed with the label loss
+        torch.testing.assert_close(half, (got + plain) / 2, atol=1e-5, rtol=1e-4)
 
 
 def test_prompt_set_is_large_unique_and_clean():

@@ -43,7 +43,7 @@ class TrainConfig:
     token_lr: float | None = None  # learning rate of the markup rows (default: lr)
     markup_weight: float = 1.0  # loss weight of markup tokens (the fork decisions are a few tokens per answer)
     anchor: float = 0.0  # on serial answers, this share of the loss is the KL to the base model (adapter off)
-    anchor_branches: bool = False  # the anchor on answers with a block too (their text as a reader sees it)
+    anchor_branches: float = 0.0  # the anchor's share on answers with a block (their text as a reader sees it)
 
 
 class History(BaseModel):
@@ -72,17 +72,17 @@ class Anchor:
     The answers are the base model's own greedy text, so the label alone pins its top token only; the
     KL pins the whole distribution, which is what decides the text on prompts training never saw (the
     adapter's drift, docs/training.md). The base reads the answer as its text reads
-    (`samples.reading_order`): on a serial answer, exactly the sample. With `branches`, answers with a
-    block are anchored too: a branch body's tokens (past its restated title) to the base model's
+    (`samples.reading_order`): on a serial answer, exactly the sample. With `branches` > 0, answers with
+    a block are anchored too, with that share: a branch body's tokens (past its restated title) to the base model's
     distribution after the earlier siblings' bodies, which the branch does not see but a reader of the
     joined answer does; markup stays on its label. Without it (the default until v14) only serial
     answers are anchored."""
     weight: float
     ids: SpecialIds
-    branches: bool = False
+    branches: float = 0.0
 
-    def applies(self, s: Sample) -> bool:
-        return self.branches or self.ids.markup.isdisjoint(s.ids)
+    def share(self, s: Sample) -> float:
+        return self.weight if self.ids.markup.isdisjoint(s.ids) else self.branches
 
 
 def sample_loss(model, s: Sample, weights: torch.Tensor | None = None, anchor: Anchor | None = None) -> torch.Tensor:
@@ -109,9 +109,10 @@ def batch_loss(model, samples: list[Sample], weights: torch.Tensor | None = None
     logits = model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False).logits.float()
     per = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE,
                                             reduction="none").view_as(labels)
-    rows = [] if anchor is None or not anchor.weight else [i for i, s in enumerate(samples) if anchor.applies(s)]
+    rows = [] if anchor is None else [i for i, s in enumerate(samples) if anchor.share(s)]
     for i, at, kl in _base_kl(model, samples, rows, logits, anchor.ids if rows else None):
-        per[i, at] = (1 - anchor.weight) * per[i, at] + anchor.weight * kl
+        share = anchor.share(samples[i])
+        per[i, at] = (1 - share) * per[i, at] + share * kl
     w = (labels != IGNORE).float()
     if weights is not None:
         w = w * weights.to(dev)[labels.clamp(min=0)]
@@ -166,7 +167,7 @@ def train(model, ids: SpecialIds, samples: list[Sample], ckpt: Path, cfg: TrainC
     if cfg.markup_weight != 1.0:
         weights = torch.ones(model.get_output_embeddings().weight.shape[0])
         weights[sorted(ids.markup)] = cfg.markup_weight
-    anchor = Anchor(cfg.anchor, ids, cfg.anchor_branches) if cfg.anchor else None
+    anchor = Anchor(cfg.anchor, ids, float(cfg.anchor_branches)) if cfg.anchor or cfg.anchor_branches else None
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / cfg.warmup) * max(0.05, 1 - k / total))
     hist = History()
     run = fingerprint(samples, cfg, init)
