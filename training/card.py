@@ -45,12 +45,12 @@ def write(adapter: Path, evaluation: dict | None = None) -> Path:
         f"linear decay, seed {cfg['seed']}; {rec.get('dtype', 'bfloat16')} on CPU",
         "- loss on the whole answer with markup except engine-fed tokens (branch seeds, `<|/para|>`); the",
         "  protocol's branch-isolating mask and position ids, built by the engine's own code",
-        *([f"- anchored: on serial answers {cfg['anchor']:.0%} of each token's loss is the KL to the base model "
-           "(adapter off, markup removed), which keeps the adapter's text near the base model's"
-           + ("; on answers with a block the same for every token of a branch body past its restated title, "
-              "the base model reading the joined answer (the earlier siblings' bodies included)"
+        *([f"- anchored: on serial answers {cfg.get('anchor', 0):.0%} of each token's loss is the KL to the base "
+           "model (adapter off, markup removed), which keeps the adapter's text near the base model's"
+           + (f"; on answers with a block {float(cfg['anchor_branches']):.0%} of each loss on their text (branch "
+              "bodies past their restated titles included), the base model reading the joined answer"
               if cfg.get("anchor_branches") else "")]
-          if cfg.get("anchor") else []),
+          if cfg.get("anchor") or cfg.get("anchor_branches") else []),
         f"- {hist['step']} optimizer steps in {hist['seconds'] / 60:.0f} min; loss {losses[0]:.3f} at the first step, "
         f"{sum(tail) / len(tail):.3f} over the last {len(tail)} (curve: `loss.png`)",
     ]
