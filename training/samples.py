@@ -61,7 +61,7 @@ def reading_order(s: Sample, ids: SpecialIds) -> tuple[list[int], frozenset[int]
     in_title, prev, seed, k = False, SERIAL_TAG, 0, 0
     for i, (t, tag) in enumerate(zip(s.ids, s.tags)):
         if tag != prev and tag.block > 0:  # a branch's seed (unlabelled) opens it
-            seed = next(n for n, lab in enumerate(s.labels[i:] + [0]) if lab != IGNORE)
+            seed = next((n - i for n in range(i, len(s.labels)) if s.labels[n] != IGNORE), len(s.labels) - i)
             k = 0
         prev = tag
         if i < s.prompt_len:

@@ -109,22 +109,20 @@ def batch_loss(model, samples: list[Sample], weights: torch.Tensor | None = None
     logits = model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False).logits.float()
     per = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE,
                                             reduction="none").view_as(labels)
-    rows = [] if anchor is None else [i for i, s in enumerate(samples) if anchor.share(s)]
-    for i, at, kl in _base_kl(model, samples, rows, logits, anchor.ids if rows else None):
-        share = anchor.share(samples[i])
-        per[i, at] = (1 - share) * per[i, at] + share * kl
+    shares = {} if anchor is None else {i: w for i, s in enumerate(samples) if (w := anchor.share(s))}
+    if shares:
+        for i, at, kl in _base_kl(model, samples, list(shares), logits, anchor.ids):
+            per[i, at] = (1 - shares[i]) * per[i, at] + shares[i] * kl
     w = (labels != IGNORE).float()
     if weights is not None:
         w = w * weights.to(dev)[labels.clamp(min=0)]
     return ((per * w).sum(1) / w.sum(1)).mean()
 
 
-def _base_kl(model, samples: list[Sample], rows: list[int], logits: torch.Tensor, ids: SpecialIds | None):
-    """For each sample of `rows`: (row, positions, KL(base || adapted) there) over the positions whose
-    next token a reader of the answer's text sees (markup and restated titles excepted), the base being
-    the peft model with its adapters off, reading that text as one causal sequence."""
-    if not rows:
-        return []
+def _base_kl(model, samples: list[Sample], rows: list[int], logits: torch.Tensor, ids: SpecialIds):
+    """For each sample of `rows` (not empty): (row, positions, KL(base || adapted) there) over the positions
+    whose next token a reader of the answer's text sees (markup and restated titles excepted), the base
+    being the peft model with its adapters off, reading that text as one causal sequence."""
     views = [reading_order(samples[i], ids) for i in rows]
     dev = logits.device
     text = torch.zeros(len(rows), max(len(o) for o, _ in views), dtype=torch.long, device=dev)
@@ -167,7 +165,7 @@ def train(model, ids: SpecialIds, samples: list[Sample], ckpt: Path, cfg: TrainC
     if cfg.markup_weight != 1.0:
         weights = torch.ones(model.get_output_embeddings().weight.shape[0])
         weights[sorted(ids.markup)] = cfg.markup_weight
-    anchor = Anchor(cfg.anchor, ids, float(cfg.anchor_branches)) if cfg.anchor or cfg.anchor_branches else None
+    anchor = Anchor(cfg.anchor, ids, cfg.anchor_branches) if cfg.anchor or cfg.anchor_branches else None
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / cfg.warmup) * max(0.05, 1 - k / total))
     hist = History()
     run = fingerprint(samples, cfg, init)
