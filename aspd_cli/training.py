@@ -119,6 +119,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if not (0 <= args.anchor <= 1 and 0 <= args.anchor_branches <= 1):
+        raise UsageError("--anchor and --anchor-branches are shares of the loss: between 0 and 1")
     from runtime import protocol as P
     from runtime.model_loader import training_dtype
     from training.card import write
