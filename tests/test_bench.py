@@ -273,3 +273,18 @@ def test_loss_regions_split_an_answer_into_its_pieces():
     assert parts == [("serial", "Tips:\n"), ("serial", "\n"), ("list title", "1. **Sleep**:"), ("list body", " rest\n"),
                      ("list body", "well.\n"), ("serial", "\n"), ("list title", "- Walk daily\n"),
                      ("list body", "Done.\n"), ("serial", "\n"), ("serial", "Bye.")]
+
+
+def test_blind_items_split_a_bold_numbered_list_and_end_a_body_as_a_branch_would():
+    from bench.steered_control import blind_body, list_items
+
+    text = "Sure.\n\n1. **Plan**: Do it.\n\n2. **Rest**: Sleep\nwell.\n\n3. **Eat**: Food.\n\nIn short, yes."
+    items = list_items(text)
+    assert [(text[a:b], head, sep) for _, a, b, head, sep in items] == [
+        ("1. **Plan**: Do it.\n\n", "1. **Plan**:", "\n\n"), ("2. **Rest**: Sleep\nwell.\n\n", "2. **Rest**:", "\n\n"),
+        ("3. **Eat**: Food.", "3. **Eat**:", "")]
+    assert {g for g, *_ in items} == {text.index("1.")}  # one block: every branch sees only "Sure.\n\n"
+    assert list_items("Sure.\n\n1. Plan it.\n2. Rest.\n3. Eat.") == []  # no bold titles: not this control's shape
+    assert blind_body(" Sleep a lot.\n\n3. **Eat**: more") == " Sleep a lot."
+    assert blind_body(" Sleep.\n4. Walk") == " Sleep."
+    assert blind_body(" Sleep\nwell. ") == " Sleep\nwell."
