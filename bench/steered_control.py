@@ -14,10 +14,10 @@ the next data). Every answer holds at most 256 tokens, its forced start included
 A fourth, the *blind-items* control, measures what parallel decoding itself costs this metric: each
 item of an own-intro answer's numbered list re-written by the base model from its own header ("3.
 **Title**:") with the text before the list in view but none of its siblings, as a branch is; joined
-in order with the answer's own separators and tail; and again with its block's headers written out
-first, one a line (a skeleton: a branch sees its siblings' titles). Their loss over the serial
-own-intro answers' is what a reader pays for items that cannot see each other, in the base model's
-own words: about the floor of an ASPD answer's loss, whatever the adapter.
+in order with the answer's own separators and tail. Its loss over the serial own-intro answers' (those
+with such a list: `base_own_intro_listed`) is what a reader pays for items that cannot see each other,
+in the base model's own words. (A branch also sees its siblings' titles; written out as a skeleton
+before the header, they made the base model leave the bodies empty, so this control goes without.)
 
     .venv/bin/python bench/steered_control.py --answers bench/results/vicuna80/answers.jsonl
 """
@@ -120,30 +120,20 @@ def main() -> None:
     as_trained = [score_row(q, answer(r["text"], o)) for q, r, o in zip(questions, steered, starts)]
     own = steer([own_opening(scored[(q.key, "hf")]["text"]) for q in questions])
 
-    # blind items: every list item of an own-intro answer re-written from its header alone; then with its
-    # block's every header in view first, as a branch sees its siblings' titles (here as a plain skeleton)
+    # blind items: every list item of an own-intro answer re-written from its header alone; a branch sees the
+    # text before its block (a later block of a long list: the earlier ones as written)
     items = [list_items(r["text"]) for r in own]
-    body_params = params.model_copy(update={"max_new_tokens": ITEM_TOKENS})
-
-    def blind(titles_seen: bool) -> list[dict]:
-        def seen(k: int, g: int) -> str:  # a block's headers, one a line, before the branch's own
-            return "".join(h + "\n" for gg, _, _, h, _ in items[k] if gg == g) + "\n" if titles_seen else ""
-
-        # a branch sees the text before its block (a later block of a long list: the earlier ones as written)
-        jobs = [(k, own[k]["text"][:g] + seen(k, g) + head) for k in range(len(own)) for g, _, _, head, _ in items[k]]
-        gens = iter(complete_all(eng, [eng.chat_prompt(questions[k].text) + eng.encode(c) for k, c in jobs],
-                                 body_params, batch=args.batch))
-        rows = []
-        for q, r, its in zip(questions, own, items):
-            if its:
-                text, pos = "", 0
-                for _, a, b, head, sep in its:  # each item its header, its blind body and its own separator
-                    text += r["text"][pos:a] + head + blind_body(next(gens).text) + sep
-                    pos = b
-                rows.append(score_row(q, eng.decode(eng.encode(text + r["text"][pos:])[:MAX_TOKENS])))
-        return rows
-
-    blind_alone, blind_titles = blind(False), blind(True)
+    jobs = [(k, own[k]["text"][:g] + head) for k in range(len(own)) for g, _, _, head, _ in items[k]]
+    gens = iter(complete_all(eng, [eng.chat_prompt(questions[k].text) + eng.encode(c) for k, c in jobs],
+                             params.model_copy(update={"max_new_tokens": ITEM_TOKENS}), batch=args.batch))
+    blind = []
+    for q, r, its in zip(questions, own, items):
+        if its:
+            text, pos = "", 0
+            for _, a, b, head, sep in its:  # each item its header, its blind body and its own separator
+                text += r["text"][pos:a] + head + blind_body(next(gens).text) + sep
+                pos = b
+            blind.append(score_row(q, eng.decode(eng.encode(text + r["text"][pos:])[:MAX_TOKENS])))
     own_listed = [r for r, its in zip(own, items) if its]  # the serial answers the blind ones are made from
 
     def system(name: str) -> list[dict]:
@@ -158,8 +148,7 @@ def main() -> None:
 
     figs = {"base_unsteered (hf)": _figures(system("hf")), "base_steered": _figures(steered),
             "base_steered_as_trained": _figures(as_trained), "base_steered_own_intro": _figures(own),
-            "base_own_intro_listed": _figures(own_listed), "base_own_intro_blind_items": _figures(blind_alone),
-            "base_own_intro_blind_items_titles_seen": _figures(blind_titles)}
+            "base_own_intro_listed": _figures(own_listed), "base_own_intro_blind_items": _figures(blind)}
     for name in ("ar", "aspd"):
         if any(k[1] == name for k in scored):
             figs[f"adapter_{name}"] = _figures(system(name))
@@ -172,7 +161,7 @@ def main() -> None:
                        "sampling": {"max_new_tokens": MAX_TOKENS, "decoding": "greedy", "anti_loop": "default"},
                        "environment": environment()},
               "systems": figs, "steered_answers": steered, "own_intro_answers": own,
-              "blind_item_answers": blind_alone, "blind_item_titles_seen_answers": blind_titles}
+              "blind_item_answers": blind}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for name, f in figs.items():
         print(f"{name:22s} loss {f['loss']:.3f} ({f['loss_vs_base']:+.1%})  rep4 {f['repetition_4gram']:.3f}  "
