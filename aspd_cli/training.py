@@ -61,6 +61,9 @@ def add_parsers(sub) -> None:
     t.add_argument("--anchor-branches", type=float, default=0.0, metavar="W",
                    help="on answers with a block, the share of the loss that is the KL to the base model reading "
                         "the joined text, branch bodies included (0: none)")
+    t.add_argument("--anchor-blind", action="store_true",
+                   help="with --anchor-branches: anchor only the branch bodies, each to the base model reading it "
+                        "alone after the text before its block, as the branch is decoded")
     t.add_argument("--init", type=Path, default=None,
                    help="start from this adapter (a second stage): a checkpoint's state.pt or an adapter directory")
     t.set_defaults(func=cmd_train)
@@ -121,6 +124,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     if not (0 <= args.anchor <= 1 and 0 <= args.anchor_branches <= 1):
         raise UsageError("--anchor and --anchor-branches are shares of the loss: between 0 and 1")
+    if args.anchor_blind and not args.anchor_branches:
+        raise UsageError("--anchor-blind needs --anchor-branches W > 0 (the share it anchors)")
     from runtime import protocol as P
     from runtime.model_loader import training_dtype
     from training.card import write
@@ -151,7 +156,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                for r in chosen]
     cfg = TrainConfig(rank=args.rank, lr=args.lr, epochs=args.epochs, accum=args.accum, batch=args.batch,
                       seed=args.seed, token_lr=args.token_lr, markup_weight=args.markup_weight,
-                      anchor=args.anchor, anchor_branches=args.anchor_branches)
+                      anchor=args.anchor, anchor_branches=args.anchor_branches, anchor_blind=args.anchor_blind)
     init = None if args.init is None else _adapter_state(args.init)
     parallel = sum(r["parallel"] for r in chosen)
     console.print(f"training on {len(samples)} samples ({parallel} parallel) in {dtype}, {cfg}")

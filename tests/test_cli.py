@@ -42,6 +42,7 @@ def test_serve_limits_default_to_serve_config():
     (["generate", "hi", "--top-p", "0"], "invalid sampling parameter top_p"),
     (["data", "responses", "--prompts", "no/such/folder"], "no no/such/folder/prompts_train.jsonl"),
     (["train", "--anchor-branches", "2"], "--anchor and --anchor-branches are shares of the loss"),
+    (["train", "--anchor-blind"], "--anchor-blind needs --anchor-branches W > 0"),
 ])
 def test_user_errors_are_one_line_and_exit_2(argv, msg, capsys):
     assert main(argv) == 2

@@ -205,6 +205,44 @@ def test_the_branch_anchor_reads_the_joined_text(tiny, sample):
         torch.testing.assert_close(half, (got + plain) / 2, atol=1e-5, rtol=1e-4)
 
 
+def test_the_blind_branch_anchor_reads_each_body_alone(tiny, sample):
+    """With `blind`, only branch bodies are anchored, each to the base model reading the text before its
+    block and then that body alone (none of its siblings, as the branch is decoded); serial text keeps
+    its label."""
+    from runtime.model_runner import sequence_mask
+    from training.samples import blind_views, reading_order
+    from training.train import Anchor
+
+    pm = lora(copy.deepcopy(tiny.model), tiny.ids, TrainConfig(rank=4))
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if "lora_B" in name or "trainable_tokens" in name:
+                p.add_(0.05 * torch.randn_like(p))
+        got = sample_loss(pm, sample, anchor=Anchor(1.0, tiny.ids, branches=1.0, blind=True))
+        joined = sample_loss(pm, sample, anchor=Anchor(1.0, tiny.ids, branches=1.0))
+        assert not torch.allclose(got, joined)
+        order, restated = reading_order(sample, tiny.ids)
+        views = blind_views(sample, order)
+        shared = [j for j in order if j < views[0][1].start]  # the prompt and the text before the block
+        assert len(views) == 3 and all(v[:len(shared)] == shared and v[len(shared):] for v, _ in views)
+        logits = pm(input_ids=torch.tensor(sample.ids)[None], position_ids=torch.tensor(sample.positions)[None],
+                    attention_mask=sequence_mask(sample.tags), use_cache=False).logits[0].float()
+        labels = torch.tensor(sample.labels[1:])
+        per = torch.nn.functional.cross_entropy(logits[:-1], labels, ignore_index=IGNORE, reduction="none")
+        kls = 0
+        for view, span in views:
+            assert all(j not in view for j in range(len(sample.ids)) if sample.tags[j].block > 0 and j not in span)
+            base = tiny.model(input_ids=torch.tensor([sample.ids[j] for j in view])[None]).logits[0].float()
+            base[:, sorted(tiny.ids.markup)] = float("-inf")
+            for r, j in enumerate(view):
+                if j not in span or sample.labels[j] == IGNORE or j in restated or sample.ids[j] in tiny.ids.markup:
+                    continue
+                logp = torch.log_softmax(base[r - 1], -1)
+                per[j - 1] = (logp.exp() * (logp.nan_to_num(neginf=0.0) - torch.log_softmax(logits[j - 1], -1))).sum()
+                kls += 1
+        assert kls > 5
+        torch.testing.assert_close(got, per[labels != IGNORE].mean(), atol=1e-5, rtol=1e-4)
+
 def test_prompt_set_is_large_unique_and_clean():
     from training.prompts import build
 

@@ -47,7 +47,10 @@ def write(adapter: Path, evaluation: dict | None = None) -> Path:
         "  protocol's branch-isolating mask and position ids, built by the engine's own code",
         *([f"- anchored: on serial answers {cfg.get('anchor', 0):.0%} of each token's loss is the KL to the base "
            "model (adapter off, markup removed), which keeps the adapter's text near the base model's"
-           + (f"; on answers with a block {float(cfg['anchor_branches']):.0%} of each loss on their text (branch "
+           + (f"; on answers with a block {float(cfg['anchor_branches']):.0%} of each loss on their branch bodies "
+              "past their restated titles, the base model reading each body alone after the text before its block"
+              if cfg.get("anchor_branches") and cfg.get("anchor_blind") else
+              f"; on answers with a block {float(cfg['anchor_branches']):.0%} of each loss on their text (branch "
               "bodies past their restated titles included), the base model reading the joined answer"
               if cfg.get("anchor_branches") else "")]
           if cfg.get("anchor") or cfg.get("anchor_branches") else []),

@@ -23,7 +23,7 @@ from runtime.model_loader import quiet_peft
 from runtime.model_runner import sequence_mask
 from runtime.protocol import SpecialIds
 
-from .samples import IGNORE, Sample, reading_order
+from .samples import IGNORE, Sample, blind_views, reading_order
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -44,6 +44,7 @@ class TrainConfig:
     markup_weight: float = 1.0  # loss weight of markup tokens (the fork decisions are a few tokens per answer)
     anchor: float = 0.0  # on serial answers, this share of the loss is the KL to the base model (adapter off)
     anchor_branches: float = 0.0  # the anchor's share on answers with a block (their text as a reader sees it)
+    anchor_blind: bool = False  # ... on their branch bodies only, each read alone (`Anchor.blind`)
 
 
 class History(BaseModel):
@@ -76,10 +77,13 @@ class Anchor:
     a block are anchored too, with that share: a branch body's tokens (past its restated title) to the base model's
     distribution after the earlier siblings' bodies, which the branch does not see but a reader of the
     joined answer does; markup stays on its label. Without it (the default until v14) only serial
-    answers are anchored."""
+    answers are anchored. `blind`: instead, only the branch bodies are anchored, each to the base model
+    reading it alone after the text before its block (`samples.blind_views`), as the branch is decoded;
+    the serial text of answers with a block keeps its labels."""
     weight: float
     ids: SpecialIds
     branches: float = 0.0
+    blind: bool = False
 
     def share(self, s: Sample) -> float:
         return self.weight if self.ids.markup.isdisjoint(s.ids) else self.branches
@@ -111,7 +115,7 @@ def batch_loss(model, samples: list[Sample], weights: torch.Tensor | None = None
                                             reduction="none").view_as(labels)
     shares = {} if anchor is None else {i: w for i, s in enumerate(samples) if (w := anchor.share(s))}
     if shares:
-        for i, at, kl in _base_kl(model, samples, list(shares), logits, anchor.ids):
+        for i, at, kl in _base_kl(model, samples, list(shares), logits, anchor):
             per[i, at] = (1 - shares[i]) * per[i, at] + shares[i] * kl
     w = (labels != IGNORE).float()
     if weights is not None:
@@ -119,25 +123,37 @@ def batch_loss(model, samples: list[Sample], weights: torch.Tensor | None = None
     return ((per * w).sum(1) / w.sum(1)).mean()
 
 
-def _base_kl(model, samples: list[Sample], rows: list[int], logits: torch.Tensor, ids: SpecialIds):
+def _base_kl(model, samples: list[Sample], rows: list[int], logits: torch.Tensor, anchor: Anchor):
     """For each sample of `rows` (not empty): (row, positions, KL(base || adapted) there) over the positions
     whose next token a reader of the answer's text sees (markup and restated titles excepted), the base
-    being the peft model with its adapters off, reading that text as one causal sequence."""
-    views = [reading_order(samples[i], ids) for i in rows]
+    being the peft model with its adapters off, reading that text as one causal sequence (`anchor.blind`,
+    on an answer with a block: each branch's body alone after the text before its block)."""
+    ids = anchor.ids
+    views = []  # (row, token indices in reading order, the indices whose prediction is read from this view)
+    for i in rows:
+        order, restated = reading_order(samples[i], ids)
+        parts = blind_views(samples[i], order) if anchor.blind and not ids.markup.isdisjoint(samples[i].ids) \
+            else [(order, range(len(samples[i].ids)))]
+        views += [(i, o, {j for j in keep if j not in restated}) for o, keep in parts]
     dev = logits.device
-    text = torch.zeros(len(rows), max(len(o) for o, _ in views), dtype=torch.long, device=dev)
-    for k, ((order, _), i) in enumerate(zip(views, rows)):
+    text = torch.zeros(len(views), max(len(o) for _, o, _ in views), dtype=torch.long, device=dev)
+    for k, (i, order, _) in enumerate(views):
         text[k, :len(order)] = torch.tensor([samples[i].ids[j] for j in order])
     with torch.no_grad(), model.disable_adapter():  # right-padded and causal: the pads are never read
         ref = model(input_ids=text, use_cache=False).logits.float()
     ref[..., sorted(ids.markup)] = -1e4  # not -inf: 0 * log 0 must stay 0
-    out = []
-    for k, ((order, restated), i) in enumerate(zip(views, rows)):
+    found: dict[int, list[tuple[int, torch.Tensor]]] = {}
+    for k, (i, order, keep) in enumerate(views):
         s = samples[i]
         pairs = [(j, r) for r, j in enumerate(order) if j >= s.prompt_len and s.labels[j] != IGNORE
-                 and j not in restated and s.ids[j] not in ids.markup]
-        at = torch.tensor([j - 1 for j, _ in pairs], device=dev)  # the logits that predict token j
-        logp = torch.log_softmax(ref[k, [r - 1 for _, r in pairs]], -1)
+                 and j in keep and s.ids[j] not in ids.markup]
+        if pairs:
+            logp = torch.log_softmax(ref[k, [r - 1 for _, r in pairs]], -1)
+            found.setdefault(i, []).extend(zip([j - 1 for j, _ in pairs], logp))  # the logits predicting token j
+    out = []
+    for i, got in found.items():
+        at = torch.tensor([a for a, _ in got], device=dev)
+        logp = torch.stack([lp for _, lp in got])
         out.append((i, at, (logp.exp() * (logp - torch.log_softmax(logits[i, at], -1))).sum(-1)))
     return out
 
@@ -165,7 +181,8 @@ def train(model, ids: SpecialIds, samples: list[Sample], ckpt: Path, cfg: TrainC
     if cfg.markup_weight != 1.0:
         weights = torch.ones(model.get_output_embeddings().weight.shape[0])
         weights[sorted(ids.markup)] = cfg.markup_weight
-    anchor = Anchor(cfg.anchor, ids, cfg.anchor_branches) if cfg.anchor or cfg.anchor_branches else None
+    anchored = cfg.anchor or cfg.anchor_branches
+    anchor = Anchor(cfg.anchor, ids, cfg.anchor_branches, cfg.anchor_blind) if anchored else None
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / cfg.warmup) * max(0.05, 1 - k / total))
     hist = History()
     run = fingerprint(samples, cfg, init)
