@@ -210,7 +210,7 @@ def test_the_blind_branch_anchor_reads_each_body_alone(tiny, sample):
     block and then that body alone (none of its siblings, as the branch is decoded); serial text keeps
     its label."""
     from runtime.model_runner import sequence_mask
-    from training.samples import blind_views, reading_order
+    from training.samples import branch_token_spans, reading_order
     from training.train import Anchor
 
     pm = lora(copy.deepcopy(tiny.model), tiny.ids, TrainConfig(rank=4))
@@ -222,8 +222,9 @@ def test_the_blind_branch_anchor_reads_each_body_alone(tiny, sample):
         joined = sample_loss(pm, sample, anchor=Anchor(1.0, tiny.ids, branches=1.0))
         assert not torch.allclose(got, joined)
         order, restated = reading_order(sample, tiny.ids)
-        views = blind_views(sample, order)
-        shared = [j for j in order if j < views[0][1].start]  # the prompt and the text before the block
+        (spans,) = branch_token_spans(sample)  # one block: each view is the text before it, then one body
+        shared = [j for j in order if j < spans[0][0]]
+        views = [(shared + [j for j in order if a <= j < b], range(a, b)) for a, b in spans]
         assert len(views) == 3 and all(v[:len(shared)] == shared and v[len(shared):] for v, _ in views)
         logits = pm(input_ids=torch.tensor(sample.ids)[None], position_ids=torch.tensor(sample.positions)[None],
                     attention_mask=sequence_mask(sample.tags), use_cache=False).logits[0].float()

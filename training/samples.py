@@ -81,18 +81,6 @@ def reading_order(s: Sample, ids: SpecialIds) -> tuple[list[int], frozenset[int]
     return order, frozenset(restated)
 
 
-def blind_views(s: Sample, order: list[int]) -> list[tuple[list[int], range]]:
-    """Each branch as it is decoded, for a reader of its text alone: (the reading `order` up to its block
-    (prompt, serial text, earlier blocks' bodies), then its own body; the indices of its tokens). What the
-    base model expects of a body there is a target the branch can reach; after its earlier siblings'
-    bodies (the joined `order`) it is not, for the branch never sees them."""
-    out = []
-    for block in branch_token_spans(s):
-        before = [i for i in order if i < block[0][0]]
-        out += [(before + [i for i in order if a <= i < b], range(a, b)) for a, b in block]
-    return out
-
-
 def branch_token_spans(sample: Sample) -> list[list[tuple[int, int]]]:
     """Per block, per branch: the [start, end) indices of the branch's tokens in the sample."""
     blocks: dict[int, dict[int, list[int]]] = {}

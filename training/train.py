@@ -21,9 +21,9 @@ from pydantic import BaseModel
 
 from runtime.model_loader import quiet_peft
 from runtime.model_runner import sequence_mask
-from runtime.protocol import SpecialIds
+from runtime.protocol import SERIAL_TAG, SpecialIds, layout
 
-from .samples import IGNORE, Sample, blind_views, reading_order
+from .samples import IGNORE, Sample, reading_order
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -78,7 +78,7 @@ class Anchor:
     distribution after the earlier siblings' bodies, which the branch does not see but a reader of the
     joined answer does; markup stays on its label. Without it (the default until v14) only serial
     answers are anchored. `blind`: instead, only the branch bodies are anchored, each to the base model
-    reading it alone after the text before its block (`samples.blind_views`), as the branch is decoded;
+    reading it alone after the text before its block (the protocol's mask), as the branch is decoded;
     the serial text of answers with a block keeps its labels."""
     weight: float
     ids: SpecialIds
@@ -126,37 +126,36 @@ def batch_loss(model, samples: list[Sample], weights: torch.Tensor | None = None
 def _base_kl(model, samples: list[Sample], rows: list[int], logits: torch.Tensor, anchor: Anchor):
     """For each sample of `rows` (not empty): (row, positions, KL(base || adapted) there) over the positions
     whose next token a reader of the answer's text sees (markup and restated titles excepted), the base
-    being the peft model with its adapters off, reading that text as one causal sequence (`anchor.blind`,
-    on an answer with a block: each branch's body alone after the text before its block)."""
-    ids = anchor.ids
-    views = []  # (row, token indices in reading order, the indices whose prediction is read from this view)
-    for i in rows:
-        order, restated = reading_order(samples[i], ids)
-        parts = blind_views(samples[i], order) if anchor.blind and not ids.markup.isdisjoint(samples[i].ids) \
-            else [(order, range(len(samples[i].ids)))]
-        views += [(i, o, {j for j in keep if j not in restated}) for o, keep in parts]
-    dev = logits.device
-    text = torch.zeros(len(views), max(len(o) for _, o, _ in views), dtype=torch.long, device=dev)
+    being the peft model with its adapters off, reading that text as one causal sequence. `anchor.blind`,
+    on an answer with a block: the base reads the text with the protocol's tags, mask and positions, so
+    that each branch body sees the text before its block and itself only, as it is decoded (one forward
+    for all of an answer's branches), and only the bodies are anchored."""
+    ids, dev = anchor.ids, logits.device
+    views = [(i, *reading_order(samples[i], ids)) for i in rows]  # (row, token indices read, restated)
+    n = max(len(order) for _, order, _ in views)
+    text = torch.zeros(len(views), n, dtype=torch.long, device=dev)
+    pos = torch.zeros_like(text)
+    mask = torch.eye(n, dtype=torch.bool, device=dev).repeat(len(views), 1, 1, 1)  # a pad sees only itself
     for k, (i, order, _) in enumerate(views):
-        text[k, :len(order)] = torch.tensor([samples[i].ids[j] for j in order])
-    with torch.no_grad(), model.disable_adapter():  # right-padded and causal: the pads are never read
-        ref = model(input_ids=text, use_cache=False).logits.float()
+        s, m = samples[i], len(order)
+        tags = [s.tags[j] if anchor.blind else SERIAL_TAG for j in order]
+        text[k, :m] = torch.tensor([s.ids[j] for j in order])
+        pos[k, :m] = torch.tensor(layout(tags))
+        mask[k, :, :m, :m] = sequence_mask(tags, dev)
+    with torch.no_grad(), model.disable_adapter():
+        ref = model(input_ids=text, position_ids=pos, attention_mask=mask, use_cache=False).logits.float()
     ref[..., sorted(ids.markup)] = -1e4  # not -inf: 0 * log 0 must stay 0
-    found: dict[int, list[tuple[int, torch.Tensor]]] = {}
-    for k, (i, order, keep) in enumerate(views):
-        s = samples[i]
-        pairs = [(j, r) for r, j in enumerate(order) if j >= s.prompt_len and s.labels[j] != IGNORE
-                 and j in keep and s.ids[j] not in ids.markup]
-        if pairs:
-            logp = torch.log_softmax(ref[k, [r - 1 for _, r in pairs]], -1)
-            found.setdefault(i, []).extend(zip([j - 1 for j, _ in pairs], logp))  # the logits predicting token j
     out = []
-    for i, got in found.items():
-        at = torch.tensor([a for a, _ in got], device=dev)
-        logp = torch.stack([lp for _, lp in got])
-        out.append((i, at, (logp.exp() * (logp - torch.log_softmax(logits[i, at], -1))).sum(-1)))
+    for k, (i, order, restated) in enumerate(views):
+        s = samples[i]
+        bodies = anchor.blind and any(t.block > 0 for t in s.tags)  # else every token a reader sees
+        pairs = [(j, r) for r, j in enumerate(order) if j >= s.prompt_len and s.labels[j] != IGNORE
+                 and j not in restated and s.ids[j] not in ids.markup and (not bodies or s.tags[j].block > 0)]
+        if pairs:  # the logits at j - 1 predict token j
+            at = torch.tensor([j - 1 for j, _ in pairs], device=dev)
+            logp = torch.log_softmax(ref[k, [r - 1 for _, r in pairs]], -1)
+            out.append((i, at, (logp.exp() * (logp - torch.log_softmax(logits[i, at], -1))).sum(-1)))
     return out
-
 
 def train(model, ids: SpecialIds, samples: list[Sample], ckpt: Path, cfg: TrainConfig, log=print,
           init: dict | None = None):
