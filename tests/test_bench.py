@@ -288,3 +288,22 @@ def test_blind_items_split_a_bold_numbered_list_and_end_a_body_as_a_branch_would
     assert blind_body(" Sleep a lot.\n\n3. **Eat**: more") == " Sleep a lot."
     assert blind_body(" Sleep.\n4. Walk") == " Sleep."
     assert blind_body(" Sleep\nwell. ") == " Sleep\nwell."
+
+
+def test_compare_reads_the_committed_run_and_its_loss_matches_the_bench(tmp_path, capsys):
+    """`bench/compare.py` on the committed Vicuna-80 run against itself: its loss over every answer both
+    runs fork is a ratio of sums; over all answers it is the bench's own relative delta."""
+    from pathlib import Path
+
+    from bench import compare
+
+    run = Path(__file__).resolve().parents[1] / "bench" / "results" / "vicuna80"
+    summary, rows = compare.load(run)
+    every = sorted({q for _, q in rows})
+    want = summary["systems"]["aspd"]["quality_delta"]["loss"]
+    assert compare.loss_delta(rows, "aspd", every) == pytest.approx(want, abs=5e-4)
+    assert compare.main([str(run), str(run)]) == 0
+    out = capsys.readouterr().out
+    assert f"{summary['systems']['aspd']['fork_share']:.1%}" in out and "different CPUs" not in out
+    assert compare.main([str(run), str(tmp_path)]) == 2
+    assert "no summary.json" in capsys.readouterr().err
