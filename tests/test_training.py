@@ -244,6 +244,38 @@ def test_the_blind_branch_anchor_reads_each_body_alone(tiny, sample):
         assert kls > 5
         torch.testing.assert_close(got, per[labels != IGNORE].mean(), atol=1e-5, rtol=1e-4)
 
+def test_the_blind_anchor_of_a_body_does_not_read_its_siblings(tiny, sample):
+    """Blind, a branch's anchor target does not change with an earlier sibling's text (the base reads the
+    block with the protocol's mask, as decoded); joined, it does: a check that can fail."""
+    import dataclasses
+
+    from runtime.model_runner import sequence_mask
+    from training.samples import branch_token_spans, reading_order
+    from training.train import Anchor, _base_kl
+
+    order, restated = reading_order(sample, tiny.ids)
+    (spans,) = branch_token_spans(sample)
+    ids, labels = list(sample.ids), list(sample.labels)
+    for j in order:  # every word of the first branch's body, another
+        if spans[0][0] <= j < spans[0][1] and j not in restated:
+            ids[j] = labels[j] = next(t for t in range(5, 50) if t != ids[j] and t not in tiny.ids.markup)
+    other = dataclasses.replace(sample, ids=ids, labels=labels)
+    pm = lora(copy.deepcopy(tiny.model), tiny.ids, TrainConfig(rank=4))
+
+    def kl(s, blind):
+        with torch.no_grad():
+            logits = pm(input_ids=torch.tensor(s.ids)[None], position_ids=torch.tensor(s.positions)[None],
+                        attention_mask=sequence_mask(s.tags), use_cache=False).logits.float()
+            ((_, at, got),) = _base_kl(pm, [s], [0], logits, Anchor(1.0, tiny.ids, 1.0, blind))
+        return {a: v for a, v in zip(at.tolist(), got.tolist()) if a + 1 >= spans[1][0]}  # later siblings' tokens
+
+    blind, moved = kl(sample, True), kl(other, True)
+    assert blind and blind.keys() == moved.keys()
+    assert all(abs(blind[a] - moved[a]) < 1e-5 for a in blind)  # bodies only, none reads branch 1
+    joined, moved = kl(sample, False), kl(other, False)
+    assert any(abs(joined[a] - moved[a]) > 1e-3 for a in joined if a + 1 < spans[-1][1])
+
+
 def test_prompt_set_is_large_unique_and_clean():
     from training.prompts import build
 
