@@ -25,7 +25,8 @@ from .common import UsageError, add_model_args, console, load_model
 
 def add_parsers(sub) -> None:
     d = sub.add_parser("data", help="build the ASPD training data (prompts, answers, extraction, validation)")
-    d.add_argument("step", choices=("prompts", "responses", "build", "all"))
+    d.add_argument("step", choices=("prompts", "responses", "build", "all", "blind"),
+                   help="blind: re-write a build's branch bodies blind (data v4, `training/blind.py`)")
     d.add_argument("--out", type=Path, default=DATA)
     add_model_args(d, adapter=False, dtype=False, attention=False)
     d.add_argument("--seed", type=int, default=0)
@@ -39,6 +40,7 @@ def add_parsers(sub) -> None:
                    help="responses: list-like answers open with the model's own first line, then the list")
     d.add_argument("--kind", choices=("listlike", "other"), default=None, help="responses: only prompts of this kind")
     d.add_argument("--prompts", type=Path, default=None, help="the folder with prompts_train.jsonl (default: --out)")
+    d.add_argument("--source", type=Path, default=None, help="blind: the build to re-write (its dataset.jsonl)")
     d.set_defaults(func=cmd_data)
     t = sub.add_parser("train", help="fine-tune the ASPD adapter (LoRA + the six markup token rows)")
     t.add_argument("--data", type=Path, default=DATA)
@@ -92,6 +94,8 @@ def cmd_data(args: argparse.Namespace) -> int:
     from training import prompts
 
     out: Path = args.out
+    if args.step == "blind":
+        return _blind(args)
     if args.step in ("prompts", "all"):
         counts = prompts.write(out, seed=args.seed)
         console.print(f"prompts: {counts} -> {out}")
@@ -118,6 +122,25 @@ def cmd_data(args: argparse.Namespace) -> int:
                      threshold=threshold, judge=judge, log=console.print)
         console.print(stats_table(stats))
         console.print(f"wrote {out / 'dataset.jsonl'} and {out / 'data_stats.json'}")
+    return 0
+
+
+def _blind(args: argparse.Namespace) -> int:
+    from runtime.engine import Engine
+    from training import blind
+    from training.dataset import read
+
+    if args.source is None or not (args.source / "dataset.jsonl").is_file():
+        raise UsageError("blind needs --source DIR holding a build's dataset.jsonl (e.g. data/aspd_v3)")
+    if args.source.resolve() == args.out.resolve():
+        raise UsageError("blind writes a new build: --out must differ from --source")
+    rows = read(args.source / "dataset.jsonl")
+    args.out.mkdir(parents=True, exist_ok=True)
+    todo = [r for r in rows if r["parallel"]][:args.limit]  # --limit: the first N parallel answers
+    blind.generate(Engine(load_model(args.model, adapter="none")), todo, args.out / "blind.jsonl", batch=args.batch,
+                   log=console.print)
+    stats = blind.assemble(rows, args.out / "blind.jsonl", args.out)
+    console.print(f"wrote {args.out / 'dataset.jsonl'}: {stats}")
     return 0
 
 

@@ -37,13 +37,12 @@ from bench import metrics  # noqa: E402
 from bench.common import environment, shown  # noqa: E402
 from bench.quality import answer_loss  # noqa: E402
 from bench.questions import VICUNA80, load  # noqa: E402
+from training.blind import ITEM_TOKENS, blind_body  # noqa: E402
 
 STEERED = ("generic", "knowledge", "roleplay", "common-sense", "counterfactual", "writing")
 OUT = Path(__file__).resolve().parent / "results" / "steered_control.json"
 MAX_TOKENS = 256  # the bench's answer budget; a forced start counts in it
-ITEM_TOKENS = 128  # a blind item's body at most (an item ends at its first empty line before that)
 _HEADER = re.compile(r"[ \t]*\d+[.)][ \t]*\*\*[^*\n]+\*\*:?")  # "3. **Title**:", the list's bold title
-_NEXT_ITEM = re.compile(r"\n\s*\d+[.)]\s")  # a body running on into another numbered item
 
 
 def list_items(text: str) -> list[tuple[int, int, int, str, str]]:
@@ -58,13 +57,6 @@ def list_items(text: str) -> list[tuple[int, int, int, str, str]]:
             out += [(g.start, a, b, h.group(0), text[a:b][len(text[a:b].rstrip()):])
                     for h, (a, b) in zip(heads, g.items)]
     return out
-
-
-def blind_body(generated: str) -> str:
-    """A blind item's body as a branch would end it: at its first empty line or next numbered item."""
-    cut = min([i for i in (generated.find("\n\n"), *(m.start() for m in _NEXT_ITEM.finditer(generated)))
-               if i >= 0], default=len(generated))
-    return generated[:cut].rstrip()
 
 
 def _figures(rows: list[dict]) -> dict:

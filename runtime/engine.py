@@ -265,6 +265,12 @@ class Engine:
         With `markup` the block is written in ASPD markup (the seeds are titles); without it the
         seeds are plain text and the join appends the branches in order (works on any base model).
         """
+        return self._drive(self.fork_steps(seq, seeds, params, markup))
+
+    def fork_steps(self, seq: SeqState, seeds: Seq[str], params: SamplingParams,
+                   markup: bool = False) -> Steps[GenerationOutput]:
+        """`fork` as a step generator (checked now, decoded as it is driven): many forks share each
+        forward when driven together (`run_kind.drive_all`)."""
         seq.check_serial()
         if len(seeds) < 2:
             raise EngineError("a fork needs at least 2 branches")
@@ -277,7 +283,7 @@ class Engine:
             run.open_block(list(seeds))
         else:
             run.open_block(list(seeds), seeds=[self.encode(s) for s in seeds])
-        return self._drive(run.steps())
+        return run.steps()
 
     # ----------------------------------------------------------------- plain blocks, step by step
     # A program's parallel block: branches are opened, extended, decoded (any subset at once, each

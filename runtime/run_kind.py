@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Literal, TypeVar
 
 import torch
@@ -36,3 +36,24 @@ class RunKind(enum.Enum):
     def joins(self) -> bool:
         """The run closes the block it decodes (BRANCHES leaves it open)."""
         return self is not RunKind.BRANCHES
+
+
+def drive_all(forward_many: Callable[[list[Forward]], list[torch.Tensor]], runs: list[Steps[T]]) -> list[T]:
+    """Drive many step generators (`Engine.fork_steps`, `Run.steps`) to their ends with one batched
+    forward per step (`ModelRunner.forward_many`), as the serving loop does; their results in order."""
+    out: list = [None] * len(runs)
+    live: dict[int, tuple[Steps[T], Forward]] = {}
+    for i, steps in enumerate(runs):
+        try:
+            live[i] = (steps, next(steps))
+        except StopIteration as done:
+            out[i] = done.value
+    while live:
+        items = list(live.items())
+        for (i, (steps, _)), row in zip(items, forward_many([fwd for _, (_, fwd) in items])):
+            try:
+                live[i] = (steps, steps.send(row))
+            except StopIteration as done:
+                out[i] = done.value
+                del live[i]
+    return out

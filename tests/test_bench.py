@@ -276,7 +276,8 @@ def test_loss_regions_split_an_answer_into_its_pieces():
 
 
 def test_blind_items_split_a_bold_numbered_list_and_end_a_body_as_a_branch_would():
-    from bench.steered_control import blind_body, list_items
+    from bench.steered_control import list_items
+    from training.blind import blind_body
 
     text = "Sure.\n\n1. **Plan**: Do it.\n\n2. **Rest**: Sleep\nwell.\n\n3. **Eat**: Food.\n\nIn short, yes."
     items = list_items(text)

@@ -295,3 +295,23 @@ def test_fork_needs_two_branches(engine):
         engine.fork(engine.new_sequence("x"), ["only one"], GREEDY)
     with pytest.raises(EngineError, match="empty"):
         engine.new_sequence("")
+
+
+def test_forks_driven_together_equal_each_fork_alone(engine):
+    """`fork_steps` + `drive_all` (many answers' blocks in one forward, as data v4 is written) decode each
+    fork exactly as `fork` alone does."""
+    from runtime.run_kind import drive_all
+
+    p = SamplingParams(max_new_tokens=24, max_branch_tokens=8)
+    prompts = [[5, 6, 7, 8, 9], [10, 11, 12]]
+
+    def seq(ids):
+        s = engine.new_sequence(ids)
+        engine.prefill(s)
+        return s
+
+    alone = [engine.fork(seq(ids), ["a", "b c", "d"], p) for ids in prompts]
+    together = drive_all(engine.runner.forward_many, [engine.fork_steps(seq(ids), ["a", "b c", "d"], p)
+                                                      for ids in prompts])
+    assert [o.markup for o in together] == [o.markup for o in alone]
+    assert all(o.parallel_tokens > 0 for o in together) and together[0].markup != together[1].markup
