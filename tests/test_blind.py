@@ -21,6 +21,7 @@ def test_the_lead_a_blind_body_goes_on_from():
     assert blind.lead(P.Branch(title="The film is a", body=" * The film is a thriller.")) == " * The film is a"
     assert blind.lead(P.Branch(title="Sleep", body=" Rest is good.")) is None  # no lead: the body stays
     assert blind.blind_body(" one.\n* two", "*") == " one." and blind.blind_body(" one.\n* two") == " one.\n* two"
+    assert blind.blind_body(" see <|para|> here") == ""
 
 
 def test_a_block_reads_the_text_before_it_and_rebuild_keeps_all_but_the_bodies():

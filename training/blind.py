@@ -49,11 +49,12 @@ def lead(branch: Branch) -> str | None:
 
 def blind_body(generated: str, marker: str = "") -> str:
     """A blind body as a branch would end it: at its first empty line or next numbered item (or, for a
-    bullet item, its next line opening with the same `marker`)."""
+    bullet item, its next line opening with the same `marker`); empty where it holds "<|"."""
     cuts = [generated.find("\n\n"), *(m.start() for m in _NEXT_ITEM.finditer(generated))]
     if marker:
         cuts.append(generated.find(f"\n{marker} "))
-    return generated[:min([i for i in cuts if i >= 0], default=len(generated))].rstrip()
+    body = generated[:min([i for i in cuts if i >= 0], default=len(generated))].rstrip()
+    return "" if "<|" in body else body  # markup-like text would not parse: the branch keeps its old body
 
 
 def _marker(head: str) -> str:
