@@ -106,8 +106,9 @@ def generate(engine: Engine, rows: list[dict], out: Path, batch: int = 16, log=p
         for k in range(0, len(todo), batch):
             part = [(r, parse(r["markup"])) for r in todo[k:k + batch]]
             now = [resp for _, resp in part]
+            # block positions: rebuild re-writes bodies only, so they hold through every round
+            segs = [[i for i, g in enumerate(resp.segments) if isinstance(g, ParallelBlock)] for resp in now]
             for round_ in range(max(len(resp.blocks) for resp in now)):
-                segs = [[i for i, g in enumerate(resp.segments) if isinstance(g, ParallelBlock)] for resp in now]
                 work = [(n, segs[n][round_]) for n in range(len(part)) if round_ < len(segs[n])]
                 runs = [(n, seg, _fork(engine, part[n][0]["prompt"], now[n], seg)) for n, seg in work]
                 outs = drive_all(engine.runner.forward_many, [steps for _, _, steps in runs if steps is not None])
