@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 from pathlib import Path
 
 from runtime.sampling import anti_loop_args, anti_loop_from
@@ -41,6 +40,8 @@ def add_parsers(sub) -> None:
     d.add_argument("--kind", choices=("listlike", "other"), default=None, help="responses: only prompts of this kind")
     d.add_argument("--prompts", type=Path, default=None, help="the folder with prompts_train.jsonl (default: --out)")
     d.add_argument("--source", type=Path, default=None, help="blind: the build to re-write (its dataset.jsonl)")
+    d.add_argument("--first-draw", type=int, default=None, metavar="N",
+                   help="blind: first the rows of `aspd train --balance --seed SEED --max-samples N`'s draw")
     d.set_defaults(func=cmd_data)
     t = sub.add_parser("train", help="fine-tune the ASPD adapter (LoRA + the six markup token rows)")
     t.add_argument("--data", type=Path, default=DATA)
@@ -128,7 +129,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 def _blind(args: argparse.Namespace) -> int:
     from runtime.engine import Engine
     from training import blind
-    from training.dataset import read
+    from training.dataset import draw, read
 
     if args.source is None or not (args.source / "dataset.jsonl").is_file():
         raise UsageError("blind needs --source DIR holding a build's dataset.jsonl (e.g. data/aspd_v3)")
@@ -137,6 +138,9 @@ def _blind(args: argparse.Namespace) -> int:
     rows = read(args.source / "dataset.jsonl")
     args.out.mkdir(parents=True, exist_ok=True)
     todo = [r for r in rows if r["parallel"]][:args.limit]  # --limit: the first N parallel answers
+    if args.first_draw:  # the rows a training run will read first, so a partial build already serves it
+        first = {r["id"] for r in draw(rows, args.seed, args.first_draw, balance=True)}
+        todo.sort(key=lambda r: r["id"] not in first)
     blind.generate(Engine(load_model(args.model, adapter="none")), todo, args.out / "blind.jsonl", batch=args.batch,
                    log=console.print)
     stats = blind.assemble(rows, args.out / "blind.jsonl", args.out)
@@ -152,7 +156,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from runtime import protocol as P
     from runtime.model_loader import training_dtype
     from training.card import write
-    from training.dataset import balanced, chat_ids, read
+    from training.dataset import chat_ids, draw, read
     from training.samples import build
     from training.train import TrainConfig, save_adapter, train
 
@@ -160,16 +164,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     dtype = training_dtype()
     loaded = load_model(args.model, dtype=dtype, adapter="none")
     tok = loaded.tokenizer
-    rows = read(args.data / "dataset.jsonl")
-    rng = random.Random(args.seed)
-    par = [r for r in rows if r["parallel"]]
-    ser = [r for r in rows if not r["parallel"]]
-    rng.shuffle(ser)
-    take = balanced if args.balance else (lambda rs, n: rs[:n])  # after a shuffle: a random draw either way
-    ser = take(ser, int(len(par) * args.serial_ratio))
-    chosen = par + ser
-    rng.shuffle(chosen)
-    chosen = take(chosen, args.max_samples or len(chosen))
+    chosen = draw(read(args.data / "dataset.jsonl"), args.seed, args.max_samples, args.balance, args.serial_ratio)
     eos = tok.eos_token_id
 
     def enc(t: str) -> list[int]:

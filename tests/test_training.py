@@ -328,6 +328,18 @@ def test_balanced_draw_round_robins_prompt_families():
     assert len(balanced(rows, 100)) == len(rows) and balanced([], 5) == []
 
 
+def test_the_training_draw_takes_every_parallel_row_and_a_seeded_share_of_serial_ones():
+    from training.dataset import draw
+
+    rows = [{"id": f"tips-{i}", "parallel": i % 2 == 0} for i in range(20)] + [
+        {"id": f"math-{i}", "parallel": False} for i in range(20)]
+    got = draw(rows, seed=3)
+    assert sum(r["parallel"] for r in got) == 10 and len(got) == 20  # serial ratio 1.0
+    assert [r["id"] for r in got] == [r["id"] for r in draw(rows, seed=3)]  # the same draw, run after run
+    assert [r["id"] for r in got] != [r["id"] for r in draw(rows, seed=4)]
+    assert len(draw(rows, seed=3, serial_ratio=0.5)) == 15 and len(draw(rows, seed=3, n=7, balance=True)) == 7
+
+
 def test_interleaved_generation_order_round_robins_sources():
     from training.prompts import Prompt
     from training.responses import interleaved

@@ -101,7 +101,9 @@ def generate(engine: Engine, rows: list[dict], out: Path, batch: int = 16, log=p
     """Re-write the branch bodies of the parallel `rows` not yet in `out` (blind.jsonl), `batch` answers'
     blocks decoded together (one forward per step over all their branches); returns how many answers
     were written now. An answer's blocks go in order, a later one reading the earlier ones re-written."""
-    todo = [r for r in rows if r["parallel"] and r["id"] not in done_ids(out)]
+    done = done_ids(out)
+    todo = [r for r in rows if r["parallel"] and r["id"] not in done]
+    total, written = sum(r["parallel"] for r in rows), len(done)
     with open(out, "a") as f:
         for k in range(0, len(todo), batch):
             part = [(r, parse(r["markup"])) for r in todo[k:k + batch]]
@@ -124,7 +126,8 @@ def generate(engine: Engine, rows: list[dict], out: Path, batch: int = 16, log=p
                 f.write(json.dumps({"id": r["id"], "markup": new.markup(), "rewritten": changed,
                                     "branches": sum(len(g.branches) for g in resp.blocks)}) + "\n")
             f.flush()
-            log(f"{len(done_ids(out))} of {sum(r['parallel'] for r in rows)} parallel answers re-written blind")
+            written += len(part)
+            log(f"{written} of {total} parallel answers re-written blind")
     return len(todo)
 
 

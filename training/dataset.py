@@ -10,6 +10,7 @@ keeps the groups that pass; one without any becomes a serial sample.
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from pathlib import Path
 
@@ -138,3 +139,18 @@ def balanced(rows: list[dict], n: int) -> list[dict]:
     for k in range(max(map(len, queues.values()), default=0)):
         out += [q[k] for q in queues.values() if k < len(q)]
     return out[:n]
+
+
+def draw(rows: list[dict], seed: int, n: int | None = None, balance: bool = False,
+         serial_ratio: float = 1.0) -> list[dict]:
+    """The training draw: every parallel row, then `serial_ratio` serial rows per parallel one, shuffled
+    by `seed`; the first `n` (round-robin over families with `balance`; after a shuffle a random draw
+    either way)."""
+    rng = random.Random(seed)
+    par = [r for r in rows if r["parallel"]]
+    ser = [r for r in rows if not r["parallel"]]
+    rng.shuffle(ser)
+    take = balanced if balance else (lambda rs, k: rs[:k])
+    chosen = par + take(ser, int(len(par) * serial_ratio))
+    rng.shuffle(chosen)
+    return take(chosen, n or len(chosen))
