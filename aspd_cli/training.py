@@ -41,7 +41,8 @@ def add_parsers(sub) -> None:
     d.add_argument("--prompts", type=Path, default=None, help="the folder with prompts_train.jsonl (default: --out)")
     d.add_argument("--source", type=Path, default=None, help="blind: the build to re-write (its dataset.jsonl)")
     d.add_argument("--first-draw", type=int, default=None, metavar="N",
-                   help="blind: first the rows of `aspd train --balance --seed SEED --max-samples N`'s draw")
+                   help="blind: first the rows of `aspd train --balance --seed SEED --max-samples N`'s draw "
+                        "(at --serial-ratio 1)")
     d.set_defaults(func=cmd_data)
     t = sub.add_parser("train", help="fine-tune the ASPD adapter (LoRA + the six markup token rows)")
     t.add_argument("--data", type=Path, default=DATA)
@@ -137,13 +138,16 @@ def _blind(args: argparse.Namespace) -> int:
         raise UsageError("blind writes a new build: --out must differ from --source")
     rows = read(args.source / "dataset.jsonl")
     args.out.mkdir(parents=True, exist_ok=True)
-    todo = [r for r in rows if r["parallel"]][:args.limit]  # --limit: the first N parallel answers
+    todo = [r for r in rows if r["parallel"]]
     if args.first_draw:  # the rows a training run will read first, so a partial build already serves it
         first = {r["id"] for r in draw(rows, args.seed, args.first_draw, balance=True)}
         todo.sort(key=lambda r: r["id"] not in first)
+    todo = todo[:args.limit]  # --limit: the first N parallel answers
     blind.generate(Engine(load_model(args.model, adapter="none")), todo, args.out / "blind.jsonl", batch=args.batch,
                    log=console.print)
-    stats = blind.assemble(rows, args.out / "blind.jsonl", args.out)
+    source_stats = args.source / "data_stats.json"
+    stats = blind.assemble(rows, args.out / "blind.jsonl", args.out,
+                           json.loads(source_stats.read_text()) if source_stats.exists() else None)
     console.print(f"wrote {args.out / 'dataset.jsonl'}: {stats}")
     return 0
 

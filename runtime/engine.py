@@ -259,16 +259,19 @@ class Engine:
         run = self.start(seq, params, mode)
         return self._drive(run.steps(), on_step and functools.partial(on_step, run))
 
-    def fork(self, seq: SeqState, seeds: Seq[str], params: SamplingParams, markup: bool = False) -> GenerationOutput:
+    def fork(self, seq: SeqState, seeds: Seq[str], params: SamplingParams, markup: bool = False,
+             linked: bool = False) -> GenerationOutput:
         """Explicit fork: decode one branch per seed in parallel over the shared prefix, then join.
 
         With `markup` the block is written in ASPD markup (the seeds are titles); without it the
         seeds are plain text and the join appends the branches in order (works on any base model).
+        `linked`: the branches are parts of one answer, as in an ASPD block (no branch repeats an
+        n-gram of its siblings'); else each is decoded as if alone.
         """
-        return self._drive(self.fork_steps(seq, seeds, params, markup))
+        return self._drive(self.fork_steps(seq, seeds, params, markup, linked))
 
     def fork_steps(self, seq: SeqState, seeds: Seq[str], params: SamplingParams,
-                   markup: bool = False) -> Steps[GenerationOutput]:
+                   markup: bool = False, linked: bool = False) -> Steps[GenerationOutput]:
         """`fork` as a step generator (checked now, decoded as it is driven): many forks share each
         forward when driven together (`run_kind.drive_all`)."""
         seq.check_serial()
@@ -277,7 +280,7 @@ class Engine:
         if markup and any(not t.strip() for t in seeds):
             raise EngineError("branch titles must be non-empty")
         self._check_room(seq.length, 1)
-        run = Run(self, seq, RunKind.FORK if markup else RunKind.PLAIN_FORK, params)
+        run = Run(self, seq, RunKind.FORK if markup else RunKind.PLAIN_FORK, params, linked=linked)
         if markup:
             seq.serial.push(self.encode(block_header(seeds)))
             run.open_block(list(seeds))

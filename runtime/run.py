@@ -47,8 +47,11 @@ class Run:
     """
 
     def __init__(self, eng: Engine, seq: SeqState, kind: RunKind, params: SamplingParams | None,
-                 budget: int | None = None, logprobs: int | None = None):
+                 budget: int | None = None, logprobs: int | None = None, linked: bool | None = None):
         self.eng, self.seq, self.kind, self.params = eng, seq, kind, params
+        # a block's branches are parts of one answer: each may not repeat its siblings' n-grams and they
+        # are sampled in turn (`link`); a program's fork keeps its branches apart
+        self.linked = kind.serial if linked is None else linked
         self.ids = eng.ids
         self.gate: ForkGate | None = None  # set by _constraint: this answer's offset comes from the gate
         self.constraint = self._constraint()
@@ -271,7 +274,7 @@ class Run:
             branches.append(br)
             self._constrain(br, self.params, {self.ids.end_branch, *self.ids.eos} if self.kind.markup
                             else self.stop_ids)
-        if self.kind.serial:  # the branches are parts of one answer (a program's fork keeps them apart)
+        if self.linked:
             link([b.history for b in branches])
         seq.start_block(branches)
         self.block_steps = 0
@@ -306,9 +309,9 @@ class Run:
         # the budget's last tokens go to the first branches: a step never writes past max_new_tokens
         rows = [b for b in live if b in logits][:self.left]
         if rows:
-            # an answer's branches are sampled in turn, each seeing what those before it wrote this
-            # step (`link`); a program's independent branches in one call
-            for part in ([b] for b in rows) if self.kind.serial else [rows]:
+            # linked branches are sampled in turn, each seeing what those before it wrote this step;
+            # independent ones in one call
+            for part in ([b] for b in rows) if self.linked else [rows]:
                 for b, tok in zip(part, self._sample_rows(part, logits)):
                     self._branch_token(b, tok)
             self._sampled()

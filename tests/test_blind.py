@@ -1,16 +1,18 @@
 """Data v4 (`training/blind.py`): branch bodies re-written blind keep the answer's titles, serial text
-and each branch's lead; the run resumes; the assembled build trains."""
+and each branch's lead; the run resumes; the assembled build trains and its stats make a model card."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from runtime import protocol as P
 from runtime.engine import Engine
-from training import blind
+from training import blind, card
 from training.extract import find_groups, rewrite
 from training.samples import build
 
+SHIPPED = Path(__file__).parent.parent / "runtime" / "adapters" / "smollm2-135m-aspd"
 TEXT = ("Tips:\n\n1. **Eat well**: greens and beans every day.\n\n2. **Sleep**: a lot at night.\n\n"
         "3. **Walk**: an hour outside.\n\nBye.")
 
@@ -48,8 +50,19 @@ def test_generate_resumes_and_the_assembled_build_trains(tiny, tmp_path):
     out = tmp_path / "blind.jsonl"
     assert blind.generate(eng, rows, out, batch=4, log=lambda _: None) == 1
     assert blind.generate(eng, rows, out, batch=4, log=lambda _: None) == 0  # resumed: nothing left
-    stats = blind.assemble(rows, out, tmp_path)
+    with open(out, "a") as f:
+        f.write('{"id": "tips-2", "mark')  # a run killed mid-line: its row is not counted as written
+    assert blind.done_ids(out) == {"tips-1"}
+    source = {"steps": {"generated": 2}, "ppd": 0.5, "parallel_degree": 0.4, "mean_branches_per_group": 3.0,
+              "threshold_nats_per_token": None}
+    stats = blind.assemble(rows, out, tmp_path, source)
     assert stats["blind"] == 1 and stats["branches"] == 3 and stats["rows"] == 2
+    # the source build's stats kept, this step's under "blind": the model card reads both
+    assert json.loads((tmp_path / "data_stats.json").read_text()) == {**source, "blind": stats}
+    rec = json.loads((SHIPPED / "training.json").read_text())
+    (tmp_path / "card").mkdir()
+    (tmp_path / "card" / "training.json").write_text(json.dumps({**rec, "data_stats": {**source, "blind": stats}}))
+    assert "re-written blind" in card.write(tmp_path / "card").read_text()
     got = [json.loads(x) for x in (tmp_path / "dataset.jsonl").read_text().splitlines()]
     assert got[1] == rows[1] and got[0]["id"] == "tips-1"
     new = P.parse(got[0]["markup"])

@@ -315,3 +315,18 @@ def test_forks_driven_together_equal_each_fork_alone(engine):
                                                       for ids in prompts])
     assert [o.markup for o in together] == [o.markup for o in alone]
     assert all(o.parallel_tokens > 0 for o in together) and together[0].markup != together[1].markup
+
+
+def test_a_linked_fork_keeps_its_branches_from_repeating_each_other(engine):
+    """Greedy branches with the same seed write the same words alone; linked, as an answer's block is
+    (data v4 forks so), each may not repeat its siblings' n-grams, so they part."""
+    p = SamplingParams(max_new_tokens=36, max_branch_tokens=12, temperature=0.0, no_repeat_ngram_size=3)
+
+    def bodies(linked: bool) -> list[str]:
+        s = engine.new_sequence([5, 6, 7, 8, 9])
+        engine.prefill(s)
+        (block,) = engine.fork(s, ["a", "a", "a"], p, linked=linked).response.blocks
+        return [b.body for b in block.branches]
+
+    alone, linked = bodies(False), bodies(True)
+    assert len(set(alone)) == 1 and len(set(linked)) == 3

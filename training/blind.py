@@ -80,8 +80,19 @@ def rebuild(resp: Response, bodies: dict[tuple[int, int], str]) -> Response:
     return Response(segments=tuple(segs))
 
 
+def written(path: Path) -> list[dict]:
+    """The rows of `blind.jsonl`; a last line cut short by a killed run is left out (resume redoes it)."""
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
 def done_ids(path: Path) -> set[str]:
-    return {json.loads(x)["id"] for x in path.read_text().splitlines() if x.strip()} if path.exists() else set()
+    return {r["id"] for r in written(path)}
 
 
 def _fork(engine: Engine, prompt: str, resp: Response, seg: int) -> Steps[GenerationOutput] | None:
@@ -94,7 +105,7 @@ def _fork(engine: Engine, prompt: str, resp: Response, seg: int) -> Steps[Genera
     engine.prefill(seq)
     n = len(leads)
     params = PARAMS.model_copy(update={"max_new_tokens": ITEM_TOKENS * n, "max_branches": max(n, 2)})
-    return engine.fork_steps(seq, [x.removeprefix(" ") for x in leads], params)
+    return engine.fork_steps(seq, [x.removeprefix(" ") for x in leads], params, linked=True)
 
 
 def generate(engine: Engine, rows: list[dict], out: Path, batch: int = 16, log=print) -> int:
@@ -131,10 +142,11 @@ def generate(engine: Engine, rows: list[dict], out: Path, batch: int = 16, log=p
     return len(todo)
 
 
-def assemble(rows: list[dict], blind: Path, out: Path) -> dict:
+def assemble(rows: list[dict], blind: Path, out: Path, source_stats: dict | None = None) -> dict:
     """Write `out/dataset.jsonl` (the source `rows`, each re-written answer replaced) and
-    `out/data_stats.json`; returns the stats."""
-    new = {r["id"]: r for r in map(json.loads, blind.read_text().splitlines())} if blind.exists() else {}
+    `out/data_stats.json` (the source build's stats, which still hold for its rows and titles, with
+    this step's counts under "blind"); returns this step's counts."""
+    new = {r["id"]: r for r in written(blind)}
     c: Counter = Counter(rows=len(rows), parallel=sum(r["parallel"] for r in rows), blind=len(new))
     with open(out / "dataset.jsonl", "w") as f:
         for r in rows:
@@ -147,5 +159,5 @@ def assemble(rows: list[dict], blind: Path, out: Path) -> dict:
                 r = {**r, "markup": b["markup"]}
             f.write(json.dumps(r) + "\n")
     stats = dict(c)
-    (out / "data_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    (out / "data_stats.json").write_text(json.dumps({**(source_stats or {}), "blind": stats}, indent=2) + "\n")
     return stats

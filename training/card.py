@@ -36,6 +36,9 @@ def write(adapter: Path, evaluation: dict | None = None) -> Path:
             f"- PPD {data['ppd']:.1%}, parallel degree {data['parallel_degree']:.1%}, "
             f"{data['mean_branches_per_group']} branches per group",
         ]
+        if b := data.get("blind"):
+            lines.append(f"- branch bodies re-written blind (`aspd data blind`): {b.get('branches_rewritten', 0)} "
+                         f"of the {b.get('branches', 0)} branches of {b['blind']} answers")
     lines += [
         "",
         "## Recipe",
