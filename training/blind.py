@@ -101,8 +101,10 @@ def _fork(engine: Engine, prompt: str, resp: Response, seg: int) -> Steps[Genera
     leads = [lead(br) for br in resp.segments[seg].branches]
     if any(x is None for x in leads):
         return None
-    seq = engine.new_sequence(engine.chat_prompt(prompt) + engine.encode(before(resp, seg)))
+    answer = engine.encode(before(resp, seg))
+    seq = engine.new_sequence(engine.chat_prompt(prompt) + answer)
     engine.prefill(seq)
+    seq.serial.history.extend(answer)  # the answer wrote that text: as in ASPD, no branch repeats its n-grams
     n = len(leads)
     params = PARAMS.model_copy(update={"max_new_tokens": ITEM_TOKENS * n, "max_branches": max(n, 2)})
     return engine.fork_steps(seq, [x.removeprefix(" ") for x in leads], params, linked=True)
