@@ -44,7 +44,8 @@ def figures(run: Path, both: list[int]) -> dict[str, str]:
     fork = {c: cats[c]["aspd"]["fork_share"] for c in (*CHAT, *NOT_CHAT) if c in cats and "aspd" in cats[c]}
     sp = aspd["speedup_vs_ar"]
     out = {
-        "speedup mean (median, max)": f"{sp['mean']:.2f}x ({sp['median']:.2f}x, {sp['max']:.2f}x)",
+        "speedup mean (median, max)": f"{sp['mean']:.2f}x ({sp['median']:.2f}x, {sp['max']:.2f}x)"
+        if sp and sp.get("mean") is not None else "- (no ar run)",
         "ideal speedup mean": f"{aspd['ideal_speedup']['mean']:.2f}x",
         "fork share": f"{aspd['fork_share']:.1%}",
         "chat forks (>= 60%)": " ".join(f"{fork[c]:.0%}" for c in CHAT if c in fork),
