@@ -116,7 +116,7 @@ def generate(engine: Engine, rows: list[dict], out: Path, batch: int = 16, log=p
     were written now. An answer's blocks go in order, a later one reading the earlier ones re-written."""
     done = done_ids(out)
     todo = [r for r in rows if r["parallel"] and r["id"] not in done]
-    total, written = sum(r["parallel"] for r in rows), len(done)
+    total, count = sum(r["parallel"] for r in rows), len(done)
     with open(out, "a") as f:
         for k in range(0, len(todo), batch):
             part = [(r, parse(r["markup"])) for r in todo[k:k + batch]]
@@ -139,8 +139,8 @@ def generate(engine: Engine, rows: list[dict], out: Path, batch: int = 16, log=p
                 f.write(json.dumps({"id": r["id"], "markup": new.markup(), "rewritten": changed,
                                     "branches": sum(len(g.branches) for g in resp.blocks)}) + "\n")
             f.flush()
-            written += len(part)
-            log(f"{written} of {total} parallel answers re-written blind")
+            count += len(part)
+            log(f"{count} of {total} parallel answers re-written blind")
     return len(todo)
 
 
