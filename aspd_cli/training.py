@@ -136,6 +136,8 @@ def _blind(args: argparse.Namespace) -> int:
         raise UsageError("blind needs --source DIR holding a build's dataset.jsonl (e.g. data/aspd_v3)")
     if args.source.resolve() == args.out.resolve():
         raise UsageError("blind writes a new build: --out must differ from --source")
+    if args.first_draw is not None and args.first_draw < 1:
+        raise UsageError("--first-draw N: the size of a training draw, at least 1")
     rows = read(args.source / "dataset.jsonl")
     args.out.mkdir(parents=True, exist_ok=True)
     todo = [r for r in rows if r["parallel"]]

@@ -43,6 +43,9 @@ def test_serve_limits_default_to_serve_config():
     (["data", "responses", "--prompts", "no/such/folder"], "no no/such/folder/prompts_train.jsonl"),
     (["train", "--anchor-branches", "2"], "--anchor and --anchor-branches are shares of the loss"),
     (["train", "--anchor-blind"], "--anchor-blind needs --anchor-branches W > 0"),
+    (["data", "blind"], "blind needs --source DIR"),
+    (["data", "blind", "--source", "data/aspd_v3", "--out", "/tmp/aspd_v4_test", "--first-draw", "0"],
+     "--first-draw N: the size of a training draw"),
 ])
 def test_user_errors_are_one_line_and_exit_2(argv, msg, capsys):
     assert main(argv) == 2
