@@ -25,7 +25,7 @@ from bench import tables_runtime as rt  # noqa: E402
 
 MARKERS = ("engine", "engine-adapter", "formats", "decoding", "programs", "serve", "cluster", "constrained",
            "faults", "data", "adapter", "vicuna", "steered", "drafts",
-           "loss-regions")
+           "loss-regions", "blind-control")
 
 
 def markdown_files() -> list[Path]:
@@ -83,6 +83,8 @@ def tables() -> dict[str, str]:
         out["adapter"] = model.adapter_table(load(results / "adapter.json"))
     if (results / "steered_control.json").exists():
         out["steered"] = model.steered_table(load(results / "steered_control.json"))
+    if (results / "blind_control.json").exists():
+        out["blind-control"] = model.blind_control_table(load(results / "blind_control.json"))
     if (results / "loss_regions.json").exists():
         out["loss-regions"] = model.loss_regions_table(load(results / "loss_regions.json"))
     if (results / "drafts.json").exists():

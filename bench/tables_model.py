@@ -68,6 +68,29 @@ def steered_table(r: dict) -> str:
     return "\n".join(rows) + "\n" + note
 
 
+def blind_control_table(r: dict) -> str:
+    """The forked ASPD answers with their bodies re-written blind (bench/blind_control.py)."""
+    names = {"hf": "base model's own answers (hf)", "aspd": "adapter's ASPD answers",
+             "base_blind": "their titles, bodies by the base model blind (siblings linked)",
+             "base_blind_unlinked": "their titles, bodies by the base model blind, unlinked",
+             "adapter_blind": "their titles, bodies by the adapter blind in plain view (linked)",
+             "own_hf": "base model's own answers (hf), own-list questions",
+             "own_lists": "base model's own-intro lists, written serially",
+             "own_lists_blind": "their titles, bodies by the base model blind (siblings linked)"}
+    rows = ["| answers to the same questions | base-model loss (nats/token) | vs hf | repeated 4-grams | tokens |",
+            "|---|---|---|---|---|"]
+    rows += [f"| {names.get(k, k)} | {f['loss']:.3f} | {f['loss_vs_hf']:+.1%} | {f['repetition_4gram']:.1%} | "
+             f"{f['tokens']:.0f} |" for k, f in r["systems"].items()]
+    m = r["meta"]
+    adapter = "the shipped one" if m["adapter"] == "auto" else m["adapter"]
+    note = (f"\nThe {m['questions']} Vicuna-80 questions the adapter's ASPD answers fork on ({m['answers']}; adapter: "
+            f"{adapter}), and the {m['own_questions']} own-intro answers of {m['own']} that hold a bold numbered list; "
+            f"bodies at most {m['sampling']['body_tokens']} tokens, answers at most "
+            f"{m['sampling']['max_new_tokens']}; greedy, default anti-loop; writers and scorer in {m['weights']}; "
+            f"`{m['command'].strip()}`; {machine(m['environment'])}.")
+    return "\n".join(rows) + "\n" + note
+
+
 def loss_regions_table(r: dict) -> str:
     """The base model's loss per answer region (bench/loss_regions.py)."""
     names = ["serial", "list title", "list body", "opening title line", "title line", "first branch body",

@@ -291,6 +291,20 @@ def test_blind_items_split_a_bold_numbered_list_and_end_a_body_as_a_branch_would
     assert blind_body(" Sleep\nwell. ") == " Sleep\nwell."
 
 
+def test_a_serial_list_reads_as_the_block_aspd_would_have_written():
+    from bench.blind_control import as_blocks
+    from runtime.protocol import parse
+    from training.blind import lead
+
+    text = "Sure.\n\n1. **Plan**: Do it.\n\n2. **Rest**: Sleep\nwell.\n\n3. **Eat**: Food.\n\nIn short, yes."
+    resp = as_blocks(text)
+    (block,) = resp.blocks
+    assert block.titles == ("1. Plan", "2. Rest", "3. Eat")
+    assert parse(resp.markup()).answer_text() == text  # lossless: the serial answer as its blocks render it
+    assert [lead(b) for b in block.branches] == [" 1. **Plan**:", " 2. **Rest**:", " 3. **Eat**:"]  # blind re-writes
+    assert as_blocks("Sure.\n\n1. Plan it.\n2. Rest.").blocks == []  # no bold titles: stays serial
+
+
 def test_compare_reads_the_committed_run_and_its_loss_matches_the_bench(tmp_path, capsys):
     """`bench/compare.py` on the committed Vicuna-80 run against itself: its loss over every answer both
     runs fork is a ratio of sums; over all answers it is the bench's own relative delta."""

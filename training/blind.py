@@ -95,9 +95,9 @@ def done_ids(path: Path) -> set[str]:
     return {r["id"] for r in written(path)}
 
 
-def _fork(engine: Engine, prompt: str, resp: Response, seg: int) -> Steps[GenerationOutput] | None:
+def _fork(engine: Engine, prompt: str, resp: Response, seg: int, linked: bool = True) -> Steps[GenerationOutput] | None:
     """The block `seg` of `resp` decoded anew as an explicit fork with its branches' leads for seeds (None:
-    a branch has no lead, the block stays as it is)."""
+    a branch has no lead, the block stays as it is); `linked`: under the ASPD block's anti-loop rule."""
     leads = [lead(br) for br in resp.segments[seg].branches]
     if any(x is None for x in leads):
         return None
@@ -107,13 +107,14 @@ def _fork(engine: Engine, prompt: str, resp: Response, seg: int) -> Steps[Genera
     seq.serial.history.extend(answer)  # the answer wrote that text: as in ASPD, no branch repeats its n-grams
     n = len(leads)
     params = PARAMS.model_copy(update={"max_new_tokens": ITEM_TOKENS * n, "max_branches": max(n, 2)})
-    return engine.fork_steps(seq, [x.removeprefix(" ") for x in leads], params, linked=True)
+    return engine.fork_steps(seq, [x.removeprefix(" ") for x in leads], params, linked=linked)
 
 
-def generate(engine: Engine, rows: list[dict], out: Path, batch: int = 16, log=print) -> int:
+def generate(engine: Engine, rows: list[dict], out: Path, batch: int = 16, log=print, linked: bool = True) -> int:
     """Re-write the branch bodies of the parallel `rows` not yet in `out` (blind.jsonl), `batch` answers'
     blocks decoded together (one forward per step over all their branches); returns how many answers
-    were written now. An answer's blocks go in order, a later one reading the earlier ones re-written."""
+    were written now. An answer's blocks go in order, a later one reading the earlier ones re-written.
+    `linked=False` lets siblings repeat each other's n-grams (a control: no ASPD block decodes so)."""
     done = done_ids(out)
     todo = [r for r in rows if r["parallel"] and r["id"] not in done]
     total, count = sum(r["parallel"] for r in rows), len(done)
@@ -125,7 +126,7 @@ def generate(engine: Engine, rows: list[dict], out: Path, batch: int = 16, log=p
             segs = [[i for i, g in enumerate(resp.segments) if isinstance(g, ParallelBlock)] for resp in now]
             for round_ in range(max(len(resp.blocks) for resp in now)):
                 work = [(n, segs[n][round_]) for n in range(len(part)) if round_ < len(segs[n])]
-                runs = [(n, seg, _fork(engine, part[n][0]["prompt"], now[n], seg)) for n, seg in work]
+                runs = [(n, seg, _fork(engine, part[n][0]["prompt"], now[n], seg, linked)) for n, seg in work]
                 outs = drive_all(engine.runner.forward_many, [steps for _, _, steps in runs if steps is not None])
                 for (n, seg), o in zip([(n, seg) for n, seg, steps in runs if steps is not None], outs):
                     (block,) = o.response.blocks
