@@ -42,6 +42,7 @@ from bench import metrics  # noqa: E402
 from bench.common import environment, shown  # noqa: E402
 from bench.quality import answer_loss  # noqa: E402
 from bench.questions import VICUNA80, load  # noqa: E402
+from bench.steered_control import figures, report  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "blind_control.json"
 MAX_TOKENS = 256  # the bench's answer budget
@@ -69,12 +70,8 @@ def as_blocks(text: str):
 
 
 def _figures(rows: list[dict]) -> dict:
-    tokens = sum(r["tokens"] for r in rows)
-    return {"answers": len(rows), "loss": metrics.stats(r["loss"] for r in rows)["mean"],
-            "loss_token_weighted": sum(r["loss"] * r["tokens"] for r in rows) / tokens,
-            "repetition_4gram": metrics.stats(r["repetition"] for r in rows)["mean"],
-            "degenerate": metrics.stats(r["degenerate"] for r in rows)["mean"],
-            "tokens": tokens / len(rows)}
+    return {**figures(rows), "loss_token_weighted": sum(r["loss"] * r["tokens"] for r in rows)
+            / sum(r["tokens"] for r in rows)}
 
 
 def main() -> None:
@@ -143,10 +140,7 @@ def main() -> None:
                        "environment": environment()},
               "systems": figs, "answers": {arm: scored[arm] for arm in (*ARMS[2:], "own_lists_blind")}}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    for name, f in figs.items():
-        print(f"{name:20s} loss {f['loss']:.3f} ({f['loss_vs_hf']:+.1%})  rep4 {f['repetition_4gram']:.3f}  "
-              f"degenerate {f['degenerate']:.4f}  tokens {f['tokens']:.0f}")
-    print(f"wrote {args.out}")
+    report(figs, "loss_vs_hf", args.out)
 
 
 if __name__ == "__main__":

@@ -59,11 +59,20 @@ def list_items(text: str) -> list[tuple[int, int, int, str, str]]:
     return out
 
 
-def _figures(rows: list[dict]) -> dict:
+def figures(rows: list[dict]) -> dict:
+    """A control arm's means over its answers (`score_row` rows)."""
     return {"answers": len(rows), "loss": metrics.stats(r["loss"] for r in rows)["mean"],
             "repetition_4gram": metrics.stats(r["repetition"] for r in rows)["mean"],
             "degenerate": metrics.stats(r["degenerate"] for r in rows)["mean"],
             "tokens": metrics.stats(r["tokens"] for r in rows)["mean"]}
+
+
+def report(figs: dict, vs: str, out: Path) -> None:
+    """Print each arm's figures (`vs`: the key of its loss against the reference) and where they went."""
+    for name, f in figs.items():
+        print(f"{name:22s} loss {f['loss']:.3f} ({f[vs]:+.1%})  rep4 {f['repetition_4gram']:.3f}  "
+              f"degenerate {f['degenerate']:.4f}  tokens {f['tokens']:.0f}")
+    print(f"wrote {out}")
 
 
 def main() -> None:
@@ -138,12 +147,12 @@ def main() -> None:
                             "tokens": r["completion_tokens"]})
         return out
 
-    figs = {"base_unsteered (hf)": _figures(system("hf")), "base_steered": _figures(steered),
-            "base_steered_as_trained": _figures(as_trained), "base_steered_own_intro": _figures(own),
-            "base_own_intro_listed": _figures(own_listed), "base_own_intro_blind_items": _figures(blind)}
+    figs = {"base_unsteered (hf)": figures(system("hf")), "base_steered": figures(steered),
+            "base_steered_as_trained": figures(as_trained), "base_steered_own_intro": figures(own),
+            "base_own_intro_listed": figures(own_listed), "base_own_intro_blind_items": figures(blind)}
     for name in ("ar", "aspd"):
         if any(k[1] == name for k in scored):
-            figs[f"adapter_{name}"] = _figures(system(name))
+            figs[f"adapter_{name}"] = figures(system(name))
     ref = figs["base_unsteered (hf)"]["loss"]
     for f in figs.values():
         f["loss_vs_base"] = metrics.relative_delta(f["loss"], ref)
@@ -155,10 +164,7 @@ def main() -> None:
               "systems": figs, "steered_answers": steered, "own_intro_answers": own,
               "blind_item_answers": blind}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    for name, f in figs.items():
-        print(f"{name:22s} loss {f['loss']:.3f} ({f['loss_vs_base']:+.1%})  rep4 {f['repetition_4gram']:.3f}  "
-              f"degenerate {f['degenerate']:.4f}  tokens {f['tokens']:.0f}")
-    print(f"wrote {args.out}")
+    report(figs, "loss_vs_base", args.out)
 
 
 if __name__ == "__main__":
