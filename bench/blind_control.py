@@ -40,9 +40,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from bench import metrics  # noqa: E402
 from bench.common import environment, shown  # noqa: E402
-from bench.quality import answer_loss  # noqa: E402
 from bench.questions import VICUNA80, load  # noqa: E402
-from bench.steered_control import figures, report  # noqa: E402
+from bench.steered_control import figures, list_items, report, score  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "blind_control.json"
 MAX_TOKENS = 256  # the bench's answer budget
@@ -53,7 +52,6 @@ OWN_ARMS = ("own_hf", "own_lists", "own_lists_blind")
 def as_blocks(text: str):
     """A serial answer with bold numbered lists as a `Response` whose every list is a block, each item a
     branch titled "N. Title" that restates its header ("N. **Title**: ..."): what ASPD would have written."""
-    from bench.steered_control import list_items
     from runtime.protocol import Branch, ParallelBlock, Response, SerialSegment
 
     segs, pos, groups = [], 0, {}
@@ -118,16 +116,10 @@ def main() -> None:
               "own_lists_blind": rewritten(base, True, own_jobs)}
     texts["adapter_blind"] = rewritten(Engine(load_model(DEFAULT_MODEL, dtype=args.dtype, adapter=args.adapter)), True)
 
-    def score(key: str, text: str) -> dict:
-        ids = base.encode(text)[:MAX_TOKENS]
-        text = base.decode(ids)
-        return {"question_id": key, "category": questions[key].category, "text": text,
-                "loss": answer_loss(base.loaded.model, base.chat_prompt(questions[key].text), ids),
-                "repetition": metrics.repetition_rate(text), "degenerate": metrics.degenerate_rate(text),
-                "tokens": len(ids)}
+    def scored_arm(arm: str, todo: list[dict]) -> list[dict]:
+        return [score(base, questions[j["id"]], base.encode(texts[arm][j["id"]])[:MAX_TOKENS]) for j in todo]
 
-    scored = {arm: [score(j["id"], texts[arm][j["id"]]) for j in jobs] for arm in ARMS}
-    scored |= {arm: [score(j["id"], texts[arm][j["id"]]) for j in own_jobs] for arm in OWN_ARMS}
+    scored = {arm: scored_arm(arm, jobs) for arm in ARMS} | {arm: scored_arm(arm, own_jobs) for arm in OWN_ARMS}
     figs = {arm: _figures(scored[arm]) for arm in (*ARMS, *OWN_ARMS)}
     for arms, ref in ((ARMS, "hf"), (OWN_ARMS, "own_hf")):
         for arm in arms:

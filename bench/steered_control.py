@@ -60,11 +60,20 @@ def list_items(text: str) -> list[tuple[int, int, int, str, str]]:
 
 
 def figures(rows: list[dict]) -> dict:
-    """A control arm's means over its answers (`score_row` rows)."""
+    """A control arm's means over its answers (`score` rows)."""
     return {"answers": len(rows), "loss": metrics.stats(r["loss"] for r in rows)["mean"],
             "repetition_4gram": metrics.stats(r["repetition"] for r in rows)["mean"],
             "degenerate": metrics.stats(r["degenerate"] for r in rows)["mean"],
             "tokens": metrics.stats(r["tokens"] for r in rows)["mean"]}
+
+
+def score(eng, q, ids: list[int]) -> dict:
+    """One answer (token ids after the chat prompt of question `q`) as the base engine `eng` scores it."""
+    text = eng.decode(ids)
+    return {"question_id": q.key, "category": q.category, "text": text,
+            "loss": answer_loss(eng.loaded.model, eng.chat_prompt(q.text), ids),
+            "repetition": metrics.repetition_rate(text), "degenerate": metrics.degenerate_rate(text),
+            "tokens": len(ids)}
 
 
 def report(figs: dict, vs: str, out: Path) -> None:
@@ -102,10 +111,7 @@ def main() -> None:
     params = SamplingParams(max_new_tokens=MAX_TOKENS, temperature=0.0)  # the bench's decoding (default anti-loop)
 
     def score_row(q, text: str) -> dict:
-        return {"question_id": q.key, "category": q.category, "text": text,
-                "loss": answer_loss(eng.loaded.model, eng.chat_prompt(q.text), eng.encode(text)),
-                "repetition": metrics.repetition_rate(text), "degenerate": metrics.degenerate_rate(text),
-                "tokens": len(eng.encode(text))}
+        return score(eng, q, eng.encode(text))
 
     def steer(starts: list[str]) -> list[dict]:
         """The base model's answers after the forced `starts`, each at most MAX_TOKENS with its start."""
