@@ -83,6 +83,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
+    for flag, path, what in (("answers", args.answers, "an `aspd bench` answers file"),
+                             ("own", args.own, "bench/steered_control.py's result")):
+        if not path.is_file():
+            raise SystemExit(f"no {path}: --{flag} names {what}")
 
     from runtime.engine import Engine
     from runtime.model_loader import DEFAULT_MODEL, use_all_cores
@@ -96,6 +100,8 @@ def main() -> None:
     forked = [r for (key, s), r in by.items() if s == "aspd" and r.get("blocks") and (key, "hf") in by]
     jobs = [{"id": str(r["question_id"]), "parallel": True, "markup": r["markup"],
              "prompt": questions[str(r["question_id"])].text} for r in forked]
+    if not jobs:
+        raise SystemExit(f"{args.answers}: no aspd answer that forks, with an hf answer to the same question")
     use_all_cores()
     base = Engine(load_model(DEFAULT_MODEL, dtype=args.dtype, adapter="none"))  # writer and scorer
 
