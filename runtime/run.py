@@ -32,7 +32,8 @@ from .protocol import Branch, ParallelBlock, Response, SerialSegment, Tag, branc
 from .run_kind import RunKind, Steps
 from .sampling import SamplingParams
 from .sequence import CLOSE_BLOCK, SeqState, Stream
-from .stops import apply_stop, sentence_cut, stop_ids, stop_strings, take_back
+from .stops import apply_stop, cut_to_sentences, stop_ids, stop_strings
+from .titles import Titles
 from .token_sampler import Sampler
 
 if TYPE_CHECKING:
@@ -68,11 +69,9 @@ class Run:
         self.blocks: list[BlockStats] = []
         self.serial_count = self.parallel_count = 0
         self.serial_start = 0  # start of the current serial segment in seq.serial.generated
-        self.header_start = 0
-        self.title_ids: list[list[int]] = []  # the current block's titles
-        self.earlier_titles: list[list[int]] = []  # those of this answer's earlier blocks
+        self.titles = Titles()
         self.block_steps = 0
-        self.dropped: dict[Tag, int] = {}  # branch tokens a budget cut took back (_end_cut_branches)
+        self.dropped: dict[Tag, int] = {}  # branch tokens a budget cut took back (cut_to_sentences)
         self.stops = stop_strings(params) if params is not None else ()
         self.stop_ids = stop_ids(params, self.ids.eos) if params is not None else set()
         self.logprobs: list[LogProb] | None = [] if logprobs is not None else None
@@ -132,7 +131,8 @@ class Run:
             if not self.done and self.left <= 0:
                 self.finish, self.done = FinishReason.LENGTH, True
                 if seq.open_branches and self.kind.joins:
-                    self._end_cut_branches()
+                    # each branch the budget cut keeps its complete sentences; the dropped tokens still count
+                    self.dropped = cut_to_sentences(seq, self.eng.decode)
                     seq.close("generation stopped inside a parallel block (max_new_tokens)")
         return self.output()
 
@@ -180,9 +180,8 @@ class Run:
         c = self.constraint
         if c.phase not in (Phase.TITLE, Phase.TITLES_CLOSED):
             return []
-        closed = self.title_ids if c.phase is Phase.TITLES_CLOSED else self.title_ids[:-1]
-        return header_draft.draft(c.phase, c.title_tokens, [self.eng.decode(t) for t in closed],
-                                  [self.eng.decode(t) for t in self.earlier_titles], self.eng.encode, self.ids)
+        return header_draft.draft(c.phase, c.title_tokens, [self.eng.decode(t) for t in self.titles.closed(c.phase)],
+                                  [self.eng.decode(t) for t in self.titles.earlier], self.eng.encode, self.ids)
 
     def _serial_token(self, logits: torch.Tensor) -> None:
         self._write_serial(logits, *self._choose(logits))
@@ -193,9 +192,8 @@ class Run:
         if self.gate is not None:
             self.constraint.fork_bias, self.gate = self.gate.fork_bias(logits), None
         allowed = self.constraint.allowed(tokens_left=self.left)
-        titles = [*self.earlier_titles, *self.title_ids]  # no title repeats one of this answer
-        if self.constraint.phase is Phase.TITLE and allowed.only is None:
-            ban = title_bans(titles, self.eng.words, self.ids.end_title)
+        if self.constraint.phase is Phase.TITLE and allowed.only is None:  # no title repeats one of this answer
+            ban = title_bans(self.titles.all(), self.eng.words, self.ids.end_title)
             if ban:
                 allowed = dataclasses.replace(allowed, banned=allowed.banned | ban)
         return self.sampler(logits[None], [s.history], [allowed], [self.grammars.get(s)])[0], allowed
@@ -215,14 +213,14 @@ class Run:
         s.generated.append(tok)
         if allowed.anti_loop and tok not in self.ids.markup:
             s.history.add(tok)
-        self._track_title(tok)
+        self.titles.track(tok, self.constraint.phase, len(s.generated) - 1, self.ids)
         self.constraint.advance(tok)
         if not fed:
             s.push([tok])
         complete = g is not None and g.advance(tok)
         if tok == self.ids.para:
-            self._flush_serial(self.header_start)
-            self.open_block([self.eng.decode(t) for t in self.title_ids])
+            self._flush_serial(self.titles.header_start)
+            self.open_block([self.eng.decode(t) for t in self.titles.current])
         elif self.stops and tok not in self.ids.markup and self._apply_stop(s, self.stops, self.serial_start):
             self.finish, self.done = FinishReason.STOP, True
         elif complete:
@@ -238,18 +236,9 @@ class Run:
         done = Response(segments=tuple(self.segments)).answer_text()
         if self.seq.open_branches:
             return done
-        end = self.header_start if self.constraint.phase in (Phase.TITLE, Phase.TITLES_CLOSED) else None
+        end = self.titles.header_start if self.constraint.phase in (Phase.TITLE, Phase.TITLES_CLOSED) else None
         toks = [t for t in self.seq.serial.generated[self.serial_start:end] if t not in self.ids.markup]
         return done + self.eng.decode(toks)
-
-    def _track_title(self, tok: int) -> None:
-        if tok == self.ids.title:
-            if self.constraint.phase is not Phase.TITLES_CLOSED:  # the first title of a header
-                self.earlier_titles += self.title_ids
-                self.title_ids, self.header_start = [], len(self.seq.serial.generated) - 1
-            self.title_ids.append([])
-        elif self.constraint.phase is Phase.TITLE and tok != self.ids.end_title:
-            self.title_ids[-1].append(tok)
 
     def _apply_stop(self, s: Stream, stops: tuple[str, ...], start: int = 0) -> bool:
         """Cut `s` right before a stop string in what it generated since `start` (`stops.apply_stop`)."""
@@ -356,15 +345,6 @@ class Run:
         elif len(b.generated) >= b.max_tokens:
             b.finish = FinishReason.LENGTH  # its last token is still fed, with the next step
 
-    def _end_cut_branches(self) -> None:
-        """The budget ran out inside a block: each branch it cut keeps its complete sentences (text
-        and cache cut back, as for a stop string), so no branch breaks off mid-sentence right before
-        its sibling's title. The dropped tokens still count as generated."""
-        for b in self.seq.open_branches:
-            if b.finish is None and (drop := len(b.generated) - sentence_cut(self.eng.decode, b.generated)):
-                take_back(self.seq, b, drop)
-                self.dropped[b.tag] = drop
-
     def _join(self) -> None:
         seq = self.seq
         for b in seq.open_branches:
@@ -401,20 +381,13 @@ class Run:
         if self.seq.open_branches:  # cut by max_new_tokens inside a block, or a plain block left open
             self._record_block()
         elif self.constraint.phase in (Phase.TITLE, Phase.TITLES_CLOSED):  # cut inside a block header
-            self._flush_serial(self.header_start)
+            self._flush_serial(self.titles.header_start)
         else:
             self._flush_serial()
         resp = Response(segments=tuple(self.segments))
         total = time.perf_counter() - self.t0
-        match self.kind:
-            case RunKind.PLAIN_FORK:  # no markup: each seed followed by its branch, in order
-                text = "".join(b.title + b.body for b in resp.blocks[0].branches)
-            case RunKind.BRANCHES:
-                text = "".join(b.body for b in resp.blocks[0].branches)
-            case _:
-                text = resp.answer_text()
         return GenerationOutput(
-            text=text, markup=resp.markup(), response=resp, finish_reason=self.finish,
+            text=self.kind.text(resp), markup=resp.markup(), response=resp, finish_reason=self.finish,
             stop_token=self.stop_token, prompt_tokens=self.prompt_tokens,
             completion_tokens=self.serial_count + self.parallel_count,
             serial_tokens=self.serial_count, parallel_tokens=self.parallel_count,

@@ -9,6 +9,7 @@ from typing import Literal, TypeVar
 import torch
 
 from .model_runner import Forward
+from .protocol import Response
 
 Mode = Literal["aspd", "ar"]
 T = TypeVar("T")
@@ -36,6 +37,16 @@ class RunKind(enum.Enum):
     def joins(self) -> bool:
         """The run closes the block it decodes (BRANCHES leaves it open)."""
         return self is not RunKind.BRANCHES
+
+    def text(self, resp: Response) -> str:
+        """The call's text: the answer's, or a fork's branches in order (a plain fork's each after its seed)."""
+        match self:
+            case RunKind.PLAIN_FORK:
+                return "".join(b.title + b.body for b in resp.blocks[0].branches)
+            case RunKind.BRANCHES:
+                return "".join(b.body for b in resp.blocks[0].branches)
+            case _:
+                return resp.answer_text()
 
 
 def drive_all(forward_many: Callable[[list[Forward]], list[torch.Tensor]], runs: list[Steps[T]]) -> list[T]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from .protocol import Tag
 from .sampling import SamplingParams
 from .sequence import SeqState, Stream
 
@@ -72,3 +73,15 @@ def sentence_cut(decode: Callable[[list[int]], str], toks: list[int]) -> int:
         if _SENTENCE_END.search(text) and not _ITEM_NUMBER.search(text):
             return n
     return len(toks)
+
+
+def cut_to_sentences(seq: SeqState, decode: Callable[[list[int]], str]) -> dict[Tag, int]:
+    """The budget ran out inside a block: each open branch it cut keeps its complete sentences (text
+    and cache cut back, as for a stop string), so no branch breaks off mid-sentence right before its
+    sibling's title. Returns the tokens dropped per branch tag."""
+    dropped: dict[Tag, int] = {}
+    for b in seq.open_branches:
+        if b.finish is None and (drop := len(b.generated) - sentence_cut(decode, b.generated)):
+            take_back(seq, b, drop)
+            dropped[b.tag] = drop
+    return dropped
