@@ -11,6 +11,7 @@ from runtime.engine import Engine
 from runtime.header_draft import draft, number
 from runtime.run import Run
 from runtime.sampling import SamplingParams
+from runtime.titles import Titles
 from tests.model_util import markup_heavy_engine
 
 IDS = P.SpecialIds(title=1, end_title=2, para=3, branch=4, end_branch=5, end_para=6, eos=frozenset({0}))
@@ -34,6 +35,20 @@ def test_the_next_title_is_drafted_with_its_number_and_a_first_title_starts_at_o
     assert draft(C.Phase.TITLE, 0, [], ["Rest"], enc, IDS) == enc("1.")
     assert draft(C.Phase.TITLE, 2, [], [], enc, IDS) == []  # inside a title: nothing predictable
     assert draft(C.Phase.SERIAL, 0, [], [], enc, IDS) == []
+
+
+def test_titles_are_tracked_per_header_and_kept_for_the_answer():
+    """The constraint's phase before each token, as the run passes it: two headers with text between."""
+    t, ph = Titles(), C.Phase
+    written = [(7, ph.SERIAL), (IDS.title, ph.SERIAL), (11, ph.TITLE), (12, ph.TITLE), (IDS.end_title, ph.TITLE),
+               (IDS.title, ph.TITLES_CLOSED), (13, ph.TITLE)]
+    for pos, (tok, phase) in enumerate(written):
+        t.track(tok, phase, pos, IDS)
+    assert t.current == [[11, 12], [13]] and t.earlier == [] and t.header_start == 1
+    assert t.closed(ph.TITLE) == [[11, 12]] and t.closed(ph.TITLES_CLOSED) == [[11, 12], [13]]
+    t.track(IDS.title, ph.SERIAL, 20, IDS)  # a later block's header: the first one's titles become earlier
+    assert t.current == [[]] and t.earlier == [[11, 12], [13]] and t.header_start == 20
+    assert t.all() == [[11, 12], [13], []]
 
 
 def _answers(eng: Engine, seeds: range, **kw) -> list[tuple[str, int]]:
