@@ -5,9 +5,10 @@ the part of the answer each token belongs to.
 answers (`hf`). This splits that loss over an answer's pieces (`Response.answer_pieces`): serial
 text, each branch's first line up to its first colon (the restated title: "2. **Sleep**:"; the
 "opening title line" where the answer starts with it), the rest of each branch (its body, the first
-branch of a block apart from its siblings), and what the answer adds around branches ("title: "
-leads, line breaks). Serial text splits the same way where it holds a list ("list title", "list
-body"), so that the lists every system writes serially compare like for like with branches. It also
+branch of a block apart from its siblings; each body's first sentence or line its "opening"), and
+what the answer adds around branches ("title: " leads, line breaks). Serial text splits the same way
+where it holds a list ("list title", "list opening", "list body"), so that the lists every system
+writes serially compare like for like with branches. It also
 counts branches cut mid-sentence, which happens when the answer's token budget runs out inside a
 block. Token-weighted means; excess nats against the reference system's mean loss per token.
 
@@ -41,20 +42,39 @@ def title_cut(text: str) -> int:
     return min([i for i in (text.find(":"), text.find("\n")) if i >= 0] or [len(text)]) + 1
 
 
+# A sentence's end: ".", "!" or "?" (closing quotes, brackets or bold marks kept), before a space or the end.
+SENTENCE = re.compile(r"[.!?][\"')\]*]*(?=\s|$)")
+
+
+def opening(kind: str, text: str) -> list[tuple[str, str]]:
+    """A body split after its first sentence or line: its opening ("sibling body" -> "sibling opening"),
+    where an item written apart from its siblings and one written after them differ most, and the rest."""
+    lead = len(text) - len(text.lstrip())
+    m, nl = SENTENCE.search(text, lead), text.find("\n", lead)
+    cut = min([i for i in (m.end() if m else -1, nl + 1) if i > 0], default=len(text))
+    return [(k, t) for k, t in ((kind.replace("body", "opening"), text[:cut]), (kind, text[cut:])) if t]
+
+
 def serial_pieces(text: str) -> list[tuple[str, str]]:
     """Serial text split like a block's branches, so that list items written serially (every answer
-    of `hf` and `ar`) compare with branches: each item's "list title" line, its "list body" up to the
-    next item or blank line, and the rest "serial"."""
+    of `hf` and `ar`) compare with branches: each item's "list title" line, its "list opening" and
+    "list body" up to the next item or blank line, and the rest "serial"."""
     out: list[tuple[str, str]] = []
-    in_item = False
+    in_item = opened = False
     for line in text.splitlines(keepends=True):
         if ITEM.match(line):
             cut = title_cut(line)
-            out += [("list title", line[:cut]), ("list body", line[cut:])]
+            opened = bool(line[cut:].strip())  # the body starts on the title's line, or on the next one
+            body = opening("list body", line[cut:]) if opened else [("list body", line[cut:])]
+            out += [("list title", line[:cut]), *body]
             in_item = True
         else:
             in_item = in_item and bool(line.strip())
-            out.append(("list body" if in_item else "serial", line))
+            if in_item and not opened:
+                out += opening("list body", line)
+                opened = True
+            else:
+                out.append(("list body" if in_item else "serial", line))
     return [(k, t) for k, t in out if t]
 
 
@@ -76,11 +96,11 @@ def pieces(row: dict) -> list[tuple[str, str]]:
             continue
         body = "first branch body" if first else "sibling body"
         if led:  # the answer added the title: the branch's own text is all body
-            out.append((body, text))
+            out += opening(body, text)
         else:  # the branch restates its title first: "2. **Sleep well**: ..."
             cut = title_cut(text)
             # an answer that opens with its block opens with "1.", which the base model seldom writes first
-            out += [("opening title line" if not out else "title line", text[:cut]), (body, text[cut:])]
+            out += [("opening title line" if not out else "title line", text[:cut]), *opening(body, text[cut:])]
         first, led = False, False
     return out
 
@@ -101,10 +121,10 @@ def main() -> None:
     ap.add_argument("--systems", default="hf,ar,aspd")
     ap.add_argument("--reference", default="hf")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--dtype", default="float32", help="the scorer's weight format (float32: exact, fast on any CPU)")
     args = ap.parse_args()
 
-    import torch
-
+    from bench.quality import token_nll
     from runtime.engine import Engine
     from runtime.model_loader import DEFAULT_MODEL, use_all_cores
     from runtime.model_loader import load as load_model
@@ -114,7 +134,7 @@ def main() -> None:
     rows = [json.loads(x) for x in args.answers.read_text().splitlines() if x.strip()]
     rows = [r for r in rows if r["system"] in systems and not r.get("error") and str(r["question_id"]) in questions]
     use_all_cores()
-    eng = Engine(load_model(DEFAULT_MODEL, dtype="auto", adapter="none"))  # the bench's scorer
+    eng = Engine(load_model(DEFAULT_MODEL, dtype=args.dtype, adapter="none"))  # the base model
     model = eng.loaded.model
     sums: dict = defaultdict(lambda: defaultdict(lambda: [0.0, 0]))
     cuts: dict = defaultdict(lambda: [0, 0])
@@ -128,10 +148,7 @@ def main() -> None:
         ids = enc["input_ids"]
         if not ids:
             continue
-        with torch.inference_mode():
-            x = torch.tensor(prompt + ids)[None]
-            logits = model(input_ids=x, use_cache=False).logits[0, len(prompt) - 1:-1].float()
-            nll = torch.nn.functional.cross_entropy(logits, x[0, len(prompt):], reduction="none").tolist()
+        nll = token_nll(model, prompt, ids).tolist()
         for (start, _), v in zip(enc["offset_mapping"], nll):
             for key in (region[start] if start < len(region) else "added", "all"):
                 sums[r["system"]][key][0] += v
@@ -151,7 +168,8 @@ def main() -> None:
         out[s] = {"answers": sum(1 for r in rows if r["system"] == s), "regions": regions,
                   "cut_branches": cuts[s][0], "branches": cuts[s][1]}
     result = {"meta": {"command": "bench/loss_regions.py " + " ".join(sys.argv[1:]), "answers": shown(args.answers),
-                       "reference": args.reference, "reference_loss": ref_mean, "environment": environment()},
+                       "reference": args.reference, "reference_loss": ref_mean, "dtype": args.dtype,
+                       "environment": environment()},
               "systems": out}
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     for s, e in out.items():

@@ -43,11 +43,16 @@ def sibling_similarity(blocks: list[list[str]]) -> float:
 
 
 @torch.inference_mode()
-def answer_loss(model, prompt_ids: list[int], answer_ids: list[int]) -> float:
-    """Mean per-token negative log-likelihood of the answer given the prompt (causal, plain)."""
-    if not answer_ids:
-        return float("nan")
+def token_nll(model, prompt_ids: list[int], answer_ids: list[int]) -> torch.Tensor:
+    """Each answer token's negative log-likelihood given the prompt and the tokens before it (causal, plain)."""
     dev = next(model.parameters()).device
     ids = torch.tensor(prompt_ids + answer_ids, device=dev)[None]
     logits = model(input_ids=ids, use_cache=False).logits[0, len(prompt_ids) - 1:-1].float()
-    return float(torch.nn.functional.cross_entropy(logits, ids[0, len(prompt_ids):]))
+    return torch.nn.functional.cross_entropy(logits, ids[0, len(prompt_ids):], reduction="none")
+
+
+def answer_loss(model, prompt_ids: list[int], answer_ids: list[int]) -> float:
+    """Mean per-token negative log-likelihood of the answer given the prompt."""
+    if not answer_ids:
+        return float("nan")
+    return float(token_nll(model, prompt_ids, answer_ids).mean())

@@ -93,8 +93,8 @@ def blind_control_table(r: dict) -> str:
 
 def loss_regions_table(r: dict) -> str:
     """The base model's loss per answer region (bench/loss_regions.py)."""
-    names = ["serial", "list title", "list body", "opening title line", "title line", "first branch body",
-             "sibling body", "added", "all"]
+    names = ["serial", "list title", "list opening", "list body", "opening title line", "title line",
+             "first branch opening", "first branch body", "sibling opening", "sibling body", "added", "all"]
     systems = r["systems"]
     rows = ["| region | " + " | ".join(f"{s}: tokens, loss" for s in systems) + " | share of aspd's excess |",
             "|---|" + "---|" * (len(systems) + 1)]
@@ -107,7 +107,9 @@ def loss_regions_table(r: dict) -> str:
         rows.append(f"| {name} | " + " | ".join(cells) + f" | {'n/a' if share is None else f'{round(share * 100)}%'} |")
     cut = {s: f"{e['cut_branches']} of {e['branches']}" for s, e in systems.items() if e["branches"]}
     m = r["meta"]
-    note = (f"\nToken-weighted means (nats/token) under the base model, on the answers of {m['answers']}; excess "
+    dtype = f" ({m['dtype']} weights)" if m.get("dtype") else ""
+    note = (f"\nToken-weighted means (nats/token) under the base model{dtype}, on the answers of {m['answers']}; "
+            f"excess "
             f"against `{m['reference']}`'s mean ({m['reference_loss']:.3f}). Branches cut mid-sentence by the "
             f"answer's token budget: {', '.join(f'{s} {v}' for s, v in cut.items()) or 'none'}. "
             f"`{m['command']}`; {machine(m['environment'])}.")

@@ -249,7 +249,7 @@ def test_decoding_default_is_the_most_natural_setting_that_never_loops():
 
 
 def test_loss_regions_split_an_answer_into_its_pieces():
-    from bench.loss_regions import cut_branches, pieces
+    from bench.loss_regions import cut_branches, opening, pieces
 
     markup = ("Tips:\n<|title|>1. Sleep<|/title|><|title|>2. Water<|/title|><|title|>3. Walk<|/title|><|para|>"
               "<|branch|>1. Sleep: 1. **Sleep**: rest well.\n<|/branch|><|branch|>2. Water: Eight cups<|/branch|>"
@@ -259,20 +259,25 @@ def test_loss_regions_split_an_answer_into_its_pieces():
     row = {"text": parse(markup).answer_text(), "markup": markup, "blocks": 1}
     parts = pieces(row)
     assert "".join(t for _, t in parts) == row["text"]
-    assert parts == [("serial", "Tips:\n"), ("title line", "1. **Sleep**:"), ("first branch body", " rest well.\n"),
-                     ("added", "2. Water: "), ("sibling body", "Eight cups"), ("added", "\n"),
-                     ("title line", "3. **Walk**\n"), ("sibling body", "Daily."), ("added", "\n"), ("serial", "Done.")]
+    assert parts == [("serial", "Tips:\n"), ("title line", "1. **Sleep**:"), ("first branch opening", " rest well."),
+                     ("first branch body", "\n"), ("added", "2. Water: "), ("sibling opening", "Eight cups"),
+                     ("added", "\n"), ("title line", "3. **Walk**\n"), ("sibling opening", "Daily."), ("added", "\n"),
+                     ("serial", "Done.")]
     assert cut_branches(row) == (1, 3)  # "Eight cups" stopped mid-sentence
     assert pieces({"text": "plain", "markup": None, "blocks": 0}) == [("serial", "plain")]
     # an answer that opens with its block; serial lists split like branches
-    opening = {"text": parse(markup[len("Tips:\n"):]).answer_text(), "markup": markup[len("Tips:\n"):], "blocks": 1}
-    assert pieces(opening)[0] == ("opening title line", "1. **Sleep**:")
+    opens = {"text": parse(markup[len("Tips:\n"):]).answer_text(), "markup": markup[len("Tips:\n"):], "blocks": 1}
+    assert pieces(opens)[0] == ("opening title line", "1. **Sleep**:")
     text = "Tips:\n\n1. **Sleep**: rest\nwell.\n\n- Walk daily\nDone.\n\nBye."
     parts = pieces({"text": text, "markup": None, "blocks": 0})
     assert "".join(t for _, t in parts) == text
-    assert parts == [("serial", "Tips:\n"), ("serial", "\n"), ("list title", "1. **Sleep**:"), ("list body", " rest\n"),
-                     ("list body", "well.\n"), ("serial", "\n"), ("list title", "- Walk daily\n"),
-                     ("list body", "Done.\n"), ("serial", "\n"), ("serial", "Bye.")]
+    assert parts == [("serial", "Tips:\n"), ("serial", "\n"), ("list title", "1. **Sleep**:"),
+                     ("list opening", " rest\n"), ("list body", "well.\n"), ("serial", "\n"),
+                     ("list title", "- Walk daily\n"), ("list opening", "Done."), ("list body", "\n"), ("serial", "\n"),
+                     ("serial", "Bye.")]
+    # a body's opening ends at its first sentence's end (a number's dot is none) or its line's end
+    assert opening("sibling body", " It costs $3.50 a day. Then more.") == [
+        ("sibling opening", " It costs $3.50 a day."), ("sibling body", " Then more.")]
 
 
 def test_blind_items_split_a_bold_numbered_list_and_end_a_body_as_a_branch_would():
