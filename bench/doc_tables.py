@@ -25,7 +25,7 @@ from bench import tables_runtime as rt  # noqa: E402
 
 MARKERS = ("engine", "engine-adapter", "formats", "decoding", "programs", "serve", "cluster", "constrained",
            "faults", "data", "adapter", "vicuna", "steered", "drafts",
-           "loss-regions", "blind-control")
+           "loss-regions", "loss-positions", "blind-control")
 
 
 def markdown_files() -> list[Path]:
@@ -87,6 +87,7 @@ def tables() -> dict[str, str]:
         out["blind-control"] = model.blind_control_table(load(results / "blind_control.json"))
     if (results / "loss_regions.json").exists():
         out["loss-regions"] = model.loss_regions_table(load(results / "loss_regions.json"))
+        out["loss-positions"] = model.loss_positions_table(load(results / "loss_regions.json"))
     if (results / "drafts.json").exists():
         out["drafts"] = model.drafts_table(load(results / "drafts.json"))
     vicuna = results / "vicuna80" / "summary.json"

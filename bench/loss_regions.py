@@ -32,6 +32,7 @@ from bench.questions import VICUNA80, load  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "loss_regions.json"
 ENDS = tuple(".!?:;)\"'*\n")  # how a finished branch ends; anything else was cut mid-sentence
+POSITIONS = 6  # the split by branch position pools the sixth branch and later
 
 
 ITEM = re.compile(r"[ \t]*(?:\d+[.)]|[-*•])[ \t]+\S")  # a list item's first line: "2. **Sleep**: ..."
@@ -105,6 +106,28 @@ def pieces(row: dict) -> list[tuple[str, str]]:
     return out
 
 
+def positions(row: dict) -> list[int]:
+    """Each character's branch position in its block (1: the first branch; 0 outside branches),
+    counted as `pieces` counts a block's first branch (serial text starts a new block)."""
+    from runtime.protocol import parse
+
+    if not row.get("markup") or not row.get("blocks"):
+        return [0] * len(row["text"])
+    out, k = [], 0
+    for kind, text in parse(row["markup"]).answer_pieces():
+        k = 0 if kind == "serial" else k + (kind == "branch")
+        out += [k if kind == "branch" else 0] * len(text)
+    return out
+
+
+def position_key(region: str, k: int) -> str | None:
+    """A branch token's key in the split by position ("title line 2", "body 5"; 6 stands for 6 and
+    later), None outside branches."""
+    if not k or region == "added":
+        return None
+    return f"{'title line' if region.endswith('title line') else 'body'} {min(k, POSITIONS)}"
+
+
 def cut_branches(row: dict) -> tuple[int, int]:
     """(branches cut mid-sentence, branches) of an answer."""
     from runtime.protocol import parse
@@ -138,10 +161,12 @@ def main() -> None:
     model = eng.loaded.model
     sums: dict = defaultdict(lambda: defaultdict(lambda: [0.0, 0]))
     cuts: dict = defaultdict(lambda: [0, 0])
+    by_pos: dict = defaultdict(lambda: defaultdict(lambda: [0.0, 0]))  # branch tokens by title/body and position
     for r in rows:
         prompt = eng.chat_prompt(questions[str(r["question_id"])].text)
         region = [kind for kind, text in pieces(r) for _ in text]  # the region of every character
-        if len(region) != len(r["text"]):
+        pos = positions(r)
+        if not len(region) == len(pos) == len(r["text"]):
             raise SystemExit(f"q{r['question_id']} {r['system']}: its markup does not give its text")
         # tokenised whole, as the bench scores it; each token counts where its first character is
         enc = eng.tok(r["text"], add_special_tokens=False, return_offsets_mapping=True)
@@ -150,9 +175,13 @@ def main() -> None:
             continue
         nll = token_nll(model, prompt, ids).tolist()
         for (start, _), v in zip(enc["offset_mapping"], nll):
-            for key in (region[start] if start < len(region) else "added", "all"):
+            reg, k = (region[start], pos[start]) if start < len(region) else ("added", 0)
+            for key in (reg, "all"):
                 sums[r["system"]][key][0] += v
                 sums[r["system"]][key][1] += 1
+            if (key := position_key(reg, k)) is not None:
+                by_pos[r["system"]][key][0] += v
+                by_pos[r["system"]][key][1] += 1
         c, n = cut_branches(r)
         cuts[r["system"]][0] += c
         cuts[r["system"]][1] += n
@@ -167,6 +196,8 @@ def main() -> None:
             v["share_of_excess"] = v["excess_nats"] / excess if k != "all" and excess > 0 else None
         out[s] = {"answers": sum(1 for r in rows if r["system"] == s), "regions": regions,
                   "cut_branches": cuts[s][0], "branches": cuts[s][1]}
+        if by_pos[s]:
+            out[s]["positions"] = {k: {"tokens": n, "loss": total / n} for k, (total, n) in sorted(by_pos[s].items())}
     result = {"meta": {"command": "bench/loss_regions.py " + " ".join(sys.argv[1:]), "answers": shown(args.answers),
                        "reference": args.reference, "reference_loss": ref_mean, "dtype": args.dtype,
                        "environment": environment()},

@@ -116,6 +116,18 @@ def loss_regions_table(r: dict) -> str:
     return "\n".join(rows) + "\n" + note
 
 
+def loss_positions_table(r: dict, system: str = "aspd") -> str:
+    """The base model's loss on branch title lines and bodies by the branch's place in its block."""
+    pos = r["systems"].get(system, {}).get("positions") or {}
+    n = max((int(k.rsplit(" ", 1)[1]) for k in pos), default=0)
+    rows = [f"| {system}: branch in its block | title line: tokens, loss | body: tokens, loss |", "|---|---|---|"]
+    for k in range(1, n + 1):
+        got = [pos.get(f"{part} {k}") for part in ("title line", "body")]
+        cells = [f"{g['tokens']}, {g['loss']:.3f}" if g else "-" for g in got]
+        rows.append(f"| {k}{' and later' if k == n else ''} | {cells[0]} | {cells[1]} |")
+    return "\n".join(rows) + f"\n\nSame run and scorer as the table above (`{r['meta']['command'].strip()}`)."
+
+
 def drafts_table(r: dict) -> str:
     rows = ["| ASPD answers, shipped adapter | answers | forwards, drafts off -> on | latency, off -> on | "
             "speedup per answer, mean (median, max) |", "|---|---|---|---|---|"]
