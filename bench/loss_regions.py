@@ -10,7 +10,9 @@ what the answer adds around branches ("title: " leads, line breaks). Serial text
 where it holds a list ("list title", "list opening", "list body"), so that the lists every system
 writes serially compare like for like with branches. It also
 counts branches cut mid-sentence, which happens when the answer's token budget runs out inside a
-block. Token-weighted means; excess nats against the reference system's mean loss per token.
+block, and splits the branch tokens by their branch's place in its block ("title line 2", "body 5";
+the sixth branch on pooled). Token-weighted means; excess nats against the reference system's mean
+loss per token. The base model scores in `--dtype` (float32 by default: exact, and fast on any CPU).
 
     .venv/bin/python bench/loss_regions.py --answers bench/results/vicuna80/answers.jsonl
 """
@@ -43,15 +45,18 @@ def title_cut(text: str) -> int:
     return min([i for i in (text.find(":"), text.find("\n")) if i >= 0] or [len(text)]) + 1
 
 
-# A sentence's end: ".", "!" or "?" (closing quotes, brackets or bold marks kept), before a space or the end.
+# A sentence's end: ".", "!" or "?" (closing quotes, brackets or bold marks kept), before a space or the end;
+# a list number's dot at a line's start ("4. ") is none.
 SENTENCE = re.compile(r"[.!?][\"')\]*]*(?=\s|$)")
+NUMBER_DOT = re.compile(r"(?:^|\n)[ \t]*\d+\.$")
 
 
 def opening(kind: str, text: str) -> list[tuple[str, str]]:
     """A body split after its first sentence or line: its opening ("sibling body" -> "sibling opening"),
     where an item written apart from its siblings and one written after them differ most, and the rest."""
     lead = len(text) - len(text.lstrip())
-    m, nl = SENTENCE.search(text, lead), text.find("\n", lead)
+    m = next((m for m in SENTENCE.finditer(text, lead) if not NUMBER_DOT.search(text, 0, m.start() + 1)), None)
+    nl = text.find("\n", lead)
     cut = min([i for i in (m.end() if m else -1, nl + 1) if i > 0], default=len(text))
     return [(k, t) for k, t in ((kind.replace("body", "opening"), text[:cut]), (kind, text[cut:])) if t]
 
@@ -108,7 +113,8 @@ def pieces(row: dict) -> list[tuple[str, str]]:
 
 def positions(row: dict) -> list[int]:
     """Each character's branch position in its block (1: the first branch; 0 outside branches),
-    counted as `pieces` counts a block's first branch (serial text starts a new block)."""
+    counted as `pieces` counts a block's first branch: serial text starts a new block, so two blocks
+    with no text between them count on as one (none of the committed answers has such a pair)."""
     from runtime.protocol import parse
 
     if not row.get("markup") or not row.get("blocks"):
@@ -200,7 +206,7 @@ def main() -> None:
             out[s]["positions"] = {k: {"tokens": n, "loss": total / n} for k, (total, n) in sorted(by_pos[s].items())}
     result = {"meta": {"command": "bench/loss_regions.py " + " ".join(sys.argv[1:]), "answers": shown(args.answers),
                        "reference": args.reference, "reference_loss": ref_mean, "dtype": args.dtype,
-                       "environment": environment()},
+                       "pooled_from": POSITIONS, "environment": environment()},
               "systems": out}
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     for s, e in out.items():

@@ -124,7 +124,7 @@ def loss_positions_table(r: dict, system: str = "aspd") -> str:
     for k in range(1, n + 1):
         got = [pos.get(f"{part} {k}") for part in ("title line", "body")]
         cells = [f"{g['tokens']}, {g['loss']:.3f}" if g else "-" for g in got]
-        rows.append(f"| {k}{' and later' if k == n else ''} | {cells[0]} | {cells[1]} |")
+        rows.append(f"| {k}{' and later' if k == r['meta'].get('pooled_from') else ''} | {cells[0]} | {cells[1]} |")
     return "\n".join(rows) + f"\n\nSame run and scorer as the table above (`{r['meta']['command'].strip()}`)."
 
 

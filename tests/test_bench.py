@@ -281,7 +281,9 @@ def test_loss_regions_split_an_answer_into_its_pieces():
                      ("list opening", " rest\n"), ("list body", "well.\n"), ("serial", "\n"),
                      ("list title", "- Walk daily\n"), ("list opening", "Done."), ("list body", "\n"), ("serial", "\n"),
                      ("serial", "Bye.")]
-    # a body's opening ends at its first sentence's end (a number's dot is none) or its line's end
+    # a body's opening ends at its first sentence's end (a list number's dot is none) or its line's end
+    assert opening("sibling body", " 4. Rest. More") == [("sibling opening", " 4. Rest."), ("sibling body", " More")]
+    assert opening("list body", " Born in 2023. Then") == [("list opening", " Born in 2023."), ("list body", " Then")]
     assert opening("sibling body", " It costs $3.50 a day. Then more.") == [
         ("sibling opening", " It costs $3.50 a day."), ("sibling body", " Then more.")]
 
