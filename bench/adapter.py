@@ -36,8 +36,8 @@ from bench.metrics import degenerate_rate, degenerate_words, ideal_speedup  # no
 from runtime import protocol as P  # noqa: E402
 from runtime.engine import Engine  # noqa: E402
 from runtime.model_loader import find_adapter, load  # noqa: E402
+from runtime.offline import complete_all  # noqa: E402
 from runtime.sampling import SamplingParams  # noqa: E402
-from runtime.serving import complete_all  # noqa: E402
 
 VICUNA = ROOT / "bench" / "results" / "vicuna80"
 

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import common, metrics  # noqa: E402
 from bench.quality import answer_loss  # noqa: E402
 from bench.questions import load as load_questions  # noqa: E402
+from runtime.offline import complete_all  # noqa: E402
 from runtime.sampling import SamplingParams  # noqa: E402
-from runtime.serving import complete_all  # noqa: E402
 from training.extract import find_groups, loops  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

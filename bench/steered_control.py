@@ -98,8 +98,8 @@ def main() -> None:
     from runtime.engine import Engine
     from runtime.model_loader import DEFAULT_MODEL, use_all_cores
     from runtime.model_loader import load as load_model
+    from runtime.offline import complete_all
     from runtime.sampling import SamplingParams
-    from runtime.serving import complete_all
     from training.prompts import Prompt
     from training.steering import answer, opening, own_opening
 

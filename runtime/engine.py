@@ -23,6 +23,7 @@ from .anti_loop import History, word_mask
 from .model_loader import LoadedModel
 from .model_runner import Forward, KVSlice, ModelRunner
 from .outputs import FinishReason, GenerationOutput
+from .probe import probe, token_logprobs
 from .protocol import SERIAL_TAG, Tag, block_header
 from .roles import user_prompt
 from .run import Run
@@ -382,8 +383,8 @@ class Engine:
             # All choices in one forward, as the branches of a throwaway block over the prefix.
             block, base = seq.new_block(), seq.positions.next_serial
             probes = [(Tag(block, i + 1), list(range(base, base + len(x) - 1)), x[:-1]) for i, x in enumerate(ids)]
-            rows = self._probe(seq, probes)
-            return [_token_logprobs(first, r, x) for r, x in zip(rows, ids)]
+            rows = probe(self.runner, seq, probes)
+            return [token_logprobs(first, r, x) for r, x in zip(rows, ids)]
         b = self._branch(seq, branch)
         seq.ensure_pending(b)
         b.want_logits = True
@@ -391,28 +392,6 @@ class Engine:
         out = []
         for x in ids:  # one probe per choice: same-branch probes would see each other
             start = seq.positions.peek(b.tag)
-            rows = self._probe(seq, [(b.tag, list(range(start, start + len(x) - 1)), x[:-1])])
-            out.append(_token_logprobs(first, rows[0], x))
+            rows = probe(self.runner, seq, [(b.tag, list(range(start, start + len(x) - 1)), x[:-1])])
+            out.append(token_logprobs(first, rows[0], x))
         return out
-
-    def _probe(self, seq: SeqState, probes: list[tuple[Tag, list[int], list[int]]]) -> list[torch.Tensor]:
-        """Feed (tag, positions, tokens) probes with logits at every row, then hide them again."""
-        toks = [t for _, _, x in probes for t in x]
-        if not toks:
-            return [torch.empty(0, self.runner.vocab_size) for _ in probes]
-        start = seq.kv.length
-        logits = self.runner.forward(seq.kv, toks, [p for _, ps, _ in probes for p in ps],
-                                     [tag for tag, _, x in probes for _ in x], range(len(toks)))
-        seq.hide(range(start, start + len(toks)))
-        out, at = [], 0
-        for _, _, x in probes:
-            out.append(torch.log_softmax(logits[at:at + len(x)], -1))
-            at += len(x)
-        return out
-
-
-def _token_logprobs(first: torch.Tensor, rows: torch.Tensor, ids: list[int]) -> list[float]:
-    """Log-prob of each token of `ids`: the first from `first`, the rest from the probe rows."""
-    out = [first[ids[0]].item()]
-    out += [rows[k, t].item() for k, t in enumerate(ids[1:])]
-    return out

@@ -1,7 +1,7 @@
 """What the serving loop tells a request's owner: its text while it runs, then one typed outcome.
 
 The loop speaks in outcomes, never in HTTP: the server maps each to a status code in one place
-(`http_errors.py`); offline callers (`serving.complete`) read them as they are. Pure data.
+(`http_errors.py`); offline callers (`offline.complete`) read them as they are. Pure data.
 """
 
 from __future__ import annotations

@@ -20,24 +20,23 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
 import torch
 
-from .engine import Engine, EngineError, Mode
+from .engine import Engine, EngineError
 from .model_runner import KVSlice
 from .outcomes import Event, Outcome, UnknownRid
 from .outputs import FinishReason, GenerationOutput
 from .radix_cache import RadixCache
-from .sampling import SamplingParams
 from .scheduler import QueueFull, Scheduler, SchedulerConfig
 from .sequence import SeqState
 from .serve_request import Counters, LogprobSpec, Request, ServeConfig, stable_text
 from .sessions import Session, Sessions
 
-__all__ = ["Event", "LogprobSpec", "Request", "ServeConfig", "ServingLoop", "complete", "complete_all"]
+__all__ = ["Event", "LogprobSpec", "Request", "ServeConfig", "ServingLoop"]
 
 log = logging.getLogger("aspd.serve")
 
@@ -378,30 +377,3 @@ class ServingLoop:
             "cache_budget": self.config.cache_tokens,
             "mean_batch": c.batched_rows / c.steps if c.steps else 0.0,
         }
-
-
-def complete(engine: Engine, prompts: list[list[int]], params: SamplingParams, mode: Mode = "ar",
-             batch: int = 16) -> Iterator[tuple[int, Event]]:
-    """Answer many prompts (token ids) offline with continuous batching; yields (index, last event)
-    in the order they finish."""
-    loop = ServingLoop(engine, ServeConfig(max_running=batch, max_waiting=len(prompts) + 1)).start()
-    done: queue.Queue = queue.Queue()
-    try:
-        for i, ids in enumerate(prompts):
-            loop.submit(Request(params=params, emit=lambda ev, i=i: done.put((i, ev)) if ev.done else None,
-                                input_ids=ids, mode=mode))
-        for _ in prompts:
-            yield done.get()
-    finally:
-        loop.stop()
-
-
-def complete_all(engine: Engine, prompts: list[list[int]], params: SamplingParams, mode: Mode = "ar",
-                 batch: int = 16) -> list[GenerationOutput]:
-    """`complete`, collected in prompt order; the first failed answer raises."""
-    out: list[GenerationOutput | None] = [None] * len(prompts)
-    for i, ev in complete(engine, prompts, params, mode, batch):
-        if ev.error:
-            raise EngineError(f"prompt {i}: {ev.error}")
-        out[i] = ev.result.output
-    return out

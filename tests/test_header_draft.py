@@ -122,7 +122,7 @@ def test_a_rejected_draft_leaves_the_cache_as_if_never_fed(monkeypatch):
 def test_drafted_headers_in_a_batch_equal_undrafted_answers_alone():
     """The serving loop batches a drafted step (several tokens of one sequence) with other sequences'
     one-token steps: every answer is the undrafted answer decoded alone, in fewer forwards."""
-    from runtime.serving import complete
+    from runtime.offline import complete
 
     lm = markup_heavy_engine(5).loaded
     params = SamplingParams(max_new_tokens=80, max_branch_tokens=6, max_title_tokens=3, max_branches=4)

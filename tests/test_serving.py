@@ -185,7 +185,7 @@ def test_cancel_frees_the_sequence(loop):
 
 
 def test_complete_answers_every_prompt_once_as_alone(model):
-    from runtime.serving import complete
+    from runtime.offline import complete
 
     eng = Engine(model)
     prompts = [eng.encode(p) for p in PROMPTS]

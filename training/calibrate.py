@@ -26,8 +26,8 @@ from runtime.engine import Engine
 from runtime.errors import UserError
 from runtime.fork_gate import GATE_FILE, offset
 from runtime.model_loader import FORK_BIAS_FILE
+from runtime.offline import complete_all
 from runtime.sampling import SamplingParams
-from runtime.serving import complete_all
 
 # Positive offsets too: an adapter trained on few parallel answers under-forks on list-like prompts
 # (v5 and v6 both still met the 10% bound at +5, the old top of the grid).

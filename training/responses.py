@@ -18,9 +18,9 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from runtime.engine import Engine
+from runtime.offline import complete, complete_all
 from runtime.outputs import FinishReason
 from runtime.sampling import SamplingParams
-from runtime.serving import complete, complete_all
 
 from .prompts import Prompt
 from .steering import list_start, opening, own_intro, steered
