@@ -84,6 +84,7 @@ class WireSampling(Wire):
     max_branches: int = Field(8, ge=2, le=64)
     max_branch_tokens: int | None = Field(None, ge=1)  # None: max_new_tokens
     fork_bias: float | None = Field(None, ge=-100.0, le=100.0)  # None: the adapter's (its gate's for an answer)
+    intro_first: bool | None = None  # a chat answer's first line is serial text (None: the server's default)
 
     def to_sampling(self, default_max: int, defaults: SamplingParams = DEFAULTS) -> SamplingParams:
         """`defaults`: the server's anti-loop settings, for a request that sets none."""
@@ -124,7 +125,7 @@ def sglang_sampling(sp, defaults: SamplingParams = DEFAULTS, default_max: int | 
         seed=_or(getattr(sp, "seed", None), getattr(sp, "sampling_seed", None)),
         max_branch_tokens=getattr(sp, "max_branch_tokens", None) or max(1, n),
         **{k: getattr(sp, k, None) for k in ("repetition_penalty", "no_repeat_ngram_size", "max_branches",
-                                             "fork_bias", *GRAMMARS)})
+                                             "fork_bias", "intro_first", *GRAMMARS)})
     try:
         return SamplingParams(**{**defaults.model_dump(), **{k: v for k, v in given.items() if v is not None}})
     except ValidationError as e:  # a grammar llguidance rejects, both grammars: a 400 naming the field

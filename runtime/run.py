@@ -94,11 +94,13 @@ class Run:
         # A chat answer (right after the template's assistant header) with no offset of its own takes
         # the gate's, set from its first logits before its first token (which may open a block);
         # text that does not start an answer (a gen mid-answer, a raw prompt) keeps the calibrated one.
-        if adaptive and p.fork_bias is None and answer_start(tokens, self.ids):
+        starts = adaptive and answer_start(tokens, self.ids)
+        if starts and p.fork_bias is None:
             self.gate = self.eng.loaded.gate
         return Constraint(self.ids, adaptive=adaptive, max_title_tokens=p.max_title_tokens,
                           max_branches=p.max_branches, fork_bias=bias,
-                          line_start=adaptive and opens_line(tokens, self.ids))
+                          line_start=adaptive and opens_line(tokens, self.ids),
+                          opening_cap=0.0 if starts and p.intro_first else None)
 
     @classmethod
     def branches(cls, eng: Engine, seq: SeqState, requests: dict[int, SamplingParams]) -> Run:

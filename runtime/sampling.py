@@ -35,6 +35,9 @@ class SamplingParams(BaseModel):
     fork_bias: float | None = Field(None, ge=-100.0, le=100.0, description=(
         "added to the logit of <|title|> (opening a parallel block) in serial decoding; None: the "
         "loaded adapter's calibrated value (0 without one), for a chat answer its fork gate's"))
+    intro_first: bool = Field(False, description=(
+        "a chat answer's first line is serial text: until it ends, the offset on <|title|> is at most 0 "
+        "(the gate's or fork_bias's from the next line on); slower, text closer to the base model's"))
     # Constrained generation (runtime/grammar.py), SGLang's names; at most one. A constrained call
     # never opens a parallel block: its grammar covers the plain answer.
     regex: str | None = Field(None, description="the output must match this regex (whole)")

@@ -20,6 +20,7 @@ def test_the_wire_maps_onto_sampling_params():
                                repetition_penalty=1.2, no_repeat_ngram_size=0, max_branch_tokens=64)
     q = WireSampling(max_new_tokens=0, repetition_penalty=1.0, seed=1, sampling_seed=2).to_sampling(64, SERVER)
     assert (q.repetition_penalty, q.seed, q.max_branch_tokens) == (1.0, 1, 1)
+    assert WireSampling(intro_first=True).to_sampling(64, SERVER).intro_first and not p.intro_first
 
 
 def test_the_frontend_params_keep_the_backends_defaults():

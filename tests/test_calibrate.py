@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -23,6 +24,20 @@ def test_constraint_biases_only_the_block_opening_in_serial_adaptive_decoding():
     assert Constraint(ids, adaptive=False, fork_bias=-2.5, line_start=True).allowed().bias == ()  # AR: banned anyway
     c.phase = Phase.BRANCH
     assert c.allowed().bias == ()
+
+
+def test_an_opening_cap_holds_the_offset_until_the_answers_first_line_ends():
+    """`intro_first`: a chat answer's first line is serial text; the full offset from its next line on."""
+    ids = dataclasses.replace(tiny_model().ids, line_end=frozenset({10}))
+    c = Constraint(ids, adaptive=True, fork_bias=12.0, line_start=True, opening_cap=0.0)
+    assert c.allowed().bias == ()  # at the answer's first token: at most offset 0
+    c.fork_bias = -3.0
+    assert c.allowed().bias == ((ids.title, -3.0),)  # a lower offset stays as it is
+    c.fork_bias = 12.0
+    c.advance(5)
+    c.advance(10)  # the first line ends
+    assert c.opening_cap is None and c.allowed().bias == ((ids.title, 12.0),)
+    assert Constraint(ids, adaptive=True, fork_bias=12.0, line_start=True).allowed().bias == ((ids.title, 12.0),)
 
 
 def test_engine_fork_bias_moves_the_fork_decision():

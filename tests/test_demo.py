@@ -43,3 +43,15 @@ def test_shipped_gate_pushes_list_like_answers_and_holds_back_serial_ones(eng):
     assert _offset(eng, "Give me five tips for a job interview.") > mid
     assert _offset(eng, "What is 17 times 23?") < mid
     assert _offset(eng, "How many grains of sand fit in a bucket? Explain your answer step by step.") < mid
+
+
+def test_intro_first_keeps_a_chat_answers_first_line_serial(eng):
+    """`intro_first`: no block opens before the answer's first line ends; from its next line on the
+    gate's full offset holds, so the demo answer, which opens with its block, still forks after it."""
+    prompt = eng.chat_prompt(DEMO_PROMPT)
+    plain = eng.generate(eng.new_sequence(prompt), SamplingParams(max_new_tokens=256), "aspd")
+    first = eng.generate(eng.new_sequence(prompt), SamplingParams(max_new_tokens=256, intro_first=True), "aspd")
+    assert plain.markup.startswith("<|title|>"), plain.markup  # what the option changes
+    assert first.blocks, first.markup
+    head = first.markup[:first.markup.index("<|title|>")]
+    assert head.split("\n")[0].strip() and "\n" in head, first.markup
