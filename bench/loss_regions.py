@@ -45,19 +45,18 @@ def title_cut(text: str) -> int:
     return min([i for i in (text.find(":"), text.find("\n")) if i >= 0] or [len(text)]) + 1
 
 
-# A sentence's end: ".", "!" or "?" (closing quotes, brackets or bold marks kept), before a space or the end;
-# a list number's dot at a line's start ("4. ") is none.
-SENTENCE = re.compile(r"[.!?][\"')\]*]*(?=\s|$)")
-NUMBER_DOT = re.compile(r"(?:^|\n)[ \t]*\d+\.$")
+# Where a sentence or a line may end: ".", "!" or "?" (closing quotes, brackets or bold marks kept)
+# before a space or the text's end, or a newline; `stops.ends_sentence` (the budget cut's rule) decides.
+BOUNDARY = re.compile(r"[.!?][\"')\]*]*(?=\s|$)|\n")
 
 
 def opening(kind: str, text: str) -> list[tuple[str, str]]:
     """A body split after its first sentence or line: its opening ("sibling body" -> "sibling opening"),
     where an item written apart from its siblings and one written after them differ most, and the rest."""
+    from runtime.stops import ends_sentence
+
     lead = len(text) - len(text.lstrip())
-    m = next((m for m in SENTENCE.finditer(text, lead) if not NUMBER_DOT.search(text, 0, m.start() + 1)), None)
-    nl = text.find("\n", lead)
-    cut = min([i for i in (m.end() if m else -1, nl + 1) if i > 0], default=len(text))
+    cut = next((m.end() for m in BOUNDARY.finditer(text, lead) if ends_sentence(text[:m.end()])), len(text))
     return [(k, t) for k, t in ((kind.replace("body", "opening"), text[:cut]), (kind, text[cut:])) if t]
 
 

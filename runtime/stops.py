@@ -65,12 +65,17 @@ _SENTENCE_END = re.compile(r"(?:[.!?][\"')\]*]*|\n)\s*$")
 _ITEM_NUMBER = re.compile(r"(?:^|\n)[ \t*#]*\d+\.$")
 
 
+def ends_sentence(text: str) -> bool:
+    """`text` ends a sentence or a line (a list item's number, "2.", ends none)."""
+    return bool(_SENTENCE_END.search(text)) and not _ITEM_NUMBER.search(text)
+
+
 def sentence_cut(decode: Callable[[list[int]], str], toks: list[int]) -> int:
     """How many of `toks` to keep so that their text ends a sentence or a line: the most that do, or
     all of them where none does (a fragment is still better than nothing)."""
     for n in range(len(toks), 0, -1):
         text = decode(toks[:n])
-        if _SENTENCE_END.search(text) and not _ITEM_NUMBER.search(text):
+        if ends_sentence(text):
             return n
     return len(toks)
 
