@@ -83,52 +83,47 @@ def serial_pieces(text: str) -> list[tuple[str, str]]:
     return [(k, t) for k, t in out if t]
 
 
-def pieces(row: dict) -> list[tuple[str, str]]:
-    """(region, text) pieces whose concatenation is the answer's text."""
+def placed(row: dict) -> list[tuple[str, str, int]]:
+    """(region, text, branch) pieces whose concatenation is the answer's text; `branch` is the piece's
+    branch's place in its block (1: the first), 0 outside branches. Serial text starts a new block, so
+    two blocks with no text between them count on as one (none of the committed answers has such a pair)."""
     from runtime.protocol import parse
 
     if not row.get("markup") or not row.get("blocks"):
-        return serial_pieces(row["text"])
-    out, first, led = [], True, False
+        return [(r, t, 0) for r, t in serial_pieces(row["text"])]
+    out: list[tuple[str, str, int]] = []
+    k, led = 0, False
     for kind, text in parse(row["markup"]).answer_pieces():
         if kind == "serial":
-            out += serial_pieces(text)
-            first, led = True, False
+            out += [(r, t, 0) for r, t in serial_pieces(text)]
+            k, led = 0, False
             continue
         if kind != "branch":
-            out.append(("added", text))
+            out.append(("added", text, 0))
             led = kind == "lead"
             continue
-        body = "first branch body" if first else "sibling body"
+        k += 1
+        body = "first branch body" if k == 1 else "sibling body"
         if led:  # the answer added the title: the branch's own text is all body
-            out += opening(body, text)
+            parts = opening(body, text)
         else:  # the branch restates its title first: "2. **Sleep well**: ..."
             cut = title_cut(text)
             # an answer that opens with its block opens with "1.", which the base model seldom writes first
-            out += [("opening title line" if not out else "title line", text[:cut]), *opening(body, text[cut:])]
-        first, led = False, False
+            parts = [("opening title line" if not out else "title line", text[:cut]), *opening(body, text[cut:])]
+        out += [(r, t, k) for r, t in parts]
+        led = False
     return out
 
 
-def positions(row: dict) -> list[int]:
-    """Each character's branch position in its block (1: the first branch; 0 outside branches),
-    counted as `pieces` counts a block's first branch: serial text starts a new block, so two blocks
-    with no text between them count on as one (none of the committed answers has such a pair)."""
-    from runtime.protocol import parse
-
-    if not row.get("markup") or not row.get("blocks"):
-        return [0] * len(row["text"])
-    out, k = [], 0
-    for kind, text in parse(row["markup"]).answer_pieces():
-        k = 0 if kind == "serial" else k + (kind == "branch")
-        out += [k if kind == "branch" else 0] * len(text)
-    return out
+def pieces(row: dict) -> list[tuple[str, str]]:
+    """(region, text) pieces whose concatenation is the answer's text."""
+    return [(r, t) for r, t, _ in placed(row)]
 
 
 def position_key(region: str, k: int) -> str | None:
     """A branch token's key in the split by position ("title line 2", "body 5"; 6 stands for 6 and
     later), None outside branches."""
-    if not k or region == "added":
+    if not k:
         return None
     return f"{'title line' if region.endswith('title line') else 'body'} {min(k, POSITIONS)}"
 
@@ -169,9 +164,8 @@ def main() -> None:
     by_pos: dict = defaultdict(lambda: defaultdict(lambda: [0.0, 0]))  # branch tokens by title/body and position
     for r in rows:
         prompt = eng.chat_prompt(questions[str(r["question_id"])].text)
-        region = [kind for kind, text in pieces(r) for _ in text]  # the region of every character
-        pos = positions(r)
-        if not len(region) == len(pos) == len(r["text"]):
+        chars = [(kind, k) for kind, text, k in placed(r) for _ in text]  # each character's region and branch
+        if len(chars) != len(r["text"]):
             raise SystemExit(f"q{r['question_id']} {r['system']}: its markup does not give its text")
         # tokenised whole, as the bench scores it; each token counts where its first character is
         enc = eng.tok(r["text"], add_special_tokens=False, return_offsets_mapping=True)
@@ -180,7 +174,7 @@ def main() -> None:
             continue
         nll = token_nll(model, prompt, ids).tolist()
         for (start, _), v in zip(enc["offset_mapping"], nll):
-            reg, k = (region[start], pos[start]) if start < len(region) else ("added", 0)
+            reg, k = chars[start] if start < len(chars) else ("added", 0)
             for key in (reg, "all"):
                 sums[r["system"]][key][0] += v
                 sums[r["system"]][key][1] += 1

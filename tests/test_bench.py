@@ -249,7 +249,7 @@ def test_decoding_default_is_the_most_natural_setting_that_never_loops():
 
 
 def test_loss_regions_split_an_answer_into_its_pieces():
-    from bench.loss_regions import cut_branches, opening, pieces, position_key, positions
+    from bench.loss_regions import cut_branches, opening, pieces, placed, position_key
 
     markup = ("Tips:\n<|title|>1. Sleep<|/title|><|title|>2. Water<|/title|><|title|>3. Walk<|/title|><|para|>"
               "<|branch|>1. Sleep: 1. **Sleep**: rest well.\n<|/branch|><|branch|>2. Water: Eight cups<|/branch|>"
@@ -264,11 +264,9 @@ def test_loss_regions_split_an_answer_into_its_pieces():
                      ("added", "\n"), ("title line", "3. **Walk**\n"), ("sibling opening", "Daily."), ("added", "\n"),
                      ("serial", "Done.")]
     assert cut_branches(row) == (1, 3)  # "Eight cups" stopped mid-sentence
-    pos = positions(row)  # each character's branch in its block; 0 outside branches
-    assert len(pos) == len(row["text"]) and pos[0] == 0 and pos[-1] == 0
-    keys = {position_key(k, p) for (k, t), p in zip(parts, [pos[sum(len(t) for _, t in parts[:i])]
-                                                           for i in range(len(parts))])}
-    assert keys == {None, "title line 1", "body 1", "body 2", "title line 3", "body 3"}
+    assert [k for _, _, k in placed(row)] == [0, 1, 1, 1, 0, 2, 0, 3, 3, 0, 0]  # each piece's branch in its block
+    assert [position_key(r, k) for r, _, k in placed(row)] == [
+        None, "title line 1", "body 1", "body 1", None, "body 2", None, "title line 3", "body 3", None, None]
     assert position_key("sibling body", 9) == "body 6"  # later branches pooled with the sixth
     assert pieces({"text": "plain", "markup": None, "blocks": 0}) == [("serial", "plain")]
     # an answer that opens with its block; serial lists split like branches
