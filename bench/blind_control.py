@@ -73,13 +73,16 @@ def _figures(rows: list[dict]) -> dict:
 
 
 def main() -> None:
+    from runtime.weight_format import DTYPES
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--answers", type=Path, default=OUT.parent / "vicuna80" / "answers.jsonl",
                     help="an `aspd bench` answers file holding hf and aspd rows")
     ap.add_argument("--adapter", default="auto", help="the adapter that answered the aspd rows (auto: the shipped one)")
     ap.add_argument("--own", type=Path, default=OUT.parent / "steered_control.json",
                     help="bench/steered_control.py's result, whose own-intro answers give the base model's own titles")
-    ap.add_argument("--dtype", default="float32", help="the weight format of both engines and of the scorer")
+    ap.add_argument("--dtype", default="float32", choices=DTYPES,
+                    help="the weight format of both engines and of the scorer")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()

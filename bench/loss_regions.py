@@ -139,12 +139,15 @@ def cut_branches(row: dict) -> tuple[int, int]:
 
 
 def main() -> None:
+    from runtime.weight_format import DTYPES
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--answers", type=Path, default=OUT.parent / "vicuna80" / "answers.jsonl")
     ap.add_argument("--systems", default="hf,ar,aspd")
     ap.add_argument("--reference", default="hf")
     ap.add_argument("--out", type=Path, default=OUT)
-    ap.add_argument("--dtype", default="float32", help="the scorer's weight format (float32: exact, fast on any CPU)")
+    ap.add_argument("--dtype", default="float32", choices=DTYPES,
+                    help="the scorer's weight format (float32: exact, fast on any CPU)")
     args = ap.parse_args()
 
     from bench.quality import token_nll

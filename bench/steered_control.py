@@ -85,13 +85,16 @@ def report(figs: dict, vs: str, out: Path) -> None:
 
 
 def main() -> None:
+    from runtime.weight_format import DTYPES
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--answers", type=Path, default=OUT.parent / "vicuna80" / "answers.jsonl",
                     help="an `aspd bench` answers file holding scored hf, ar and aspd rows")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--limit", type=int, default=None, help="only the first N steered questions (a smoke run)")
-    ap.add_argument("--dtype", default="auto", help="the base engine's weight format: the bench run's, for answers "
+    ap.add_argument("--dtype", default="auto", choices=DTYPES,
+                    help="the base engine's weight format: the bench run's, for answers "
                     "comparable with its hf rows (auto: this machine's cached `autotune` choice)")
     args = ap.parse_args()
 
