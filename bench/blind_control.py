@@ -21,6 +21,12 @@ And the same for the base model's own titles: the own-intro answers of `bench/st
 first line, then a bold numbered list it wrote serially), as they are (`own_lists`) and with each list
 item's body re-written blind, linked (`own_lists_blind`), against `hf` on those questions (`own_hf`).
 
+And the whole run, every question the run answered in both modes, against `hf` on all of them (`run_hf`):
+the adapter's ASPD answers (`run_aspd`: the bench's loss figure, under this scorer), and the base model's own
+lists where it wrote one with its own answers elsewhere, serial (`run_own_lists`) and with the list bodies
+written blind (`run_own_lists_blind`): what the base model's own structure would score for the run if it
+were decoded as ASPD, forking where it writes a list and nowhere else.
+
 Texts hold at most 256 tokens (the bench's budget), the original answer's serial text after the block
 included. One scorer (the base model, `--dtype`) for every arm.
 
@@ -47,6 +53,7 @@ OUT = Path(__file__).resolve().parent / "results" / "blind_control.json"
 MAX_TOKENS = 256  # the bench's answer budget
 ARMS = ("hf", "aspd", "base_blind", "base_blind_unlinked", "adapter_blind")
 OWN_ARMS = ("own_hf", "own_lists", "own_lists_blind")
+RUN_ARMS = ("run_hf", "run_aspd", "run_own_lists", "run_own_lists_blind")
 
 
 def as_blocks(text: str):
@@ -65,6 +72,13 @@ def as_blocks(text: str):
         pos = items[-1][1]
     segs.append(SerialSegment(text=text[pos:]))
     return Response(segments=tuple(x for x in segs if not (isinstance(x, SerialSegment) and not x.text)))
+
+
+def merged(run: list[dict], some: list[dict]) -> list[dict]:
+    """The run's scored rows with each question that `some` answered taken from `some` (a list where the
+    base model wrote one, its own answer elsewhere)."""
+    by = {r["question_id"]: r for r in some}
+    return [by.get(r["question_id"], r) for r in run]
 
 
 def _figures(rows: list[dict]) -> dict:
@@ -129,13 +143,19 @@ def main() -> None:
         return [score(base, questions[j["id"]], base.encode(texts[arm][j["id"]])[:MAX_TOKENS]) for j in todo]
 
     scored = {arm: scored_arm(arm, jobs) for arm in ARMS} | {arm: scored_arm(arm, own_jobs) for arm in OWN_ARMS}
-    figs = {arm: _figures(scored[arm]) for arm in (*ARMS, *OWN_ARMS)}
-    for arms, ref in ((ARMS, "hf"), (OWN_ARMS, "own_hf")):
+    everyone = [{"id": k} for k in questions if (k, "hf") in by and (k, "aspd") in by]
+    texts |= {"run_hf": {j["id"]: by[(j["id"], "hf")]["text"] for j in everyone},
+              "run_aspd": {j["id"]: by[(j["id"], "aspd")]["text"] for j in everyone}}
+    scored |= {arm: scored_arm(arm, everyone) for arm in RUN_ARMS[:2]}
+    for arm in OWN_ARMS[1:]:
+        scored["run_" + arm] = merged(scored["run_hf"], scored[arm])
+    figs = {arm: _figures(scored[arm]) for arm in (*ARMS, *OWN_ARMS, *RUN_ARMS)}
+    for arms, ref in ((ARMS, "hf"), (OWN_ARMS, "own_hf"), (RUN_ARMS, "run_hf")):
         for arm in arms:
             figs[arm]["loss_vs_hf"] = metrics.relative_delta(figs[arm]["loss"], figs[ref]["loss"])
     result = {"meta": {"command": "bench/blind_control.py " + " ".join(sys.argv[1:]), "answers": shown(args.answers),
                        "adapter": args.adapter, "weights": base.loaded.weights, "questions": len(jobs),
-                       "own": shown(args.own), "own_questions": len(own_jobs),
+                       "own": shown(args.own), "own_questions": len(own_jobs), "run_questions": len(everyone),
                        "sampling": {"max_new_tokens": MAX_TOKENS, "body_tokens": blind.ITEM_TOKENS,
                                     "decoding": "greedy", "anti_loop": "default"},
                        "environment": environment()},

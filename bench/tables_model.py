@@ -76,7 +76,11 @@ def blind_control_table(r: dict) -> str:
              "adapter_blind": "their titles, bodies by the adapter blind in plain view (linked)",
              "own_hf": "base model's own answers (hf), own-list questions",
              "own_lists": "base model's own-intro lists, written serially",
-             "own_lists_blind": "their titles, bodies by the base model blind (siblings linked)"}
+             "own_lists_blind": "their titles, bodies by the base model blind (siblings linked)",
+             "run_hf": "base model's own answers (hf), whole run",
+             "run_aspd": "adapter's ASPD answers, whole run",
+             "run_own_lists": "base model's own-intro lists where it wrote one, its own answers elsewhere",
+             "run_own_lists_blind": "the same, list bodies by the base model blind (siblings linked)"}
     rows = ["| answers to the same questions | base-model loss (nats/token) | vs hf | repeated 4-grams | tokens |",
             "|---|---|---|---|---|"]
     rows += [f"| {names.get(k, k)} | {f['loss']:.3f} | {f['loss_vs_hf']:+.1%} | {f['repetition_4gram']:.1%} | "
@@ -84,8 +88,9 @@ def blind_control_table(r: dict) -> str:
     m = r["meta"]
     adapter = "the shipped one" if m["adapter"] == "auto" else m["adapter"]
     note = (f"\nThe {m['questions']} Vicuna-80 questions the adapter's ASPD answers fork on ({m['answers']}; adapter: "
-            f"{adapter}), and the {m['own_questions']} own-intro answers of {m['own']} that hold a bold numbered list; "
-            f"bodies at most {m['sampling']['body_tokens']} tokens, answers at most "
+            f"{adapter}), and the {m['own_questions']} own-intro answers of {m['own']} that hold a bold numbered list"
+            + (f", and the whole run's {m['run_questions']} questions" if "run_questions" in m else "")
+            + f"; bodies at most {m['sampling']['body_tokens']} tokens, answers at most "
             f"{m['sampling']['max_new_tokens']}; greedy, default anti-loop; writers and scorer in {m['weights']}; "
             f"`{m['command'].strip()}`; {machine(m['environment'])}.")
     return "\n".join(rows) + "\n" + note

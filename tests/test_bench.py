@@ -316,6 +316,14 @@ def test_a_serial_list_reads_as_the_block_aspd_would_have_written():
     assert as_blocks("Sure.\n\n1. Plan it.\n2. Rest.").blocks == []  # no bold titles: stays serial
 
 
+def test_a_whole_run_takes_each_list_where_the_base_model_wrote_one():
+    from bench.blind_control import merged
+
+    run = [{"question_id": q, "loss": 1.0} for q in ("1", "2", "3")]
+    lists = [{"question_id": "2", "loss": 2.0}, {"question_id": "9", "loss": 5.0}]
+    assert [r["loss"] for r in merged(run, lists)] == [1.0, 2.0, 1.0]  # the run's questions, in its order
+
+
 def test_compare_reads_the_committed_run_and_its_loss_matches_the_bench(tmp_path, capsys):
     """`bench/compare.py` on the committed Vicuna-80 run against itself: its loss over every answer both
     runs fork is a ratio of sums; over all answers it is the bench's own relative delta."""
