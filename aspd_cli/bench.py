@@ -14,7 +14,7 @@ from pathlib import Path
 
 import bench
 from bench.questions import VICUNA80
-from runtime.sampling import anti_loop_args, anti_loop_from
+from runtime.sampling import anti_loop_args, anti_loop_from, structure_args, structure_from
 
 from .common import add_model_args, console, load_model
 
@@ -34,6 +34,7 @@ def add_parser(sub) -> None:
     add_model_args(b, attention=False,
                    dtype_help="the engine's weight format (ar, aspd, sot); hf runs the format's float model")
     anti_loop_args(b)
+    structure_args(b)
     b.add_argument("--temperature", type=float, default=0.0)
     b.add_argument("--seed", type=int, default=None, help="sampling seed (recorded; greedy ignores it)")
     b.set_defaults(func=cmd_bench)
@@ -57,7 +58,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     # a partial run never overwrites the full run's report
     out = args.out or RESULTS / (name if args.limit is None else f"{name}-first{args.limit}")
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
-                            **anti_loop_from(args))
+                            **anti_loop_from(args), **structure_from(args))
     model = args.model or DEFAULT_MODEL
     adapter = resolve_adapter(model, args.adapter)
     base = load_model(model, dtype=args.dtype, adapter="none")

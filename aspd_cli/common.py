@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from runtime.errors import UserError
-from runtime.sampling import SamplingParams, anti_loop_args, anti_loop_from
+from runtime.sampling import SamplingParams, anti_loop_args, anti_loop_from, structure_args, structure_from
 from runtime.weight_format import DTYPES
 
 if TYPE_CHECKING:
@@ -54,12 +54,14 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fork-bias", type=float, default=None,
                    help="ASPD mode: offset of the fork threshold (+2 forks more often, -2 less; "
                    "default: the adapter's calibrated value)")
+    structure_args(p)
     add_model_args(p)
 
 
 def sampling_from(args: argparse.Namespace, **extra) -> SamplingParams:
     return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                          top_k=args.top_k, seed=args.seed, fork_bias=args.fork_bias, **anti_loop_from(args), **extra)
+                          top_k=args.top_k, seed=args.seed, fork_bias=args.fork_bias, **anti_loop_from(args),
+                          **structure_from(args), **extra)
 
 
 def load_model(model: str | None, *, dtype: str = "auto", adapter: str | None = "auto") -> LoadedModel:

@@ -9,7 +9,7 @@ import argparse
 import os
 from typing import TYPE_CHECKING
 
-from runtime.sampling import anti_loop_args, anti_loop_from
+from runtime.sampling import anti_loop_args, anti_loop_from, structure_args, structure_from
 
 from .common import UsageError, add_model_args, err, load_engine
 
@@ -46,6 +46,7 @@ def add_parser(sub) -> None:
                     "(default: loopback names when bound to loopback, any otherwise)")
     sv.add_argument("--max-body-bytes", type=int, default=8 * 2**20, help="larger request bodies get 413")
     anti_loop_args(sv)  # for requests that set none (SGLang's frontend never does)
+    structure_args(sv)
     sv.set_defaults(func=cmd_serve)
 
 
@@ -82,7 +83,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         keys = tuple(args.api_key or [k for k in os.environ.get("ASPD_API_KEY", "").split(",") if k])
         access = Access.for_bind(args.host, keys, tuple(h for h in args.allowed_hosts.split(",") if h),
                                  args.max_body_bytes)
-        app = create_app(loop, eng.loaded.name, SamplingParams(**anti_loop_from(args)), access)
+        app = create_app(loop, eng.loaded.name, SamplingParams(**anti_loop_from(args), **structure_from(args)),
+                         access)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning", http=http1_protocol())
     finally:
         loop.stop()

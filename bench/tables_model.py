@@ -4,7 +4,7 @@ Vicuna-80 run, decoding) as `bench/doc_tables.py` writes them into README.md and
 from __future__ import annotations
 
 from bench.tables_runtime import cpu, machine
-from runtime.sampling import describe_anti_loop
+from runtime.sampling import describe_anti_loop, describe_structure
 from training.card import threshold
 
 
@@ -162,7 +162,7 @@ def vicuna_table(summary: dict) -> str:
     env = m["environment"]
     qual = [[txt + (" ⚠" if st == "red" else "") for txt, st in r] for r in run_report.quality_rows(summary)]
     sp = m["sampling"]
-    decoding = (f"{sp.get('decoding')}, {describe_anti_loop(sp)}, at most "
+    decoding = (f"{sp.get('decoding')}, {describe_anti_loop(sp)}{describe_structure(sp)}, at most "
                 f"{sp.get('max_new_tokens')} new tokens")
     note = (f"\n`{m['command']}`: {m['question_count']} questions, {decoding}, one question at a time with "
             f"the systems interleaved; {env['machine']['cores']} cores, torch {env['versions']['torch']}, "

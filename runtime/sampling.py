@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 REPETITION_PENALTY = 1.0  # bench/decoding.py: 5-gram blocking alone never loops and keeps the text most natural
 NO_REPEAT_NGRAM_SIZE = 5
+MAX_BRANCHES = 8
 
 
 class SamplingParams(BaseModel):
@@ -29,7 +30,7 @@ class SamplingParams(BaseModel):
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     # ASPD caps
-    max_branches: int = Field(8, ge=2, le=64)
+    max_branches: int = Field(MAX_BRANCHES, ge=2, le=64)
     max_branch_tokens: int = Field(256, ge=1)
     max_title_tokens: int = Field(16, ge=1)
     fork_bias: float | None = Field(None, ge=-100.0, le=100.0, description=(
@@ -101,6 +102,27 @@ def anti_loop_from(args: argparse.Namespace) -> dict:
     """The anti-loop flags that were set, as SamplingParams fields."""
     return {k: v for k, v in (("repetition_penalty", args.repetition_penalty),
                               ("no_repeat_ngram_size", args.no_repeat_ngram_size)) if v is not None}
+
+
+def structure_args(p: argparse.ArgumentParser) -> None:
+    """ASPD mode's structure flags (docs/usage.md, "Speed against text"); unset: SamplingParams' defaults."""
+    p.add_argument("--max-branches", type=int, default=None,
+                   help=f"ASPD mode: at most this many branches a block (default {MAX_BRANCHES})")
+    p.add_argument("--intro-first", action="store_true",
+                   help="ASPD mode: a chat answer's first line is serial text (slower; closer to the base model's)")
+
+
+def structure_from(args: argparse.Namespace) -> dict:
+    """The structure flags that were set, as SamplingParams fields."""
+    return ({"max_branches": args.max_branches} if args.max_branches is not None else {}) | (
+        {"intro_first": True} if args.intro_first else {})
+
+
+def describe_structure(d: dict) -> str:
+    """The structure settings a record's fields hold where they are not the defaults, as reports say them."""
+    parts = ([f"at most {d['max_branches']} branches a block"] if d.get("max_branches", MAX_BRANCHES) != MAX_BRANCHES
+             else []) + (["a chat answer's first line serial"] if d.get("intro_first") else [])
+    return "".join(", " + x for x in parts)
 
 
 def describe_anti_loop(d: dict) -> str:

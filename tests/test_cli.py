@@ -34,12 +34,27 @@ def test_serve_limits_default_to_serve_config():
     assert dataclasses.replace(ServeConfig(), max_waiting=0, prefill_share=1.0) == c
 
 
+def test_the_structure_flags_reach_sampling_params_and_the_reports():
+    from aspd_cli.common import sampling_from
+    from runtime.sampling import SamplingParams, describe_structure, structure_from
+
+    assert sampling_from(parser().parse_args(["generate", "hi"])) == SamplingParams(max_new_tokens=256)
+    p = sampling_from(parser().parse_args(["run", "programs/tips.py", "--max-branches", "4", "--intro-first"]))
+    assert (p.max_branches, p.intro_first) == (4, True)
+    for cmd in ("bench", "serve"):  # bench's aspd system; serve's default for requests that set none
+        assert structure_from(parser().parse_args([cmd, "--intro-first"])) == {"intro_first": True}
+    assert describe_structure(p.model_dump(exclude_defaults=True)) == (
+        ", at most 4 branches a block, a chat answer's first line serial")
+    assert describe_structure(SamplingParams().model_dump()) == ""  # the defaults: said nowhere
+
+
 @pytest.mark.parametrize("argv,msg", [
     (["demo", "--titles", "one"], "at least two"),
     (["serve", "--max-running", "0"], "--max-running and --prefill-chunk must be >= 1"),
     (["run", "programs/missing.py"], "no program file"),
     (["run", "programs/tips.py", "--arg", "topic"], "--arg needs K=V"),
     (["generate", "hi", "--top-p", "0"], "invalid sampling parameter top_p"),
+    (["demo", "--max-branches", "1"], "invalid sampling parameter max_branches"),
     (["data", "responses", "--prompts", "no/such/folder"], "no no/such/folder/prompts_train.jsonl"),
     (["train", "--anchor-branches", "2"], "--anchor and --anchor-branches are shares of the loss"),
     (["train", "--anchor-blind"], "--anchor-blind needs --anchor-branches W > 0"),
