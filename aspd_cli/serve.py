@@ -73,6 +73,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from runtime.serving import ServingLoop
 
     config = serve_config(args)
+    defaults = SamplingParams(**anti_loop_from(args), **structure_from(args))  # checked before the model loads
     eng = load_engine(args)
     loop = ServingLoop(eng, config).start()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -83,8 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         keys = tuple(args.api_key or [k for k in os.environ.get("ASPD_API_KEY", "").split(",") if k])
         access = Access.for_bind(args.host, keys, tuple(h for h in args.allowed_hosts.split(",") if h),
                                  args.max_body_bytes)
-        app = create_app(loop, eng.loaded.name, SamplingParams(**anti_loop_from(args), **structure_from(args)),
-                         access)
+        app = create_app(loop, eng.loaded.name, defaults, access)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning", http=http1_protocol())
     finally:
         loop.stop()

@@ -55,6 +55,7 @@ def test_the_structure_flags_reach_sampling_params_and_the_reports():
     (["run", "programs/tips.py", "--arg", "topic"], "--arg needs K=V"),
     (["generate", "hi", "--top-p", "0"], "invalid sampling parameter top_p"),
     (["demo", "--max-branches", "1"], "invalid sampling parameter max_branches"),
+    (["serve", "--max-branches", "1"], "invalid sampling parameter max_branches"),  # before the model loads
     (["data", "responses", "--prompts", "no/such/folder"], "no no/such/folder/prompts_train.jsonl"),
     (["train", "--anchor-branches", "2"], "--anchor and --anchor-branches are shares of the loss"),
     (["train", "--anchor-blind"], "--anchor-blind needs --anchor-branches W > 0"),
