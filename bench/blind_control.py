@@ -128,25 +128,25 @@ def main() -> None:
             blind.generate(eng, todo, path, batch=args.batch, linked=linked)
             return {w["id"]: parse(w["markup"]).answer_text() for w in blind.written(path)}
 
-    texts = {"hf": {j["id"]: by[(j["id"], "hf")]["text"] for j in jobs},
-             "aspd": {j["id"]: by[(j["id"], "aspd")]["text"] for j in jobs},
-             "base_blind": rewritten(base, True), "base_blind_unlinked": rewritten(base, False)}
+    texts = {"base_blind": rewritten(base, True), "base_blind_unlinked": rewritten(base, False)}
     own = {str(a["question_id"]): a["text"] for a in json.loads(args.own.read_text())["own_intro_answers"]}
     own_jobs = [{"id": k, "parallel": True, "markup": r.markup(), "prompt": questions[k].text}
                 for k, t in own.items() if (k, "hf") in by and (r := as_blocks(t)).blocks]
-    texts |= {"own_hf": {j["id"]: by[(j["id"], "hf")]["text"] for j in own_jobs},
-              "own_lists": {j["id"]: own[j["id"]] for j in own_jobs},
+    texts |= {"own_lists": {j["id"]: own[j["id"]] for j in own_jobs},
               "own_lists_blind": rewritten(base, True, own_jobs)}
     texts["adapter_blind"] = rewritten(Engine(load_model(DEFAULT_MODEL, dtype=args.dtype, adapter=args.adapter)), True)
 
-    def scored_arm(arm: str, todo: list[dict]) -> list[dict]:
-        return [score(base, questions[j["id"]], base.encode(texts[arm][j["id"]])[:MAX_TOKENS]) for j in todo]
+    def scored_text(key: str, text: str) -> dict:
+        return score(base, questions[key], base.encode(text)[:MAX_TOKENS])
 
-    scored = {arm: scored_arm(arm, jobs) for arm in ARMS} | {arm: scored_arm(arm, own_jobs) for arm in OWN_ARMS}
-    everyone = [{"id": k} for k in questions if (k, "hf") in by and (k, "aspd") in by]
-    texts |= {"run_hf": {j["id"]: by[(j["id"], "hf")]["text"] for j in everyone},
-              "run_aspd": {j["id"]: by[(j["id"], "aspd")]["text"] for j in everyone}}
-    scored |= {arm: scored_arm(arm, everyone) for arm in RUN_ARMS[:2]}
+    # The run's own answers, each scored once: the forked and own-list questions' hf and aspd arms are subsets.
+    everyone = [k for k in questions if (k, "hf") in by and (k, "aspd") in by]
+    run = {s: {k: scored_text(k, by[(k, s)]["text"]) for k in questions if (k, s) in by} for s in ("hf", "aspd")}
+    scored = {"hf": [run["hf"][j["id"]] for j in jobs], "aspd": [run["aspd"][j["id"]] for j in jobs],
+              "own_hf": [run["hf"][j["id"]] for j in own_jobs],
+              "run_hf": [run["hf"][k] for k in everyone], "run_aspd": [run["aspd"][k] for k in everyone]}
+    scored |= {arm: [scored_text(j["id"], texts[arm][j["id"]]) for j in todo]
+               for arms, todo in ((ARMS[2:], jobs), (OWN_ARMS[1:], own_jobs)) for arm in arms}
     for arm in OWN_ARMS[1:]:
         scored["run_" + arm] = merged(scored["run_hf"], scored[arm])
     figs = {arm: _figures(scored[arm]) for arm in (*ARMS, *OWN_ARMS, *RUN_ARMS)}

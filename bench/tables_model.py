@@ -88,10 +88,10 @@ def blind_control_table(r: dict) -> str:
     m = r["meta"]
     adapter = "the shipped one" if m["adapter"] == "auto" else m["adapter"]
     note = (f"\nThe {m['questions']} Vicuna-80 questions the adapter's ASPD answers fork on ({m['answers']}; adapter: "
-            f"{adapter}), and the {m['own_questions']} own-intro answers of {m['own']} that hold a bold numbered list"
-            + (f", and the whole run's {m['run_questions']} questions" if "run_questions" in m else "")
-            + f"; bodies at most {m['sampling']['body_tokens']} tokens, answers at most "
-            f"{m['sampling']['max_new_tokens']}; greedy, default anti-loop; writers and scorer in {m['weights']}; "
+            f"{adapter}), and the {m['own_questions']} own-intro answers of {m['own']} that hold a bold numbered list, "
+            f"and the whole run's {m['run_questions']} questions; bodies at most {m['sampling']['body_tokens']} "
+            f"tokens, answers at most {m['sampling']['max_new_tokens']}; greedy, default anti-loop; writers and "
+            f"scorer in {m['weights']}; "
             f"`{m['command'].strip()}`; {machine(m['environment'])}.")
     return "\n".join(rows) + "\n" + note
 
